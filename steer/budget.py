@@ -1,0 +1,98 @@
+"""Compute accounting: every method reports what it spent, and can be capped.
+
+NFE convention: one denoiser evaluation of one latent counts 1; a classifier-free-guidance pair
+(conditional + unconditional in one batched call) counts once; a batch of k latents counts k.
+``nfe_per_prompt`` divides by the number of prompts, so methods are compared at equal budget.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class BudgetExceeded(RuntimeError):
+    """Raised when a method would spend more than its ``Budget`` allows."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A cap on spending, per prompt. ``None`` means unlimited."""
+
+    nfe: Optional[int] = None
+    reward_calls: Optional[int] = None
+
+    def __post_init__(self):
+        for name in ("nfe", "reward_calls"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"Budget.{name} must be >= 1 or None, got {v}")
+
+
+@dataclass
+class Trace:
+    """What a run spent. ``nfe``/``reward_calls`` are totals over all prompts (images scored count 1
+    each); ``steps`` holds per-step records (ESS, resampling events, best reward, ...)."""
+
+    num_prompts: int = 1
+    budget: Optional[Budget] = None
+    nfe: int = 0
+    reward_calls: int = 0
+    backward_calls: int = 0
+    seconds: float = 0.0
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    _t0: float = field(default_factory=time.perf_counter, repr=False)
+
+    @property
+    def nfe_per_prompt(self) -> float:
+        return self.nfe / max(self.num_prompts, 1)
+
+    @property
+    def reward_calls_per_prompt(self) -> float:
+        return self.reward_calls / max(self.num_prompts, 1)
+
+    def add_nfe(self, n: int) -> None:
+        self._check("nfe", self.nfe + n)
+        self.nfe += n
+
+    def add_reward_calls(self, n: int) -> None:
+        self._check("reward_calls", self.reward_calls + n)
+        self.reward_calls += n
+
+    def add_backward(self, n: int = 1) -> None:
+        self.backward_calls += n
+
+    def record(self, **info: Any) -> None:
+        self.steps.append(info)
+
+    def stop_clock(self) -> "Trace":
+        self.seconds = time.perf_counter() - self._t0
+        return self
+
+    def can_spend(self, nfe: int = 0, reward_calls: int = 0) -> bool:
+        """Whether ``nfe`` more denoiser evaluations and ``reward_calls`` more scores fit the budget."""
+        b = self.budget
+        if b is None:
+            return True
+        ok_nfe = b.nfe is None or self.nfe + nfe <= b.nfe * self.num_prompts
+        ok_r = b.reward_calls is None or self.reward_calls + reward_calls <= b.reward_calls * self.num_prompts
+        return ok_nfe and ok_r
+
+    def _check(self, name: str, total: int) -> None:
+        cap = None if self.budget is None else getattr(self.budget, name)
+        if cap is not None and total > cap * self.num_prompts:
+            raise BudgetExceeded(
+                f"{name} budget exceeded: {total / self.num_prompts:g} per prompt > {cap}; "
+                f"raise the budget or lower the method's size options"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "nfe": self.nfe,
+            "nfe_per_prompt": self.nfe_per_prompt,
+            "reward_calls": self.reward_calls,
+            "backward_calls": self.backward_calls,
+            "seconds": self.seconds,
+            "num_prompts": self.num_prompts,
+            "steps": self.steps,
+        }

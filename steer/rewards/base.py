@@ -1,0 +1,33 @@
+"""The ``Reward`` protocol: images [B,3,H,W] in [0,1] and B prompts -> scores [B] (float32)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+class Reward(ABC):
+    """A reward model. ``differentiable`` says whether gradients reach the pixels."""
+
+    name: str = "reward"
+    differentiable: bool = False
+
+    @abstractmethod
+    def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        """The raw scores (B,)."""
+
+    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"reward {self.name!r}: images must be (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+        if len(prompts) != images.shape[0]:
+            raise ValueError(f"reward {self.name!r}: {images.shape[0]} images but {len(prompts)} prompts")
+        out = self.score(images, list(prompts))
+        out = torch.as_tensor(out).float().reshape(-1)
+        if out.shape[0] != images.shape[0]:
+            raise ValueError(f"reward {self.name!r} returned {out.shape[0]} scores for {images.shape[0]} images")
+        if not torch.isfinite(out).all():
+            bad = [prompts[k] for k in torch.nonzero(~torch.isfinite(out)).flatten().tolist()]
+            raise FloatingPointError(f"reward {self.name!r} returned NaN/inf for prompt(s) {bad[:3]}")
+        return out

@@ -1,0 +1,1 @@
+"""Small models and builders the project ships so that everything runs offline."""

@@ -1,0 +1,39 @@
+"""Test-wide setup: offline, deterministic, and no network connections."""
+import os
+import socket
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+def _blocked(*args, **kwargs):
+    raise NetworkBlocked("tests must not open network connections (offline test suite)")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Fail any test that tries to reach the network (local AF_UNIX sockets are allowed)."""
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self, address, *a, **k):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0] if isinstance(address, tuple) else address
+            if host not in ("127.0.0.1", "::1", "localhost"):
+                _blocked()
+        return real_connect(self, address, *a, **k)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "create_connection", lambda addr, *a, **k: (
+        _blocked() if addr[0] not in ("127.0.0.1", "::1", "localhost") else socket.create_connection(addr, *a, **k)))
+    yield
