@@ -1,0 +1,48 @@
+"""Adapters from diffusers pipelines to ``Process`` (see ``base.py``), and ``load``.
+
+``from_pipe(pipe, **options)`` picks the family by the pipeline's class (or its bases);
+``load(model_id_or_path, ...)`` reads ``model_index.json`` and loads offline-safe.
+"""
+from __future__ import annotations
+
+import importlib
+
+from steer.pipelines.base import Process, guide
+
+# diffusers pipeline class name -> "module:AdapterClass" (imported lazily: diffusers is heavy)
+FAMILIES: dict[str, str] = {
+    "StableDiffusionPipeline": "steer.pipelines.sd:StableDiffusionProcess",
+    "StableDiffusionXLPipeline": "steer.pipelines.sdxl:StableDiffusionXLProcess",
+    "StableDiffusion3Pipeline": "steer.pipelines.sd3:StableDiffusion3Process",
+    "FluxPipeline": "steer.pipelines.flux:FluxProcess",
+    "PixArtAlphaPipeline": "steer.pipelines.pixart:PixArtProcess",
+    "PixArtSigmaPipeline": "steer.pipelines.pixart:PixArtProcess",
+    "DDPMPipeline": "steer.pipelines.ddpm:PixelProcess",
+    "DDIMPipeline": "steer.pipelines.ddpm:PixelProcess",
+}
+
+
+def adapter_for(pipe) -> type:
+    """The ``Process`` class for a diffusers pipeline object (walking its class hierarchy)."""
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in FAMILIES:
+            module, name = FAMILIES[cls.__name__].split(":")
+            return getattr(importlib.import_module(module), name)
+    raise TypeError(
+        f"steer has no adapter for {type(pipe).__name__}. Supported families: "
+        f"{', '.join(sorted(FAMILIES))}. For another model, subclass steer.pipelines.Process "
+        f"(prepare / denoise / decode / schedule) and pass the process instead of the pipeline."
+    )
+
+
+def from_pipe(pipe, **options) -> Process:
+    """Wrap a diffusers pipeline (or return a ``Process`` unchanged) with the family's adapter."""
+    if isinstance(pipe, Process):
+        if options:
+            raise TypeError(f"options {sorted(options)} cannot be applied to an existing Process; "
+                            f"build the process with them instead")
+        return pipe
+    return adapter_for(pipe)(pipe, **options)
+
+
+__all__ = ["Process", "guide", "FAMILIES", "adapter_for", "from_pipe"]
