@@ -17,12 +17,15 @@ def score_images(reward, images: Tensor, prompts: Sequence[str], *, trace=None, 
     """reward(images, prompts) as float32 (B,), counted into ``trace``; NaN/inf -> FloatingPointError."""
     if trace is not None:
         trace.add_reward_calls(images.shape[0])
-    r = reward(images, list(prompts))
+    where = "the final sample" if step is None else f"step {step}"
+    try:
+        r = reward(images, list(prompts))
+    except FloatingPointError as e:
+        raise FloatingPointError(f"{method} at {where}: {e}") from None
     r = torch.as_tensor(r).float().reshape(-1)
     bad = ~torch.isfinite(r)
     if bad.any():
         k = int(torch.nonzero(bad)[0])
-        where = "the final sample" if step is None else f"step {step}"
         raise FloatingPointError(
             f"{method}: reward {getattr(reward, 'name', 'reward')!r} returned {r[k].item()} at {where} "
             f"for prompt {prompts[k]!r}; check the reward model and its inputs"
