@@ -1,0 +1,141 @@
+"""``steer.generate``: resolve names, validate, dispatch. No algorithm lives here."""
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+from steer.budget import Budget
+from steer.types import Result
+
+# public method name -> "module:function"
+METHODS: dict[str, str] = {
+    "best_of_n": "steer.samplers.best_of_n:best_of_n",
+    "fk": "steer.samplers.fk:fk",
+    "reno": "steer.samplers.reno:reno",
+    "dts": "steer.search.dts:dts",
+    "dts_star": "steer.search.dts:dts_star",
+    "beam": "steer.search.beam:beam",
+    "zero_order": "steer.search.zero_order:zero_order",
+}
+ALIASES: dict[str, str] = {"bon": "best_of_n", "best-of-n": "best_of_n", "dts*": "dts_star",
+                           "dts-star": "dts_star", "zero-order": "zero_order", "smc": "fk"}
+# options of the process (pipeline adapter) rather than of the method
+PROCESS_OPTIONS = ("num_inference_steps", "guidance_scale", "height", "width", "negative_prompt", "batch_size")
+
+
+class SteerError(ValueError):
+    """Bad input at the public boundary; the message names the fix."""
+
+
+def suggest(name: str, choices: Sequence[str]) -> str:
+    """' (did you mean X?)' for the nearest choice, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def resolve_method(method: Union[str, Callable]) -> Callable:
+    """A method function from its name (or the function itself)."""
+    if callable(method):
+        return method
+    key = ALIASES.get(str(method).lower(), str(method).lower())
+    if key not in METHODS:
+        names = sorted(set(METHODS) | set(ALIASES))
+        raise SteerError(f"unknown method {method!r}{suggest(str(method), names)}; choose from {', '.join(sorted(METHODS))}")
+    module, fn = METHODS[key].split(":")
+    try:
+        return getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as e:
+        raise SteerError(f"method {key!r} is not available in this installation ({e})") from None
+
+
+def method_options(fn: Callable) -> dict[str, Any]:
+    """Keyword-only options of a method with their defaults."""
+    sig = inspect.signature(fn)
+    return {p.name: p.default for p in sig.parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("generator", "budget", "callback")}
+
+
+def check_options(fn: Callable, options: dict[str, Any], method_name: str) -> None:
+    """Options the method does not take -> error listing the ones it does."""
+    known = method_options(fn)
+    for k in options:
+        if k not in known:
+            raise SteerError(f"method {method_name!r} takes no option {k!r}{suggest(k, list(known))}; "
+                             f"its options: {', '.join(sorted(known)) or 'none'}")
+
+
+def resolve_reward(reward, device=None, dtype=None):
+    """A ``Reward`` from a spec string, a ``Reward``, or a callable (images, prompts) -> Tensor."""
+    from steer.rewards.base import Reward
+
+    if isinstance(reward, Reward):
+        return reward
+    from steer import rewards as rewards_pkg
+
+    if isinstance(reward, str):
+        return rewards_pkg.load(reward, device=device, dtype=dtype)
+    if callable(reward):
+        return rewards_pkg.from_callable(reward)
+    raise SteerError(f"reward must be a spec string such as 'hps' or 'hps=1,clip=0.5', a Reward, or a callable "
+                     f"(images, prompts) -> Tensor; got {type(reward).__name__}")
+
+
+def resolve_process(pipe, *, device=None, dtype=None, **process_options):
+    """A ``Process`` from a pipeline object, a model id / local path, or a ``Process``."""
+    from steer import pipelines
+
+    process_options = {k: v for k, v in process_options.items() if v is not None}
+    if isinstance(pipe, pipelines.Process):
+        if process_options:
+            raise SteerError(f"{sorted(process_options)} cannot be changed on an existing Process; "
+                             f"build the process with them (steer.pipelines.from_pipe(pipe, ...))")
+        return pipe
+    if isinstance(pipe, str):
+        return pipelines.load(pipe, device=device, dtype=dtype, **process_options)
+    if pipe is None:
+        from steer.zoo import default_model
+
+        return pipelines.from_pipe(default_model(device=device, dtype=dtype), **process_options)
+    if device is not None or dtype is not None:
+        pipe = pipe.to(device=device, dtype=dtype)
+    return pipelines.from_pipe(pipe, **process_options)
+
+
+def normalize_prompts(prompt: Union[str, Sequence[str]]) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise SteerError("no prompts given: pass a string or a non-empty list of strings")
+    bad = [p for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise SteerError(f"prompts must be strings, got {type(bad[0]).__name__}")
+    return prompts
+
+
+def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Callable] = "fk", reward="hps",
+             seed: int = 0, steps: Optional[int] = None, guidance_scale: Optional[float] = None,
+             height: Optional[int] = None, width: Optional[int] = None, negative_prompt: Optional[str] = None,
+             batch_size: Optional[int] = None, device=None, dtype=None, nfe_budget: Optional[int] = None,
+             callback: Optional[Callable] = None, **options) -> Result:
+    """Generate one reward-steered image per prompt.
+
+    ``pipe``: a diffusers pipeline, a model id / local path, a ``steer.pipelines.Process``, or
+    ``None`` for the project's embedded default model. ``method``: one of ``steer.api.METHODS``
+    (aliases: ``bon``, ``dts*``). ``reward``: a spec (``"hps"``, ``"hps=1,clip=0.5"``), a ``Reward``
+    or a callable. Method options pass through by keyword; ``nfe_budget`` caps denoiser calls per
+    prompt for every method.
+    """
+    prompts = normalize_prompts(prompt)
+    fn = resolve_method(method)
+    name = method if isinstance(method, str) else getattr(fn, "__name__", "method")
+    check_options(fn, options, name)
+    process = resolve_process(pipe, device=device, dtype=dtype, num_inference_steps=steps,
+                              guidance_scale=guidance_scale, height=height, width=width,
+                              negative_prompt=negative_prompt, batch_size=batch_size)
+    reward_model = resolve_reward(reward, device=getattr(process, "device", None))
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    budget = Budget(nfe=nfe_budget) if nfe_budget is not None else None
+    return fn(process, reward_model, prompts, generator=generator, budget=budget, callback=callback, **options)

@@ -1,0 +1,87 @@
+"""Writing results people can use: PNGs with their provenance, a grid, and ``trace.json``.
+
+Every write goes to a temporary name in the same folder and is renamed into place, so an
+interrupted run never leaves a half-written file under a final name.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def to_pil(image: Tensor):
+    """(3, H, W) float in [0, 1] -> PIL image."""
+    from PIL import Image
+
+    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
+
+
+def save_png(path: Path, image: Tensor, info: Mapping[str, Any] | None = None) -> None:
+    """Save one image atomically, with ``info`` as PNG text chunks (values JSON-encoded)."""
+    import io
+
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    for k, v in (info or {}).items():
+        meta.add_text(str(k), v if isinstance(v, str) else json.dumps(v, default=str))
+    buf = io.BytesIO()
+    to_pil(image).save(buf, format="PNG", pnginfo=meta)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def make_grid(images: Tensor, pad: int = 2) -> Tensor:
+    """(N, 3, H, W) -> one (3, H', W') image, near-square layout, white padding."""
+    n, c, h, w = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    out = torch.ones(c, rows * (h + pad) + pad, cols * (w + pad) + pad)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        y, x = pad + r * (h + pad), pad + q * (w + pad)
+        out[:, y:y + h, x:x + w] = images[k].detach().float().cpu().clamp(0, 1)
+    return out
+
+
+def versions(packages: Iterable[str] = ("steer", "torch", "diffusers", "transformers", "open_clip_torch", "peft")) -> dict:
+    found = {}
+    for p in packages:
+        try:
+            found[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            found[p] = None
+    return found
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), json.dumps(obj, indent=2, default=_jsonable).encode())
+
+
+def _jsonable(v):
+    if isinstance(v, Tensor):
+        return v.detach().cpu().tolist()
+    if isinstance(v, Path):
+        return str(v)
+    return repr(v)
