@@ -1,0 +1,65 @@
+"""Boundary checks shared by the adapters: option values, image sizes, prompts. Each error names the fix."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+
+def execution_device(pipe) -> torch.device:
+    """Where the pipeline runs its models (diffusers' own notion, which respects CPU offload)."""
+    return torch.device(getattr(pipe, "_execution_device", None) or pipe.device)
+
+
+def positive_int(name: str, value: Optional[int], allow_none: bool = True) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def image_size(name: str, sample_size, factor: int, height: Optional[int], width: Optional[int],
+               pixels_per_sample: int = 1) -> tuple[int, int]:
+    """(height, width) in pixels: the model's default ``sample_size * pixels_per_sample`` unless given;
+    each must be a positive multiple of ``factor`` (what the model downsamples by)."""
+    default = tuple(sample_size) if isinstance(sample_size, (tuple, list)) else (sample_size, sample_size)
+    size = (height or default[0] * pixels_per_sample, width or default[1] * pixels_per_sample)
+    for label, v in zip(("height", "width"), size):
+        if not isinstance(v, int) or v < factor or v % factor:
+            raise ValueError(f"{name}: {label}={v!r} must be a positive multiple of {factor} "
+                             f"(the model's downsampling factor); pass {label}=k*{factor}")
+    return size
+
+
+def prompt_list(name: str, prompts) -> list[str]:
+    """A prompt or a sequence of prompts as a non-empty list of strings."""
+    if isinstance(prompts, str):
+        return [prompts]
+    prompts = list(prompts) if isinstance(prompts, Sequence) else prompts
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"{name}: prompts must be a string or a non-empty list of strings, got {prompts!r}")
+    return prompts
+
+
+def negative_prompts(name: str, negative_prompt, num_prompts: int) -> Optional[list[str]]:
+    """``negative_prompt`` as one string per prompt (or None for diffusers' default)."""
+    if negative_prompt is None:
+        return None
+    if isinstance(negative_prompt, str):
+        return [negative_prompt] * num_prompts
+    negs = list(negative_prompt)
+    if len(negs) != num_prompts or not all(isinstance(n, str) for n in negs):
+        raise ValueError(f"{name}: negative_prompt must be a string or a list of {num_prompts} strings "
+                         f"(one per prompt), got {negative_prompt!r}")
+    return negs
+
+
+def latents(name: str, x: torch.Tensor, latent_shape: tuple[int, ...], what: str = "latents") -> None:
+    """``x`` is (B, *latent_shape) floating point."""
+    if not isinstance(x, torch.Tensor) or x.dim() != len(latent_shape) + 1 or tuple(x.shape[1:]) != tuple(latent_shape):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name}: {what} of shape {shape} do not match (B, {', '.join(map(str, latent_shape))}); "
+                         f"make them with process.init_noise(n) or run the chain to the end first")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: {what} must be floating point, got {x.dtype}")

@@ -1,0 +1,96 @@
+"""Stable Diffusion 1.x / 2.x (``StableDiffusionPipeline``) as a ``Process``; ε- and v-prediction.
+
+Prompts are encoded once with the pipeline's own ``encode_prompt``; classifier-free guidance
+(Ho & Salimans 2022) is one batched UNet call on [uncond, cond] combined with ``guide`` (skipped
+when ``guidance_scale <= 1``, as diffusers does). The chain is DDIM on the schedule read off
+``pipe.scheduler.config`` (see ``ddim_schedule``: a pipeline shipped with PNDM/Euler/... is sampled
+with DDIM). Latents live in float32; the UNet and VAE run in the pipeline's dtype.
+
+Not supported (clear errors): guidance-distilled UNets (``time_cond_proj_dim``, e.g. LCM),
+``guidance_rescale``, IP-adapters.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from steer.pipelines import checks
+from steer.pipelines.base import Process, guide
+from steer.pipelines.ddim_schedule import ddim_schedule
+from steer.types import Cond
+
+
+class StableDiffusionProcess(Process):
+    """``StableDiffusionPipeline`` -> ``Process``. Options use diffusers' names and defaults."""
+
+    name = "StableDiffusionProcess"
+
+    def __init__(self, pipe, *, num_inference_steps: int = 50, guidance_scale: float = 7.5,
+                 height: Optional[int] = None, width: Optional[int] = None,
+                 negative_prompt=None, batch_size: Optional[int] = None):
+        if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
+            raise ValueError(f"{self.name}: guidance-distilled UNets (time_cond_proj_dim set, e.g. LCM) are not "
+                             f"supported; use a standard Stable Diffusion UNet")
+        self.pipe, self.unet, self.vae = pipe, pipe.unet, pipe.vae
+        self.device = checks.execution_device(pipe)
+        self.dtype = pipe.unet.dtype
+        self.guidance_scale = float(guidance_scale)
+        self.negative_prompt = negative_prompt
+        self.batch_size = checks.positive_int("batch_size", batch_size)
+        checks.positive_int("num_inference_steps", num_inference_steps, allow_none=False)
+        factor = pipe.vae_scale_factor
+        self.height, self.width = checks.image_size(
+            self.name, pipe.unet.config.sample_size, factor, height, width, pixels_per_sample=factor)
+        self.latent_shape = (pipe.unet.config.in_channels, self.height // factor, self.width // factor)
+        self.schedule = ddim_schedule(pipe.scheduler.config, num_inference_steps, device=self.device)
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self.guidance_scale > 1
+
+    # ---- prepare ------------------------------------------------------------------------
+    def prepare(self, prompts: Sequence[str] | str) -> Cond:
+        prompts = checks.prompt_list(self.name, prompts)
+        negative = checks.negative_prompts(self.name, self.negative_prompt, len(prompts))
+        with torch.no_grad():
+            tensors = self._encode(prompts, negative)
+        return Cond(prompts=tuple(prompts), tensors=tensors, guidance_scale=self.guidance_scale)
+
+    def _encode(self, prompts: list[str], negative: Optional[list[str]]) -> dict[str, Tensor]:
+        embeds, negative_embeds = self.pipe.encode_prompt(
+            prompts, self.device, 1, self.do_classifier_free_guidance, negative)  # (P, L, D) each
+        tensors = {"prompt_embeds": embeds}
+        if self.do_classifier_free_guidance:
+            tensors["negative_prompt_embeds"] = negative_embeds
+        return tensors
+
+    # ---- denoise ------------------------------------------------------------------------
+    def denoise(self, x: Tensor, i: int, cond: Cond) -> Tensor:
+        cfg = "negative_prompt_embeds" in cond.tensors
+        x_in = x.to(self.dtype)  # (B, C, h, w)
+        if cfg:
+            x_in = torch.cat([x_in, x_in])  # (2B, C, h, w): [uncond, cond]
+        t = self.schedule.timesteps[i]
+        out = self.unet(x_in, t, return_dict=False, **self._unet_inputs(cond, cfg))[0].float()
+        if not cfg:
+            return out
+        uncond, text = out.chunk(2)
+        return guide(uncond, text, cond.guidance_scale)  # (B, C, h, w)
+
+    def _unet_inputs(self, cond: Cond, cfg: bool) -> dict:
+        return {"encoder_hidden_states": paired(cond, "prompt_embeds", cfg)}
+
+    # ---- decode -------------------------------------------------------------------------
+    def decode(self, x0: Tensor) -> Tensor:
+        checks.latents(self.name, x0, self.latent_shape)
+        z = x0.to(self.vae.dtype) / self.vae.config.scaling_factor  # (B, 4, h, w)
+        image = self.vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+def paired(cond: Cond, key: str, cfg: bool) -> Tensor:
+    """``cond.tensors[key]``, preceded by its ``negative_`` rows when guiding: (2B, ...) or (B, ...)."""
+    value = cond.tensors[key]
+    return torch.cat([cond.tensors["negative_" + key], value]) if cfg else value

@@ -1,0 +1,81 @@
+"""Stable Diffusion XL (``StableDiffusionXLPipeline``) as a ``Process``.
+
+Same chain, guidance and dtype rules as ``sd.StableDiffusionProcess``; what SDXL adds is its
+conditioning, all built by the pipeline's own code: ``encode_prompt`` runs both text encoders
+(penultimate hidden states of each, concatenated; pooled projection of the second; zero negative
+embeddings when ``force_zeros_for_empty_prompt`` and no negative prompt), and ``_get_add_time_ids``
+builds the micro-conditioning (original size, crop (0, 0), target size = the generated size).
+``decode`` follows diffusers: ``latents_mean``/``latents_std`` when the VAE config has them, and the
+fp16 VAE is upcast to float32 for decoding when ``force_upcast`` is set.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from steer.pipelines import checks
+from steer.pipelines.sd import StableDiffusionProcess, paired
+from steer.types import Cond
+
+
+class StableDiffusionXLProcess(StableDiffusionProcess):
+    """``StableDiffusionXLPipeline`` -> ``Process``. Options use diffusers' names and defaults
+    (SDXL's default ``guidance_scale`` is 5.0)."""
+
+    name = "StableDiffusionXLProcess"
+
+    def __init__(self, pipe, *, guidance_scale: float = 5.0, **options):
+        super().__init__(pipe, guidance_scale=guidance_scale, **options)
+
+    def _encode(self, prompts: list[str], negative: Optional[list[str]]) -> dict[str, Tensor]:
+        cfg = self.do_classifier_free_guidance
+        embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
+            prompt=prompts, device=self.device, num_images_per_prompt=1,
+            do_classifier_free_guidance=cfg, negative_prompt=negative)  # (P, L, D), (P, D_pool)
+        tensors = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled,
+                   "add_time_ids": self._time_ids(pooled).repeat(len(prompts), 1)}  # (P, 6)
+        if cfg:
+            tensors.update(negative_prompt_embeds=negative_embeds, negative_pooled_prompt_embeds=negative_pooled,
+                           negative_add_time_ids=tensors["add_time_ids"])
+        return tensors
+
+    def _time_ids(self, pooled: Tensor) -> Tensor:
+        encoder_2 = self.pipe.text_encoder_2
+        projection_dim = int(pooled.shape[-1]) if encoder_2 is None else encoder_2.config.projection_dim
+        size = (self.height, self.width)
+        ids = self.pipe._get_add_time_ids(size, (0, 0), size, dtype=pooled.dtype,
+                                          text_encoder_projection_dim=projection_dim)  # (1, 6)
+        return ids.to(self.device)
+
+    def _unet_inputs(self, cond: Cond, cfg: bool) -> dict:
+        return {
+            "encoder_hidden_states": paired(cond, "prompt_embeds", cfg),
+            "added_cond_kwargs": {"text_embeds": paired(cond, "pooled_prompt_embeds", cfg),
+                                  "time_ids": paired(cond, "add_time_ids", cfg)},
+        }
+
+    def decode(self, x0: Tensor) -> Tensor:
+        checks.latents(self.name, x0, self.latent_shape)
+        vae = self.vae
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        dtype = torch.float32 if upcast else vae.dtype
+        z = self._unscale(x0.to(dtype))  # (B, 4, h, w)
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            image = vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def _unscale(self, z: Tensor) -> Tensor:
+        config = self.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is None or std is None:
+            return z / config.scaling_factor
+        mean = torch.tensor(mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+        return z * std / config.scaling_factor + mean
