@@ -66,9 +66,8 @@ def to_prediction(schedule: Schedule, i: int, x: Tensor, output: Tensor) -> Pred
         x0, eps = output, (x - a**0.5 * output) / b**0.5
     else:
         raise ValueError(f"unsupported prediction_type {kind!r}: use epsilon, v_prediction or sample")
-    if schedule.clip_sample is not None:
+    if schedule.clip_sample is not None:  # like DDIMScheduler: clip x̂0 only, ε̂ stays the unclipped one
         x0 = x0.clamp(-schedule.clip_sample, schedule.clip_sample)
-        eps = (x - a**0.5 * x0) / b**0.5 if kind == "sample" else eps
     return Prediction(output=output, x0=x0, eps=eps)
 
 

@@ -45,4 +45,6 @@ def from_pipe(pipe, **options) -> Process:
     return adapter_for(pipe)(pipe, **options)
 
 
-__all__ = ["Process", "guide", "FAMILIES", "adapter_for", "from_pipe"]
+from steer.pipelines.loading import ModelNotFoundError, load  # noqa: E402
+
+__all__ = ["Process", "guide", "FAMILIES", "adapter_for", "from_pipe", "load", "ModelNotFoundError"]

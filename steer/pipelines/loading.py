@@ -1,0 +1,110 @@
+"""``load``: a model id or a local directory -> ``Process``, offline-safe.
+
+The family is read from ``model_index.json`` (its ``_class_name``) before any weight is touched, so
+an unsupported pipeline fails fast. A hub id is resolved from the local Hugging Face cache when
+``HF_HUB_OFFLINE`` is set or the hub cannot be reached; a model that is nowhere on disk raises
+``ModelNotFoundError`` (a ``FileNotFoundError``) with a one-line fix.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model is neither a local diffusers directory nor in the Hugging Face cache."""
+
+
+def load(model_id_or_path: str | os.PathLike, device=None, dtype=None, **options):
+    """Load the diffusers pipeline at ``model_id_or_path`` and wrap it with its family's adapter.
+
+    ``device``/``dtype`` (a ``torch.dtype`` or a name such as ``"fp16"``) are where and how the
+    pipeline runs; ``options`` go to the adapter (``num_inference_steps``, ``guidance_scale``, ...).
+    """
+    from diffusers import DiffusionPipeline
+
+    from steer.pipelines import from_pipe
+
+    torch_dtype = _dtype(dtype)
+    index, source, local_only = _model_index(model_id_or_path)
+    _check_family(index.get("_class_name"), model_id_or_path)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, local_files_only=local_only)
+    except OSError as err:  # files listed in model_index.json but missing on disk
+        raise ModelNotFoundError(_missing(model_id_or_path, f"incomplete ({err})")) from err
+    if device is not None:
+        pipe = pipe.to(device)
+    return from_pipe(pipe, **options)
+
+
+def _model_index(model_id_or_path) -> tuple[dict, str, bool]:
+    """(model_index.json contents, what to pass to from_pretrained, local_files_only)."""
+    path = Path(model_id_or_path).expanduser()
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise ModelNotFoundError(f"{path} has no model_index.json: pass the directory of a diffusers pipeline "
+                                     f"(saved with pipe.save_pretrained(dir) or downloaded with `hf download ID`)")
+        return json.loads(index.read_text()), str(path), True
+    name = str(model_id_or_path)
+    if _looks_like_path(name):
+        raise ModelNotFoundError(_missing(name, "not found"))
+    index_file, local_only = _hub_file(name, "model_index.json")
+    return json.loads(Path(index_file).read_text()), name, local_only
+
+
+def _hub_file(repo_id: str, filename: str) -> tuple[str, bool]:
+    """A file of a hub repo: downloaded when online, else from the cache. Returns (path, local_only)."""
+    from huggingface_hub import hf_hub_download
+
+    if not _offline():
+        try:
+            return hf_hub_download(repo_id, filename), False
+        except Exception:  # no network, unknown repo, gated, ...: fall back to the cache
+            pass
+    try:
+        return hf_hub_download(repo_id, filename, local_files_only=True), True
+    except Exception as err:
+        raise ModelNotFoundError(_missing(repo_id, "not in the local Hugging Face cache")) from err
+
+
+def _missing(name, why: str) -> str:
+    return (f"model {str(name)!r} {why}: on a connected machine run `hf download {name}` (huggingface-cli "
+            f"download {name}) to fill the cache, or pass the local directory of a diffusers pipeline")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return bool(constants.HF_HUB_OFFLINE) or flag
+
+
+def _check_family(class_name: Optional[str], name) -> None:
+    from steer.pipelines import FAMILIES
+
+    if class_name not in FAMILIES:
+        raise TypeError(
+            f"{name} is a {class_name}; steer has no adapter for it. Supported families: "
+            f"{', '.join(sorted(FAMILIES))}. For another model, load it yourself and subclass "
+            f"steer.pipelines.Process (prepare / denoise / decode / schedule)."
+        )
+
+
+def _dtype(dtype) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(f"dtype must be a torch.dtype or one of {sorted(_DTYPES)}, got {dtype!r}")
