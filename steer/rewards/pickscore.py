@@ -1,0 +1,46 @@
+"""PickScore (Kirstain et al., 2023, "Pick-a-Pic: An Open Dataset of User Preferences for
+Text-to-Image Generation", arXiv:2305.01569).
+
+Architecture: transformers ``CLIPModel`` (``yuvalkirstain/PickScore_v1``, a fine-tuned CLIP-H/14),
+with the ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` processor settings: short side to 224 (bicubic),
+center crop 224, CLIP mean/std — done in torch here. Score = ``logit_scale.exp() * cosine`` (the
+reference's ``logits_per_image``; typical values ~18–23). The tokenizer is the repo's if present,
+else the same OpenAI/LAION BPE rebuilt offline from open_clip's vocabulary.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from torch import Tensor, nn
+
+from steer.rewards.clip import load_clip_dir
+from steer.rewards.encoders import ClipEncoder, cosine
+from steer.rewards.torch_reward import TorchReward
+from steer.rewards.weights import WeightFile
+
+WEIGHTS = WeightFile("config.json", env="STEER_PICKSCORE_PATH", url="https://huggingface.co/yuvalkirstain/PickScore_v1",
+                     repo_id="yuvalkirstain/PickScore_v1")
+
+
+class PickScoreReward(TorchReward):
+    """``logit_scale.exp() * cosine(image, text)`` with the PickScore CLIP."""
+
+    name = "pickscore"
+
+    def __init__(self, encoder: ClipEncoder):
+        super().__init__(encoder)
+        self.encoder = encoder
+
+    @classmethod
+    def from_model(cls, model: nn.Module, tokenizer) -> "PickScoreReward":
+        """From an in-memory transformers ``CLIPModel`` (or open_clip CLIP) and its tokenizer."""
+        return cls(ClipEncoder(model, tokenizer))
+
+    @classmethod
+    def from_pretrained(cls, path: Optional[str] = None) -> "PickScoreReward":
+        """PickScore_v1 from ``path`` (a model directory), ``$STEER_PICKSCORE_PATH`` or the HF cache."""
+        return cls.from_model(*load_clip_dir(WEIGHTS, path))
+
+    def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        cos = cosine(self.encoder.encode_image(images), self.encoder.encode_text(prompts))  # (B,)
+        return self.encoder.logit_scale.exp() * cos  # (B,)

@@ -1,0 +1,192 @@
+"""Reward names, spec strings and the table of every reward.
+
+A spec is comma-separated terms ``name[=weight]``: ``"hps"``, ``"hps=1,clip=0.5"``,
+``"image_reward,aesthetic=0.1"``; a term may also be a dotted path ``pkg.module:function`` to a
+user function ``fn(images, prompts) -> Tensor[B]`` (or to a ``Reward``). One term of weight 1 is the
+reward itself; anything else is a ``WeightedSum``. ``table()`` lists every reward for the CLI.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+import torch
+
+from steer.rewards.base import Reward
+from steer.rewards.combine import WeightedSum, as_reward
+
+SPEC_EXAMPLE = "'hps' or 'hps=1,clip=0.5'"
+
+
+@dataclass(frozen=True)
+class RewardInfo:
+    """One row of the reward table."""
+
+    name: str
+    build: Callable[..., Reward]  # keyword options -> Reward (imports lazily)
+    differentiable: bool
+    weights: str  # files it needs
+    source: str  # where to get them
+    point_at: str  # option / environment variable naming a local copy
+    description: str
+    aliases: tuple[str, ...] = ()
+
+
+def _hps(version: str):
+    def build(**kw):
+        from steer.rewards.hps import HPSReward
+
+        return HPSReward.from_pretrained(version=version, **kw)
+    return build
+
+
+def _aesthetic(version: str):
+    def build(**kw):
+        from steer.rewards.aesthetic import AestheticReward
+
+        return AestheticReward.from_pretrained(version=version, **kw)
+    return build
+
+
+def _pickscore(**kw):
+    from steer.rewards.pickscore import PickScoreReward
+
+    return PickScoreReward.from_pretrained(**kw)
+
+
+def _image_reward(**kw):
+    from steer.rewards.image_reward import ImageReward
+
+    return ImageReward.from_pretrained(**kw)
+
+
+def _clip(**kw):
+    from steer.rewards.clip import CLIPReward
+
+    return CLIPReward.from_pretrained(**kw)
+
+
+def _jpeg(**kw):
+    from steer.rewards.jpeg import JpegCompressibility
+
+    return JpegCompressibility(**kw)
+
+
+_CLIP_L = "openai/clip-vit-large-patch14 (transformers dir)"
+REWARDS: tuple[RewardInfo, ...] = (
+    RewardInfo("hps", _hps("v2.1"), True, "HPS_v2.1_compressed.pt", "https://huggingface.co/xswu/HPSv2",
+               "path= / STEER_HPS_PATH", "HPSv2.1: cosine(image, text) of the HPS-tuned open_clip ViT-H-14 (~0.2-0.35)",
+               ("hpsv2.1", "hps_v2.1")),
+    RewardInfo("hps_v2.0", _hps("v2.0"), True, "HPS_v2_compressed.pt", "https://huggingface.co/xswu/HPSv2",
+               "path= / STEER_HPS_PATH", "HPSv2.0: cosine(image, text), open_clip ViT-H-14", ("hpsv2", "hpsv2.0")),
+    RewardInfo("pickscore", _pickscore, True, "yuvalkirstain/PickScore_v1 (transformers dir)",
+               "https://huggingface.co/yuvalkirstain/PickScore_v1", "path= / STEER_PICKSCORE_PATH",
+               "PickScore: logit_scale.exp() * cosine (~18-23)", ("pick", "pick_score")),
+    RewardInfo("image_reward", _image_reward, True, "ImageReward.pt + bert-base-uncased vocab.txt",
+               "https://huggingface.co/THUDM/ImageReward ; https://huggingface.co/bert-base-uncased",
+               "path= / STEER_IMAGE_REWARD_PATH ; tokenizer_path= / STEER_BERT_TOKENIZER_PATH",
+               "ImageReward v1.0 (BLIP + BERT + MLP), normalized (~N(0,1))", ("imagereward", "ir")),
+    RewardInfo("clip", _clip, True, _CLIP_L, "https://huggingface.co/openai/clip-vit-large-patch14",
+               "path= / STEER_CLIP_PATH", "CLIP score: 100 * cosine(image, text), CLIP ViT-L/14", ("clip_score", "clipscore")),
+    RewardInfo("aesthetic", _aesthetic("v2"), True, "sac+logos+ava1-l14-linearMSE.pth + " + _CLIP_L,
+               "https://github.com/christophschuhmann/improved-aesthetic-predictor",
+               "path= / STEER_AESTHETIC_PATH ; clip_path= / STEER_CLIP_PATH",
+               "LAION aesthetic predictor v2: MLP on normalized CLIP-L/14 embedding (1-10)",
+               ("aesthetic_v2", "laion_aesthetic")),
+    RewardInfo("aesthetic_v1", _aesthetic("v1"), True, "sa_0_4_vit_l_14_linear.pth + " + _CLIP_L,
+               "https://github.com/LAION-AI/aesthetic-predictor",
+               "path= / STEER_AESTHETIC_PATH ; clip_path= / STEER_CLIP_PATH",
+               "LAION aesthetic predictor v1: linear head on normalized CLIP-L/14 embedding", ()),
+    RewardInfo("jpeg", _jpeg, False, "none", "-", "-", "JPEG compressibility (DDPO): -kB at quality 95",
+               ("jpeg_compressibility", "compressibility")),
+)
+COLUMNS = ("name", "differentiable", "weights", "source", "point_at", "description")
+
+
+def table() -> list[dict[str, str]]:
+    """One dict per reward with the ``COLUMNS`` keys (strings), for ``steer rewards`` to print."""
+    return [{"name": r.name, "differentiable": "yes" if r.differentiable else "no", "weights": r.weights,
+             "source": r.source, "point_at": r.point_at, "description": r.description} for r in REWARDS]
+
+
+def _by_name() -> dict[str, RewardInfo]:
+    out = {}
+    for info in REWARDS:
+        for key in (info.name,) + info.aliases:
+            out[key] = info
+    return out
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def info(name: str) -> RewardInfo:
+    """The table row of ``name`` (or an alias); unknown names suggest the closest known one."""
+    known = _by_name()
+    if _key(name) in known:
+        return known[_key(name)]
+    close = difflib.get_close_matches(_key(name), list(known), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown reward {name!r}{hint} Known rewards: {', '.join(r.name for r in REWARDS)} "
+                     f"(or a dotted path 'pkg.module:function')")
+
+
+def parse_spec(spec: str) -> list[tuple[str, float]]:
+    """``"hps=1,clip=0.5"`` -> ``[("hps", 1.0), ("clip", 0.5)]`` (names validated, weights finite)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"empty reward spec; write e.g. {SPEC_EXAMPLE}")
+    terms, seen = [], set()
+    for raw in spec.split(","):
+        name, sep, weight_text = raw.strip().partition("=")
+        name = name.strip()
+        if not name:
+            raise ValueError(f"reward spec {spec!r} has an empty term; write e.g. {SPEC_EXAMPLE}")
+        weight = _parse_weight(spec, name, weight_text) if sep else 1.0
+        key = name if ":" in name else info(name).name
+        if key in seen:
+            raise ValueError(f"reward {key!r} appears twice in spec {spec!r}; give it one weight")
+        seen.add(key)
+        terms.append((key, weight))
+    return terms
+
+
+def _parse_weight(spec: str, name: str, text: str) -> float:
+    try:
+        weight = float(text)
+    except ValueError:
+        raise ValueError(f"reward spec {spec!r}: weight {text.strip()!r} of {name!r} is not a number; "
+                         f"write e.g. {SPEC_EXAMPLE}") from None
+    if not math.isfinite(weight):
+        raise ValueError(f"reward spec {spec!r}: weight of {name!r} must be finite, got {text.strip()!r}")
+    return weight
+
+
+def build(name: str, **options) -> Reward:
+    """One reward by registry name (options go to its ``from_pretrained``) or dotted path."""
+    if ":" in name:
+        return as_reward(name)
+    return info(name).build(**options)
+
+
+def load(spec, device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None,
+         options: Optional[Mapping[str, Mapping]] = None) -> Reward:
+    """A ``Reward`` from a spec string, a ``Reward``, or a callable; moved to ``device`` / ``dtype``.
+
+    ``options``: per-reward keyword options, e.g. ``{"hps": {"path": "/w/HPS_v2.1_compressed.pt"}}``.
+    """
+    if not isinstance(spec, str):
+        return _place(as_reward(spec), device, dtype)
+    options = {info(k).name if ":" not in k else k: v for k, v in (options or {}).items()}
+    terms = parse_spec(spec)
+    rewards = [(w, build(name, **options.get(name, {}))) for name, w in terms]
+    reward = rewards[0][1] if len(rewards) == 1 and rewards[0][0] == 1.0 else WeightedSum(rewards)
+    return _place(reward, device, dtype)
+
+
+def _place(reward: Reward, device, dtype) -> Reward:
+    if (device is not None or dtype is not None) and hasattr(reward, "to"):
+        reward.to(device=device, dtype=dtype)
+    return reward
