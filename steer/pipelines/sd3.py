@@ -1,0 +1,95 @@
+"""Stable Diffusion 3 / 3.5 (``StableDiffusion3Pipeline``) as a ``Process``: rectified flow.
+
+Prompts are encoded once with the pipeline's own ``encode_prompt`` (two CLIP encoders for the token
+embeddings and the pooled projection, T5 for the long context; with ``text_encoder_3=None`` the T5
+part is zeros, as diffusers does). Classifier-free guidance (Ho & Salimans 2022) is one batched
+transformer call on [uncond, cond] (skipped when ``guidance_scale <= 1``, as diffusers does). The
+transformer is given ``t`` = σ·1000 as the pipeline passes it. The chain is the rectified-flow ODE /
+Flow-GRPO SDE on the σ schedule read off the pipeline's own ``FlowMatchEulerDiscreteScheduler``
+(``shift``, or ``mu`` from the image sequence length when it uses dynamic shifting, exactly as the
+pipeline computes it); x̂0 = x − σ·v (Esser et al. 2024, "Scaling Rectified Flow Transformers").
+
+Not supported: skip-layer guidance, IP-adapters, ``clip_skip``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from steer.pipelines import checks
+from steer.pipelines.base import Process, guide
+from steer.pipelines.flow_schedule import flow_schedule, mu_from_config
+from steer.pipelines.sd import paired
+from steer.types import Cond
+
+
+class StableDiffusion3Process(Process):
+    """``StableDiffusion3Pipeline`` -> ``Process``. Options use diffusers' names and defaults."""
+
+    name = "StableDiffusion3Process"
+
+    def __init__(self, pipe, *, num_inference_steps: int = 28, guidance_scale: float = 7.0,
+                 height: Optional[int] = None, width: Optional[int] = None, negative_prompt=None,
+                 batch_size: Optional[int] = None, max_sequence_length: int = 256, mu: Optional[float] = None):
+        self.pipe, self.transformer, self.vae = pipe, pipe.transformer, pipe.vae
+        self.device = checks.execution_device(pipe)
+        self.dtype = pipe.transformer.dtype
+        self.guidance_scale = float(guidance_scale)
+        self.negative_prompt = negative_prompt
+        self.batch_size = checks.positive_int("batch_size", batch_size)
+        self.max_sequence_length = checks.positive_int("max_sequence_length", max_sequence_length, allow_none=False)
+        checks.positive_int("num_inference_steps", num_inference_steps, allow_none=False)
+        factor, patch = pipe.vae_scale_factor, pipe.transformer.config.patch_size
+        self.height, self.width = checks.image_size(
+            self.name, pipe.default_sample_size, factor * patch, height, width, pixels_per_sample=factor)
+        h, w = self.height // factor, self.width // factor
+        self.latent_shape = (pipe.transformer.config.in_channels, h, w)
+        if mu is None and pipe.scheduler.config.get("use_dynamic_shifting", False):
+            mu = mu_from_config(pipe.scheduler.config, (h // patch) * (w // patch), default_max_shift=1.16)
+        self.schedule = flow_schedule(pipe.scheduler, num_inference_steps, device=self.device, mu=mu)
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self.guidance_scale > 1
+
+    # ---- prepare ------------------------------------------------------------------------
+    def prepare(self, prompts: Sequence[str] | str) -> Cond:
+        prompts = checks.prompt_list(self.name, prompts)
+        negative = checks.negative_prompts(self.name, self.negative_prompt, len(prompts))
+        with torch.no_grad():
+            embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
+                prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
+                do_classifier_free_guidance=self.do_classifier_free_guidance, negative_prompt=negative,
+                max_sequence_length=self.max_sequence_length)  # (P, 77 + L, D), (P, D_pooled)
+        tensors = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+        if self.do_classifier_free_guidance:
+            tensors.update(negative_prompt_embeds=negative_embeds, negative_pooled_prompt_embeds=negative_pooled)
+        return Cond(prompts=tuple(prompts), tensors=tensors, guidance_scale=self.guidance_scale)
+
+    # ---- denoise ------------------------------------------------------------------------
+    def denoise(self, x: Tensor, i: int, cond: Cond) -> Tensor:
+        cfg = "negative_prompt_embeds" in cond.tensors
+        x_in = x.to(self.dtype)  # (B, C, h, w)
+        if cfg:
+            x_in = torch.cat([x_in, x_in])  # (2B, C, h, w): [uncond, cond]
+        timestep = self.schedule.timesteps[i].expand(x_in.shape[0])  # (2B,) t = σ·1000
+        out = self.transformer(
+            hidden_states=x_in, timestep=timestep,
+            encoder_hidden_states=paired(cond, "prompt_embeds", cfg),
+            pooled_projections=paired(cond, "pooled_prompt_embeds", cfg),
+            return_dict=False,
+        )[0].float()  # (2B, C, h, w) velocity
+        if not cfg:
+            return out
+        uncond, text = out.chunk(2)
+        return guide(uncond, text, cond.guidance_scale)  # (B, C, h, w)
+
+    # ---- decode -------------------------------------------------------------------------
+    def decode(self, x0: Tensor) -> Tensor:
+        checks.latents(self.name, x0, self.latent_shape)
+        config = self.vae.config
+        z = x0.to(self.vae.dtype) / config.scaling_factor + (config.shift_factor or 0.0)  # (B, C, h, w)
+        image = self.vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
