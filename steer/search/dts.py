@@ -1,0 +1,270 @@
+"""Diffusion Tree Sampling (DTS) and Diffusion Tree Search (DTS*) — Jain et al. 2025,
+"Diffusion Tree Sampling: Scalable inference-time alignment of diffusion models" (arXiv:2506.20701).
+
+The denoising chain is a tree: nodes are states at the branching steps, edges stochastic kernel
+stretches. Each round, for every prompt's tree: **select** from the root (DTS: a child ∝ exp(λ·v̂);
+DTS*: argmax v̂ + c·sqrt(log N_parent / N_child)) until a node may **widen** (|children| < C·N^α);
+**expand** it with one new child and **roll out** to x_0 with the stochastic kernel, every state on
+the rollout joining the tree; score r(x_0) and **back up** v̂ ← (1/λ)·log mean_children exp(λ·v̂).
+DTS then returns samples from the tree's Boltzmann policy (asymptotically p_θ(x_0)·exp(λ·r(x_0)));
+DTS* returns the best leaf found. Both are anytime and resumable: pass ``tree=result.tree`` with
+more budget to continue.
+
+Defaults: C = 2, α = 0.8 (the paper's progressive widening); λ = 1; c = 1 for DTS*; branching at
+every step (the paper's Algorithm 1 makes every x_t a node); stochastic kernel DDIM η = 1 for
+diffusion and the Flow-GRPO SDE a = 0.7 for flow. Deviations: ``branch_every`` / ``branch_steps``
+coarsen the tree (nodes only at those steps, as the paper does for large images); with
+``rollouts_per_round`` > 1 several leaves are selected before any backup (visits are counted at
+selection, so widening sees them) and rolled out in one batch — the paper's loop is sequential
+(``rollouts_per_round=1``, the default).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from steer.budget import Budget, Trace
+from steer.scoring import score_latents
+from steer.search import tree as T
+from steer.search._common import as_prompts, check_budget, check_int, check_positive, make_result, noise_level_for
+from steer.search.rollout import rollout
+from steer.types import Result, StepInfo
+
+DEFAULT_ROLLOUTS = 32
+_MAX_REVISITS = 10_000  # traversals ending on an existing leaf before a round gives up on a tree
+
+
+@dataclass
+class SearchResult(Result):
+    """A ``Result`` that also carries the search state, to continue with ``tree=result.tree``."""
+
+    tree: Optional[T.SearchTree] = None
+
+
+# ---- options ----------------------------------------------------------------------------------
+
+def branching_levels(num_steps: int, branch_every, branch_steps, method: str) -> tuple[int, ...]:
+    """Chain steps holding tree nodes: 0 (x_T, the root's children), the branching steps, S (x_0)."""
+    if branch_steps is not None:
+        steps = list(branch_steps)
+        if not steps:
+            raise ValueError(f"{method}: branch_steps is empty; give the denoising steps where the tree may branch "
+                             f"(integers in 1..{num_steps - 1}) or leave it None and set branch_every")
+        for s in steps:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < num_steps:
+                raise ValueError(f"{method}: branch_steps must hold integers in 0..{num_steps - 1}, got {s!r}")
+    else:
+        check_int(method, "branch_every", branch_every)
+        steps = list(range(branch_every, num_steps, branch_every))
+        if not steps and num_steps > 1:
+            raise ValueError(f"{method}: branch_every={branch_every} leaves an empty branching schedule for "
+                             f"{num_steps} steps; use branch_every < {num_steps}")
+    return tuple(sorted({0, *steps, num_steps}))
+
+
+def _default_rollouts(rollouts, budget: Optional[Budget], method: str) -> Optional[int]:
+    if rollouts is not None:
+        return check_int(method, "rollouts", rollouts)
+    if budget is not None and (budget.nfe is not None or budget.reward_calls is not None):
+        return None  # run until the budget is spent
+    return DEFAULT_ROLLOUTS
+
+
+def _state_for(tree, prompts, levels, lam, noise_level, method) -> T.SearchTree:
+    if tree is None:
+        return T.SearchTree.new(prompts, levels, lam, noise_level)
+    if not isinstance(tree, T.SearchTree):
+        raise TypeError(f"{method}: tree must be the .tree of a previous dts/dts_star result, got {type(tree).__name__}")
+    for name, have, want in (("prompts", tree.prompts, tuple(prompts)), ("branching levels", tree.levels, levels),
+                             ("lam", tree.lam, lam), ("noise_level", tree.noise_level, noise_level)):
+        if have != want:
+            raise ValueError(f"{method}: cannot continue the tree: its {name} {have!r} differ from this call's "
+                             f"{want!r}; call with the same prompts and options as the run that built it")
+    return tree
+
+
+# ---- one round ----------------------------------------------------------------------------------
+
+def _unvisit(node: T.Node) -> None:
+    while node is not None:
+        node.visits -= 1
+        node = node.parent
+
+
+class _Spend:
+    """Per-prompt spending of this call against the budget and the rollout target."""
+
+    def __init__(self, num_prompts: int, budget: Optional[Budget], rollouts: Optional[int]):
+        self.budget, self.rollouts = budget, rollouts
+        self.nfe, self.done_rollouts = [0] * num_prompts, [0] * num_prompts
+        self.stopped = [False] * num_prompts
+
+    def wants_more(self, k: int, pending: int) -> bool:
+        return not self.stopped[k] and (self.rollouts is None or self.done_rollouts[k] + pending < self.rollouts)
+
+    def affords(self, k: int, cost: int, pending: int) -> bool:
+        b = self.budget
+        if b is None:
+            return True
+        ok_nfe = b.nfe is None or self.nfe[k] + cost <= b.nfe
+        ok_r = b.reward_calls is None or self.done_rollouts[k] + pending + 1 <= b.reward_calls
+        return ok_nfe and ok_r
+
+
+def _select(state: T.SearchTree, k: int, choose, spend: _Spend, per_round: int, widen) -> list[T.Node]:
+    """Up to ``per_round`` parents to expand in tree ``k`` (each traversal counts its visits)."""
+    parents: list[T.Node] = []
+    revisits = 0
+    while len(parents) < per_round and spend.wants_more(k, len(parents)):
+        node = T.descend(state.roots[k], state.last_step, choose, *widen)
+        if node.step == state.last_step:  # an existing leaf: the visit counts, no rollout
+            revisits += 1
+            if revisits > _MAX_REVISITS:
+                break
+            continue
+        cost = state.last_step - max(node.step, 0)
+        if not spend.affords(k, cost, len(parents)):
+            _unvisit(node)
+            spend.stopped[k] = True
+            break
+        spend.nfe[k] += cost
+        parents.append(node)
+    return parents
+
+
+def _expand(process, cond, state: T.SearchTree, picks: list[tuple[int, T.Node]], reward, *, generator, trace,
+            method: str) -> tuple[list[T.Node], Tensor]:
+    """Roll out one new child under each picked parent, add every rollout state to the tree, score, back up."""
+    rows = torch.tensor([k for k, _ in picks], dtype=torch.long)  # (K,)
+    starts = [max(p.step, 0) for _, p in picks]
+    from_root = [p.step == T.ROOT_STEP for _, p in picks]
+    noise = iter(process.init_noise(sum(from_root), generator)) if any(from_root) else iter(())
+    x_start = [next(noise) if root else p.x for root, (_, p) in zip(from_root, picks)]  # K × (*latent_shape)
+    x_final, snaps = rollout(process, cond, rows, starts, torch.stack(x_start), state.levels,
+                             noise_level=state.noise_level, generator=generator, trace=trace)
+    prompts = [state.prompts[k] for k, _ in picks]
+    r = score_latents(process, reward, x_final, prompts, trace=trace, method=method)  # (K,)
+    leaves = []
+    for e, (k, parent) in enumerate(picks):
+        node = parent
+        for level in state.levels:
+            if level < starts[e] or (level == starts[e] and not from_root[e]):
+                continue
+            src = x_start[e] if level == starts[e] else snaps[level][e]
+            node = node.add_child(T.Node(step=level, x=src, visits=1))
+        node.value = float(r[e])
+        T.backup(node, state.lam)
+        state.record_leaf(k, node)
+        state.nfe[k] += state.last_step - starts[e]
+        leaves.append(node)
+    return leaves, r
+
+
+def search_rounds(process, reward, cond, state: T.SearchTree, *, choose: Callable[[int], Callable], spend: _Spend,
+                  per_round: int, widen: tuple[float, float], generator, trace: Trace, method: str) -> Iterator[StepInfo]:
+    """The anytime loop: one round = up to ``per_round`` new rollouts per prompt, batched together."""
+    rnd = 0
+    while True:
+        picks = [(k, p) for k in range(len(state.prompts)) for p in _select(state, k, choose(k), spend, per_round, widen)]
+        if not picks:
+            return
+        leaves, r = _expand(process, cond, state, picks, reward, generator=generator, trace=trace, method=method)
+        for k, _ in picks:
+            spend.done_rollouts[k] += 1
+        best = [None if b is None else b.value for b in state.best]
+        trace.record(round=rnd, nfe=trace.nfe, rollouts=list(state.rollouts), best_reward=best,
+                     new_rewards=r.tolist())
+        yield StepInfo(step=rnd, x=torch.stack([leaf.x for leaf in leaves]), nfe=trace.nfe,
+                       extra={"rewards": r, "best_reward": best, "rollouts": list(state.rollouts)})
+        rnd += 1
+
+
+# ---- public methods -----------------------------------------------------------------------------
+
+def _run(process, reward, prompts, *, select_rule: str, generator, budget, callback, lam, rollouts, rollouts_per_round,
+         branch_every, branch_steps, widen_c, widen_alpha, noise_level, tree, exploration, method):
+    prompts = as_prompts(prompts)
+    lam = check_positive(method, "lam", lam, allow_inf=(select_rule == "uct"))
+    widen = (check_positive(method, "widen_c", widen_c), check_positive(method, "widen_alpha", widen_alpha))
+    per_round = check_int(method, "rollouts_per_round", rollouts_per_round)
+    levels = branching_levels(process.num_steps, branch_every, branch_steps, method)
+    check_budget(method, budget, process.num_steps, "one rollout")
+    n_rollouts = _default_rollouts(rollouts, budget, method)
+    eta = noise_level_for(process, noise_level, method)
+    if eta == 0:
+        raise ValueError(f"{method}: noise_level=0 makes the kernel deterministic, so a node can have only one "
+                         f"distinct child; use noise_level > 0 (default: η=1 diffusion, a=0.7 flow)")
+    state = _state_for(tree, prompts, levels, lam, eta, method)
+    trace = Trace(num_prompts=len(prompts), budget=budget)
+    spend = _Spend(len(prompts), budget, n_rollouts)
+    if select_rule == "boltzmann":
+        def choose(k):
+            return lambda node: T.boltzmann_child(node, lam, generator)
+    else:
+        def choose(k):
+            return lambda node: T.uct_child(node, exploration)
+    cond = process.prepare(prompts)
+    for info in search_rounds(process, reward, cond, state, choose=choose, spend=spend, per_round=per_round,
+                              widen=widen, generator=generator, trace=trace, method=method):
+        if callback is not None:
+            callback(info)
+    if any(b is None for b in state.best):
+        raise ValueError(f"{method}: no rollout fitted the budget; raise Budget(nfe=...) to at least "
+                         f"{process.num_steps} per prompt")
+    return state, trace
+
+
+def dts(process, reward, prompts, *, generator: Optional[torch.Generator] = None, budget: Optional[Budget] = None,
+        callback=None, lam: float = 1.0, rollouts: Optional[int] = None, rollouts_per_round: int = 1,
+        num_samples: int = 1, branch_every: int = 1, branch_steps: Optional[Sequence[int]] = None,
+        widen_c: float = 2.0, widen_alpha: float = 0.8, noise_level: Optional[float] = None,
+        tree: Optional[T.SearchTree] = None) -> SearchResult:
+    """Diffusion Tree Sampling (Jain et al. 2025): grow the tree with Boltzmann selection, then draw
+    ``num_samples`` samples per prompt from its policy, targeting p_θ(x_0)·exp(λ·r(x_0)).
+
+    Runs ``rollouts`` new rollouts per prompt (default 32 without a budget) or until ``budget`` is
+    spent. ``images``/``rewards`` are the first sample per prompt; ``candidates`` (P, num_samples, 3, H, W)
+    all of them; ``tree`` the state to continue from.
+    """
+    method = "dts"
+    check_int(method, "num_samples", num_samples)
+    state, trace = _run(process, reward, prompts, select_rule="boltzmann", generator=generator, budget=budget,
+                        callback=callback, lam=lam, rollouts=rollouts, rollouts_per_round=rollouts_per_round,
+                        branch_every=branch_every, branch_steps=branch_steps, widen_c=widen_c,
+                        widen_alpha=widen_alpha, noise_level=noise_level, tree=tree, exploration=0.0, method=method)
+    picked = [[T.sample_leaf(root, state.last_step, state.lam, generator) for _ in range(num_samples)]
+              for root in state.roots]
+    lat = torch.stack([leaf.x for row in picked for leaf in row])  # (P*K, *latent_shape)
+    rew = torch.tensor([[leaf.value for leaf in row] for row in picked], dtype=torch.float32)  # (P, K)
+    with torch.no_grad():
+        imgs = process.decode(lat).float()  # (P*K, 3, H, W)
+    cands = imgs.reshape(len(state.prompts), num_samples, *imgs.shape[1:])
+    return make_result(process, state.prompts, lat.reshape(len(state.prompts), num_samples, *lat.shape[1:])[:, 0],
+                       rew[:, 0], trace, candidates=cands, candidate_rewards=rew, result_cls=SearchResult, tree=state)
+
+
+def dts_star(process, reward, prompts, *, generator: Optional[torch.Generator] = None,
+             budget: Optional[Budget] = None, callback=None, lam: float = 1.0, exploration: float = 1.0,
+             rollouts: Optional[int] = None, rollouts_per_round: int = 1, branch_every: int = 1,
+             branch_steps: Optional[Sequence[int]] = None, widen_c: float = 2.0, widen_alpha: float = 0.8,
+             noise_level: Optional[float] = None, tree: Optional[T.SearchTree] = None) -> SearchResult:
+    """Diffusion Tree Search, DTS* (Jain et al. 2025): the same tree with UCT selection
+    argmax v̂ + c·sqrt(log N_parent / N_child) (c = ``exploration``; ``lam`` may be ``inf`` for a max
+    backup); returns the best leaf found per prompt. Continuing with ``tree=result.tree`` and more
+    budget never returns a worse reward.
+    """
+    method = "dts_star"
+    if not (isinstance(exploration, (int, float)) and math.isfinite(exploration) and exploration >= 0):
+        raise ValueError(f"{method}: option exploration (UCT constant c) must be a finite number >= 0, got {exploration!r}")
+    state, trace = _run(process, reward, prompts, select_rule="uct", generator=generator, budget=budget,
+                        callback=callback, lam=lam, rollouts=rollouts, rollouts_per_round=rollouts_per_round,
+                        branch_every=branch_every, branch_steps=branch_steps, widen_c=widen_c,
+                        widen_alpha=widen_alpha, noise_level=noise_level, tree=tree, exploration=exploration,
+                        method=method)
+    lat = torch.stack([b.x for b in state.best])  # (P, *latent_shape)
+    rew = torch.tensor([b.value for b in state.best], dtype=torch.float32)  # (P,)
+    return make_result(process, state.prompts, lat, rew, trace, result_cls=SearchResult, tree=state)
