@@ -16,7 +16,7 @@ from steer.rewards.torch_reward import TorchReward
 from steer.rewards.weights import MissingWeightsError, WeightFile, resolve_dir
 
 WEIGHTS = WeightFile("config.json", env="STEER_CLIP_PATH", url="https://huggingface.co/openai/clip-vit-large-patch14",
-                     repo_id="openai/clip-vit-large-patch14")
+                     repo_id="openai/clip-vit-large-patch14", is_dir=True)
 SCALE = 100.0
 
 

@@ -49,11 +49,13 @@ class HPSReward(TorchReward):
         return cls.from_model(model, tokenizer if tokenizer is not None else open_clip_tokenizer(model_name))
 
     @classmethod
-    def from_pretrained(cls, version: str = "v2.1", path: Optional[str] = None) -> "HPSReward":
-        """HPSv2.1 (default) or v2.0 from ``path``, ``$STEER_HPS_PATH`` or the Hugging Face cache."""
+    def from_pretrained(cls, version: str = "v2.1", path: Optional[str] = None,
+                        model_name: str = MODEL_NAME) -> "HPSReward":
+        """HPSv2.1 (default) or v2.0 from ``path``, ``$STEER_HPS_PATH`` or the Hugging Face cache.
+        ``model_name``: the open_clip config the checkpoint fits (``ViT-H-14`` for the released ones)."""
         if version not in WEIGHTS:
             raise ValueError(f"unknown HPS version {version!r}; choose from {sorted(WEIGHTS)}")
-        return cls.from_checkpoint(resolve_file(WEIGHTS[version], path))
+        return cls.from_checkpoint(resolve_file(WEIGHTS[version], path), model_name=model_name)
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         image_features = self.encoder.encode_image(images)  # (B, D)

@@ -32,7 +32,7 @@ IMAGE_SIZE = 224
 WEIGHTS = WeightFile("ImageReward.pt", env="STEER_IMAGE_REWARD_PATH", url="https://huggingface.co/THUDM/ImageReward",
                      repo_id="THUDM/ImageReward")
 TOKENIZER = WeightFile("vocab.txt", env="STEER_BERT_TOKENIZER_PATH", url="https://huggingface.co/bert-base-uncased",
-                       repo_id="bert-base-uncased", option="tokenizer_path")
+                       repo_id="bert-base-uncased", option="tokenizer_path", is_dir=True)
 
 # BLIP ViT-L/16 (vit="large") and BLIP's med_config.json (BERT-base with cross-attention to 1024-d tokens).
 VISION_CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,

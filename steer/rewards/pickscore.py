@@ -19,7 +19,7 @@ from steer.rewards.torch_reward import TorchReward
 from steer.rewards.weights import WeightFile
 
 WEIGHTS = WeightFile("config.json", env="STEER_PICKSCORE_PATH", url="https://huggingface.co/yuvalkirstain/PickScore_v1",
-                     repo_id="yuvalkirstain/PickScore_v1")
+                     repo_id="yuvalkirstain/PickScore_v1", is_dir=True)
 
 
 class PickScoreReward(TorchReward):

@@ -29,10 +29,14 @@ class WeightFile:
     url: str
     repo_id: Optional[str] = None  # Hugging Face repo holding ``filename`` (None: not on the hub)
     option: str = "path"  # the reward's keyword argument that takes a local path
+    is_dir: bool = False  # a model directory (``from_pretrained``) recognised by ``filename``
 
     def hint(self) -> str:
-        return (f"{self.filename} not found: get it from {self.url}, then pass {self.option}=/path/to/"
-                f"{self.filename} or set {self.env}=/path/to/{self.filename}")
+        if self.is_dir:
+            what, target = f"{self.repo_id} directory (with {self.filename})", "/path/to/dir"
+        else:
+            what, target = self.filename, f"/path/to/{self.filename}"
+        return f"{what} not found: get it from {self.url}, then pass {self.option}={target} or set {self.env}={target}"
 
 
 def resolve_file(wf: WeightFile, path: Optional[str | os.PathLike] = None) -> Path:
@@ -56,6 +60,8 @@ def resolve_dir(wf: WeightFile, path: Optional[str | os.PathLike] = None) -> str
     for candidate in (path, os.environ.get(wf.env)):
         if candidate:
             p = Path(candidate).expanduser()
+            if p.is_file():
+                p = p.parent
             if not (p / wf.filename).is_file():
                 raise MissingWeightsError(f"{p / wf.filename} does not exist. " + wf.hint())
             return str(p)
