@@ -79,7 +79,7 @@ def resolve_reward(reward, device=None, dtype=None):
     if isinstance(reward, str):
         return rewards_pkg.load(reward, device=device, dtype=dtype)
     if callable(reward):
-        return rewards_pkg.from_callable(reward)
+        return rewards_pkg.as_reward(reward)
     raise SteerError(f"reward must be a spec string such as 'hps' or 'hps=1,clip=0.5', a Reward, or a callable "
                      f"(images, prompts) -> Tensor; got {type(reward).__name__}")
 

@@ -220,7 +220,7 @@ def rewards(debug: bool = typer.Option(False, "--debug")):
         t = Table("name", "differentiable", "weights", "where to get them", "point at them with")
         for row in rows:
             t.add_row(str(row["name"]), "yes" if row["differentiable"] else "no", str(row.get("weights") or "-"),
-                      str(row.get("source") or "-"), str(row.get("env") or "-"))
+                      str(row.get("source") or "-"), str(row.get("point_at") or "-"))
         Console(width=200).print(t)
     except Exception as e:  # noqa: BLE001
         _fail(str(e), debug, e)
