@@ -1,0 +1,19 @@
+"""Fine-tuning fallback: LoRA trained along the sampling chain.
+
+- ``draft`` — reward backprop: DRaFT-K, DRaFT-LV, AlignProp (``steer.finetune.draft``)
+- ``grpo`` — DDPO / Flow-GRPO on the stochastic kernels' log-probs (``steer.finetune.grpo``)
+- ``distill`` — steering (fk, dts_star, best_of_n, reno) distilled into a LoRA, RAFT-style
+Each takes ``(process, reward, prompts, config, out_dir=...)`` and writes ``out_dir/lora`` (loadable with
+``pipe.load_lora_weights``), ``metrics.jsonl`` and resumable ``checkpoints/``.
+"""
+from steer.finetune.config import CONFIGS, DistillConfig, DraftConfig, GRPOConfig, TrainConfig
+from steer.finetune.distill import distill
+from steer.finetune.draft import draft
+from steer.finetune.grpo import grpo
+from steer.finetune.lora import attach_lora, lora_disabled, merge_lora, save_lora
+from steer.finetune.trainer import TrainResult
+
+METHODS = {"draft": draft, "grpo": grpo, "distill": distill}
+
+__all__ = ["draft", "grpo", "distill", "DraftConfig", "GRPOConfig", "DistillConfig", "TrainConfig", "CONFIGS",
+           "METHODS", "TrainResult", "attach_lora", "save_lora", "merge_lora", "lora_disabled"]

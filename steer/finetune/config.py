@@ -1,0 +1,166 @@
+"""Fine-tuning configs: one ``@dataclass`` per method on a shared base, fields grouped, each with
+``help`` metadata (the CLI reuses it), validated in ``__post_init__``.
+
+Defaults are the papers' where one applies (stated in each method's module); ``learning_rate`` and
+the step counts are for small runs and are meant to be set.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+
+def opt(default, help: str, group: str, **kw):
+    """A dataclass field with ``help`` and ``group`` metadata."""
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, "group": group}, **kw)
+    return field(default=default, metadata={"help": help, "group": group}, **kw)
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass
+class TrainConfig:
+    """What every method shares: LoRA, optimization, sampling, run bookkeeping."""
+
+    # LoRA
+    lora_rank: int = opt(4, "LoRA rank r.", "lora")
+    lora_alpha: Optional[float] = opt(None, "LoRA alpha α (scale α/r); default r.", "lora")
+    target_modules: tuple = opt(("to_q", "to_k", "to_v", "to_out.0"), "Denoiser modules that get LoRA.", "lora")
+    # optimization
+    learning_rate: float = opt(1e-4, "AdamW learning rate.", "optimization")
+    adam_beta1: float = opt(0.9, "AdamW β1.", "optimization")
+    adam_beta2: float = opt(0.999, "AdamW β2.", "optimization")
+    adam_weight_decay: float = opt(1e-4, "AdamW weight decay.", "optimization")
+    adam_epsilon: float = opt(1e-8, "AdamW ε.", "optimization")
+    lr_warmup_steps: int = opt(0, "Linear warm-up steps, then constant.", "optimization")
+    gradient_accumulation_steps: int = opt(1, "Micro-batches accumulated per optimizer step.", "optimization")
+    max_grad_norm: Optional[float] = opt(1.0, "Clip the LoRA gradient norm to this (None: no clipping).", "optimization")
+    max_steps: int = opt(100, "Optimizer steps to run.", "optimization")
+    ema_decay: Optional[float] = opt(None, "EMA of the LoRA weights with this decay (None: off); saved as lora_ema/.",
+                                     "optimization")
+    # sampling
+    prompts_per_step: int = opt(1, "Prompts drawn per micro-batch.", "sampling")
+    # runtime
+    mixed_precision: str = opt("no", "accelerate mixed precision: no, fp16 or bf16.", "runtime")
+    gradient_checkpointing: bool = opt(False, "Recompute denoiser activations in backward (less memory).", "runtime")
+    seed: int = opt(0, "Seed of every random choice (prompts, noise, timesteps).", "runtime")
+    checkpoint_every: int = opt(50, "Save a resumable checkpoint every N steps.", "runtime")
+    keep_checkpoints: int = opt(2, "Checkpoints kept on disk (older ones are deleted).", "runtime")
+
+    def __post_init__(self):
+        self.target_modules = tuple(self.target_modules)
+        for name in ("lora_rank", "gradient_accumulation_steps", "max_steps", "prompts_per_step",
+                     "checkpoint_every", "keep_checkpoints"):
+            v = getattr(self, name)
+            _require(isinstance(v, int) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
+        _require(self.lora_alpha is None or self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
+        _require(self.learning_rate > 0 and math.isfinite(self.learning_rate),
+                 f"learning_rate must be a positive number, got {self.learning_rate}")
+        _require(self.lr_warmup_steps >= 0, f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
+        _require(self.max_grad_norm is None or self.max_grad_norm > 0,
+                 f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        _require(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        _require(self.mixed_precision in ("no", "fp16", "bf16"),
+                 f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
+        _require(len(self.target_modules) > 0, "target_modules must name at least one module")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        d["method"] = self.method
+        return d
+
+    method = "base"
+
+
+@dataclass
+class DraftConfig(TrainConfig):
+    """DRaFT-K / DRaFT-LV / AlignProp (see ``steer.finetune.draft``)."""
+
+    variant: str = opt("draft", "draft (last K steps), lv (K=1 with n re-noised copies), alignprop "
+                                "(K drawn uniformly from 1..steps each update).", "method")
+    k: int = opt(1, "DRaFT-K: steps at the end of the chain that gradients flow through.", "method")
+    lv_copies: int = opt(2, "DRaFT-LV: re-noised copies of the final sample (n).", "method")
+    noise_level: float = opt(0.0, "Sampling kernel noise (DDIM η / flow-SDE a); 0 = deterministic, as DRaFT.", "method")
+    learning_rate: float = opt(1e-4, "AdamW learning rate.", "optimization")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.variant in ("draft", "lv", "alignprop"),
+                 f"variant must be 'draft', 'lv' or 'alignprop', got {self.variant!r}")
+        _require(self.k >= 1, f"k must be >= 1 (and at most the chain's steps), got {self.k}")
+        _require(self.lv_copies >= 1, f"lv_copies must be >= 1, got {self.lv_copies}")
+        _require(self.noise_level >= 0, f"noise_level must be >= 0, got {self.noise_level}")
+
+    method = "draft"
+
+
+@dataclass
+class GRPOConfig(TrainConfig):
+    """DDPO / Flow-GRPO (see ``steer.finetune.grpo``)."""
+
+    group_size: int = opt(8, "G: samples per prompt; advantages are normalized within each group.", "method")
+    clip_range: float = opt(1e-4, "PPO clip ε on the ratio of dimension-averaged log-probs (DDPO).", "method")
+    adv_clip_max: float = opt(5.0, "Advantages clipped to ±this.", "method")
+    kl_beta: float = opt(0.0, "β of the KL to the reference model (LoRA disabled); 0 = off (DDPO).", "method")
+    timestep_fraction: float = opt(1.0, "Fraction of the chain's steps trained on per sample.", "method")
+    inner_epochs: int = opt(1, "Passes over each batch of samples (the first pass has ratio 1).", "method")
+    noise_level: Optional[float] = opt(None, "Kernel noise: DDIM η (default 1.0, DDPO) or flow-SDE a "
+                                             "(default 0.7, Flow-GRPO).", "method")
+    learning_rate: float = opt(3e-4, "AdamW learning rate (DDPO: 3e-4).", "optimization")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.group_size >= 2, f"group_size must be >= 2 (advantages are relative to the group), got {self.group_size}")
+        _require(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
+        _require(self.adv_clip_max > 0, f"adv_clip_max must be > 0, got {self.adv_clip_max}")
+        _require(self.kl_beta >= 0, f"kl_beta must be >= 0, got {self.kl_beta}")
+        _require(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        _require(self.inner_epochs >= 1, f"inner_epochs must be >= 1, got {self.inner_epochs}")
+        _require(self.noise_level is None or self.noise_level > 0,
+                 f"noise_level must be > 0 (GRPO needs a stochastic kernel), got {self.noise_level}")
+
+    method = "grpo"
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """Steering -> LoRA, RAFT-style (see ``steer.finetune.distill``)."""
+
+    steer_method: str = opt("fk", "Steering method that makes the samples: fk, dts_star, best_of_n, reno.", "method")
+    steer_options: dict = opt({}, "Options of the steering method (e.g. particles=8).", "method")
+    samples_per_prompt: int = opt(1, "Steered samples drawn per prompt and round.", "method")
+    top_fraction: float = opt(1.0, "Keep this top fraction of each prompt's samples by reward (RAFT).", "method")
+    rounds: int = opt(1, "Sample-then-train rounds; >1 re-samples with the updated LoRA (online).", "method")
+    steps_per_round: Optional[int] = opt(None, "Optimizer steps per round (default max_steps / rounds).", "method")
+    train_batch_size: int = opt(4, "Kept samples per micro-batch of the denoising loss.", "method")
+    learning_rate: float = opt(1e-4, "AdamW learning rate.", "optimization")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(isinstance(self.steer_method, str) and self.steer_method != "",
+                 "steer_method must name a steering method (fk, dts_star, best_of_n, reno)")
+        _require(self.samples_per_prompt >= 1, f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
+        _require(0 < self.top_fraction <= 1, f"top_fraction must be in (0, 1], got {self.top_fraction}")
+        _require(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
+        _require(self.train_batch_size >= 1, f"train_batch_size must be >= 1, got {self.train_batch_size}")
+        if self.steps_per_round is None:
+            _require(self.max_steps >= self.rounds,
+                     f"max_steps ({self.max_steps}) must be >= rounds ({self.rounds}); raise max_steps")
+            self.steps_per_round = self.max_steps // self.rounds
+        _require(self.steps_per_round >= 1, f"steps_per_round must be >= 1, got {self.steps_per_round}")
+
+    method = "distill"
+
+
+CONFIGS = {"draft": DraftConfig, "grpo": GRPOConfig, "distill": DistillConfig}
+
+
+def help_table(cls) -> list[tuple[str, str, str, object]]:
+    """(group, name, help, default) for each field — what the CLI shows."""
+    return [(f.metadata.get("group", ""), f.name, f.metadata.get("help", ""), f.default) for f in fields(cls)]

@@ -1,0 +1,119 @@
+"""Distil inference-time steering into LoRA weights, RAFT-style.
+
+RAFT (Dong et al. 2023, "RAFT: Reward rAnked FineTuning for Generative Foundation Model
+Alignment"): draw samples, keep the best by reward, fine-tune on them with the model's ordinary
+likelihood loss, optionally repeat with the updated model (online rounds). Here the samples are
+drawn with any steering method by name (``fk``, ``dts_star``, ``best_of_n``, ``reno``, resolved by
+``steer.api.resolve_method``), so the LoRA learns to produce what steering finds without the search
+cost. The loss is the model's own denoising objective: x_i = ``kernels.add_noise``(x0, ε) at a random
+chain step i, ‖f_θ(x_i, i, c) − ``kernels.training_target``‖² (ε, v or flow velocity), on the
+conditional branch (no guidance).
+
+Defaults: one round, ``samples_per_prompt`` = 1 steered sample per prompt, ``top_fraction`` = 1.
+Deviations: training timesteps are the chain's S steps (where the sampler uses the model), one step
+index per micro-batch (``Process.denoise`` takes one index per call). For ``reno``, whose
+``Result.latents`` are optimized initial noises, the final latents are recomputed by the process'
+deterministic chain from them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from steer import chain, kernels
+from steer.finetune.config import DistillConfig
+from steer.finetune.trainer import Trainer, TrainResult, step_generator
+from steer.types import Cond
+
+
+def distill(process, reward, prompts: Sequence[str], config: Optional[DistillConfig] = None, *, out_dir,
+            resume: bool = False, callback: Optional[Callable] = None, accelerator=None) -> TrainResult:
+    """Steer, keep the top samples, fine-tune a LoRA on them with the denoising loss; returns the LoRA."""
+    from steer.api import check_options, resolve_method
+
+    config = config or DistillConfig()
+    method = resolve_method(config.steer_method)
+    check_options(method, dict(config.steer_options), config.steer_method)
+    if config.max_steps != config.steps_per_round * config.rounds:
+        config = replace(config, max_steps=config.steps_per_round * config.rounds)
+    trainer = Trainer(process, reward, prompts, config, out_dir, method="distill", resume=resume,
+                      accelerator=accelerator, callback=callback)
+    trainer.steer_fn = method
+    return trainer.run(distill_step)
+
+
+def steered_samples(trainer: Trainer, round_index: int) -> dict:
+    """Round ``round_index``: ``samples_per_prompt`` steered samples per prompt (split over ranks by
+    seed), the top ``top_fraction`` of each prompt's samples kept. Returns final latents and prompt indices."""
+    config, process = trainer.config, trainer.process
+    latents, rewards, owners = [], [], []
+    for rep in range(config.samples_per_prompt):
+        generator = step_generator(config.seed, 10_000_000 + round_index * 1000 + rep, trainer.rank)
+        for start in range(0, len(trainer.prompts), config.prompts_per_step):
+            chunk = list(range(start, min(start + config.prompts_per_step, len(trainer.prompts))))
+            result = trainer.steer_fn(process, trainer.reward, [trainer.prompts[i] for i in chunk],
+                                      generator=generator, **dict(config.steer_options))
+            latents.append(final_latents(trainer, result, chunk))
+            rewards.append(result.rewards.float().cpu())
+            owners += chunk
+            trainer.trace.add_nfe(result.trace.nfe)
+            trainer.trace.add_reward_calls(result.trace.reward_calls)
+    return keep_top(torch.cat(latents), torch.cat(rewards), torch.tensor(owners), config.top_fraction)
+
+
+def final_latents(trainer: Trainer, result, chunk: list[int]) -> torch.Tensor:
+    if result.latents is None:
+        raise ValueError(f"steering method {trainer.config.steer_method!r} returned no latents to distil; "
+                         f"use fk, dts_star, best_of_n or reno")
+    x = result.latents.detach()
+    if getattr(trainer.steer_fn, "__name__", "") == "reno":  # ReNO returns the optimized initial noise
+        with torch.no_grad():
+            x = chain.run(trainer.process, x.to(trainer.process.device), trainer.cond(chunk))
+    return x.float()
+
+
+def keep_top(latents: torch.Tensor, rewards: torch.Tensor, owners: torch.Tensor, fraction: float) -> dict:
+    """Per prompt, the ceil(fraction·n) highest-reward samples (RAFT's ranking within a prompt)."""
+    keep = []
+    for p in owners.unique().tolist():
+        rows = torch.nonzero(owners == p).flatten()
+        k = max(1, math.ceil(fraction * len(rows)))
+        keep += rows[rewards[rows].argsort(descending=True)[:k]].tolist()
+    keep = torch.tensor(sorted(keep))
+    return {"latents": latents[keep].cpu(), "idx": owners[keep].tolist(), "rewards": rewards[keep]}
+
+
+def conditional(cond: Cond) -> Cond:
+    """The conditional branch only: negative (unconditional) rows dropped, guidance 1."""
+    return replace(cond, tensors={k: v for k, v in cond.tensors.items() if not k.startswith("negative_")},
+                   guidance_scale=1.0)
+
+
+def denoising_loss(trainer: Trainer, x0: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
+    """‖f_θ(x_i, i, c) − target‖² at a random chain step i, x_i = add_noise(x0, ε)."""
+    process = trainer.process
+    i = int(torch.randint(process.num_steps, (1,), generator=generator))
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # (B, C, h, w)
+    x_i = kernels.add_noise(process.schedule, i, x0, noise)
+    target = kernels.training_target(process.schedule, i, x0, noise)
+    output = process.denoise(x_i, i, conditional(cond)).float()
+    trainer.trace.add_nfe(x0.shape[0])
+    return torch.nn.functional.mse_loss(output, target.float())
+
+
+def distill_step(trainer: Trainer, generator: torch.Generator, step: int) -> dict:
+    """Sample a new steered set at the start of each round, then one micro-batch of the denoising loss."""
+    config = trainer.config
+    round_index = step // config.steps_per_round
+    data = trainer.extra.get("distill_data")
+    if data is None or data["round"] != round_index:
+        data = trainer.extra["distill_data"] = {"round": round_index, **steered_samples(trainer, round_index)}
+    rows = torch.randint(len(data["idx"]), (min(config.train_batch_size, len(data["idx"])),), generator=generator)
+    x0 = data["latents"][rows].to(trainer.process.device)
+    idx = [data["idx"][r] for r in rows.tolist()]
+    loss = denoising_loss(trainer, x0, trainer.cond(idx), generator)
+    trainer.backward(loss)
+    return {"loss": float(loss.detach()), "rewards": data["rewards"], "prompts": [trainer.prompts[j] for j in idx]}

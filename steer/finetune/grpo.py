@@ -1,0 +1,131 @@
+"""Group-relative policy optimization on the chain's stochastic kernels: DDPO and Flow-GRPO.
+
+- DDPO (Black et al. 2024, "Training Diffusion Models with Reinforcement Learning"): the denoising
+  chain is an MDP whose policy is the DDIM kernel with η = 1; the PPO-clipped surrogate is taken on
+  the ratio of per-step log-probs, averaged over dimensions, with clip range 1e-4 and advantages
+  clipped to ±5.
+- Flow-GRPO (Liu et al. 2025): for rectified-flow models the ODE is replaced by the SDE with the same
+  marginals (``kernels.flow_sde``, noise level a = 0.7) so that each step has a density; advantages
+  are normalized within each prompt's group of G samples (GRPO); optional KL to the reference model
+  with β (Flow-GRPO uses β = 0.04; default here 0 as DDPO).
+
+The samples are drawn with ``steer.chain.step`` (the same kernels as search), storing x_i, x_{i+1}
+and log p(x_{i+1} | x_i) at sampling time; training recomputes the kernel with the LoRA and takes
+ratio = exp(log p_new − log p_old), which is exactly 1 on the first pass over a batch. The reward
+is only evaluated, never differentiated, so ``jpeg`` and user callables work.
+
+Deviations: one subset of timesteps (``timestep_fraction`` of the S steps, drawn per batch) is shared
+by the whole batch, because ``Process.predict`` takes one step index per call (DDPO draws it per
+sample). Each optimizer step uses one micro-batch of P prompts × G samples; with
+``inner_epochs = E`` a batch is reused for E consecutive optimizer steps (PPO reuse; the clip acts
+from the second one).
+
+Code names: ``group_size`` = G, ``clip_range`` = ε, ``kl_beta`` = β, ``adv_clip_max`` = A_max,
+``noise_level`` = η (diffusion) or a (flow).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from steer import chain, kernels
+from steer.finetune import lora
+from steer.finetune.config import GRPOConfig
+from steer.finetune.trainer import Trainer, TrainResult
+from steer.scoring import score_latents
+
+
+def grpo(process, reward, prompts: Sequence[str], config: Optional[GRPOConfig] = None, *, out_dir,
+         resume: bool = False, callback: Optional[Callable] = None, accelerator=None) -> TrainResult:
+    """DDPO (diffusion) / Flow-GRPO (flow) LoRA fine-tuning; returns the saved LoRA."""
+    config = config or GRPOConfig()
+    trainer = Trainer(process, reward, prompts, config, out_dir, method="grpo", resume=resume,
+                      accelerator=accelerator, callback=callback)
+    return trainer.run(grpo_step)
+
+
+def noise_level(process, config: GRPOConfig) -> float:
+    """η = 1 (DDPO) for diffusion, a = 0.7 (Flow-GRPO) for flow, unless set."""
+    if config.noise_level is not None:
+        return config.noise_level
+    return 0.7 if process.schedule.kind == "flow" else 1.0
+
+
+def group_advantages(rewards: Tensor, group_size: int, clip: float = 5.0, eps: float = 1e-4) -> Tensor:
+    """(r − mean_g) / (std_g + eps) within each prompt's group of G consecutive samples, clipped to ±clip."""
+    r = rewards.float().view(-1, group_size)  # (P, G)
+    adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, correction=0, keepdim=True) + eps)
+    return adv.clamp(-clip, clip).reshape(-1)  # (P·G,)
+
+
+@torch.no_grad()
+def sample_batch(trainer: Trainer, generator: torch.Generator) -> dict:
+    """Draw P prompts × G samples with the stochastic kernel, storing states and old log-probs."""
+    process, config = trainer.process, trainer.config
+    idx = [i for i in trainer.pick_prompts(generator) for _ in range(config.group_size)]  # prompt-major
+    cond = trainer.cond(idx)
+    a = noise_level(process, config)
+    x = process.init_noise(len(idx), generator)  # (B, C, h, w)
+    states, log_probs = [x], []
+    for i in range(process.num_steps):
+        x, _, g = chain.step(process, x, i, cond, noise_level=a, generator=generator, trace=trainer.trace)
+        log_probs.append(kernels.log_prob(g, x, reduce="mean"))  # (B,)
+        states.append(x)
+    rewards = score_latents(process, trainer.reward, x, cond.prompts, trace=trainer.trace, method="grpo")
+    S = process.num_steps
+    T = max(1, round(config.timestep_fraction * S))
+    steps = torch.randperm(S, generator=generator)[:T].tolist()
+    return {"idx": idx, "states": torch.stack(states), "log_probs": torch.stack(log_probs),  # (S+1, B, ...), (S, B)
+            "rewards": rewards, "advantages": group_advantages(rewards, config.group_size, config.adv_clip_max),
+            "steps": steps}
+
+
+def policy_loss(trainer: Trainer, batch: dict, i: int, cond) -> tuple[Tensor, dict]:
+    """PPO-clipped surrogate (plus β·KL) at step ``i`` of a stored batch."""
+    process, config = trainer.process, trainer.config
+    a = noise_level(process, config)
+    x, x_next = batch["states"][i], batch["states"][i + 1]
+    pred = process.predict(x, i, cond, trace=trainer.trace)
+    g = kernels.transition(process.schedule, i, x.float(), pred, a)
+    ratio = torch.exp(kernels.log_prob(g, x_next, reduce="mean") - batch["log_probs"][i])  # (B,)
+    adv = batch["advantages"].to(ratio.device)
+    eps = config.clip_range
+    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - eps, 1 + eps)).mean()
+    info = {"ratio": ratio.detach(), "clip_fraction": float(((ratio - 1).abs() > eps).float().mean())}
+    if config.kl_beta > 0:
+        kl = kl_to_reference(trainer, x, i, cond, g, a)
+        loss = loss + config.kl_beta * kl.mean()
+        info["kl"] = float(kl.mean().detach())
+    return loss, info
+
+
+def kl_to_reference(trainer: Trainer, x: Tensor, i: int, cond, g, a: float) -> Tensor:
+    """KL(π_θ(·|x_i) ‖ π_ref(·|x_i)) of two Gaussians with the same std, averaged over dimensions:
+    ‖μ_θ − μ_ref‖² / (2σ²) (as Flow-GRPO). The reference is the model with the LoRA disabled."""
+    process = trainer.process
+    with torch.no_grad(), lora.lora_disabled(process):
+        ref = kernels.transition(process.schedule, i, x.float(), process.predict(x, i, cond), a)
+    return ((g.mean - ref.mean) ** 2).flatten(1).mean(dim=1) / (2 * g.std.float() ** 2)  # (B,)
+
+
+def grpo_step(trainer: Trainer, generator: torch.Generator, step: int) -> dict:
+    """One optimizer step's micro-batch: sample (or reuse, for inner epochs) and accumulate the loss."""
+    config = trainer.config
+    batch_id = step // config.inner_epochs
+    batches = trainer.extra.setdefault("grpo_batches", {})  # micro index -> batch (kept in checkpoints)
+    cached = batches.get(trainer.micro)
+    if cached is None or cached["id"] != batch_id:
+        cached = batches[trainer.micro] = {"id": batch_id, **sample_batch(trainer, generator)}
+    cond = trainer.cond(cached["idx"])
+    total, infos = 0.0, []
+    for i in cached["steps"]:
+        loss, info = policy_loss(trainer, cached, i, cond)
+        trainer.backward(loss / len(cached["steps"]))
+        total += float(loss.detach()) / len(cached["steps"])
+        infos.append(info)
+    kls = [f["kl"] for f in infos if "kl" in f]
+    return {"loss": total, "rewards": cached["rewards"], "prompts": [trainer.prompts[j] for j in cached["idx"]],
+            "clip_fraction": sum(f["clip_fraction"] for f in infos) / len(infos),
+            "kl": sum(kls) / len(kls) if kls else None, "first_ratio": infos[0]["ratio"]}

@@ -1,0 +1,286 @@
+"""The loop every fine-tuning method shares: LoRA, AdamW, warm-up, gradient accumulation, max-grad-norm,
+mixed precision and multi-process gradient averaging (accelerate), EMA, atomic checkpoints with resume,
+NaN guards and ``metrics.jsonl``.
+
+A method supplies ``micro_step(trainer, generator, step) -> dict`` that computes its loss, calls
+``trainer.backward(loss)`` (possibly several times) and returns metrics. Every random choice of step
+``k`` comes from ``step_generator(seed, k, rank)``, so a resumed run replays exactly what an
+uninterrupted one would have done (bitwise on CPU).
+
+Multi-process (``accelerate launch``): each rank draws its own prompts and noise; after the
+micro-steps the LoRA gradients are averaged over ranks with ``accelerator.reduce`` — DDP's
+semantics. torch's ``DistributedDataParallel`` wrapper itself is not used because reward backprop
+calls the denoiser several times before one backward, which its reducer does not allow.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from steer.budget import Trace
+from steer.finetune import checkpoint, lora
+from steer.finetune.config import TrainConfig
+from steer.types import Cond
+
+
+@dataclass
+class TrainResult:
+    """What a fine-tuning run returns. ``lora_dir`` loads with ``pipe.load_lora_weights``."""
+
+    lora_dir: Path
+    ema_dir: Optional[Path]
+    steps: int
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator of one step on one rank (a hash of the three, so streams never overlap)."""
+    digest = hashlib.sha256(f"steer-finetune/{seed}/{step}/{rank}".encode()).digest()
+    return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def concat_conds(conds: Sequence[Cond]) -> Cond:
+    """Rows of several ``Cond`` of the same family stacked (prompt order kept)."""
+    first = conds[0]
+    if len(conds) == 1:
+        return first
+    tensors = {k: torch.cat([c.tensors[k] for c in conds]) for k in first.tensors}
+    return replace(first, prompts=tuple(p for c in conds for p in c.prompts), tensors=tensors)
+
+
+def make_accelerator(process, config: TrainConfig):
+    from accelerate import Accelerator
+
+    cpu = torch.device(getattr(process, "device", "cpu")).type == "cpu"
+    return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
+
+
+class Trainer:
+    """Holds the state of one run; ``run(micro_step)`` trains to ``config.max_steps``."""
+
+    def __init__(self, process, reward, prompts: Sequence[str], config: TrainConfig, out_dir, *,
+                 method: str, resume: bool = False, accelerator=None, callback: Optional[Callable] = None):
+        if not prompts:
+            raise ValueError("no prompts to fine-tune on; pass at least one prompt")
+        self.process, self.reward, self.prompts, self.config = process, reward, list(prompts), config
+        self.method, self.callback = method, callback
+        self.out_dir = Path(out_dir)
+        self.accelerator = accelerator or make_accelerator(process, config)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.pipe = lora.pipeline_of(process)
+        self.params = self._lora_params()
+        self.optimizer = self.accelerator.prepare_optimizer(torch.optim.AdamW(
+            self.params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.adam_weight_decay, eps=config.adam_epsilon), device_placement=False)
+        warm = config.lr_warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.ema = [p.detach().clone() for p in self.params] if config.ema_decay else None
+        self.trace = Trace(num_prompts=len(self.prompts))
+        self.start_step = 0
+        self.extra: dict[str, Any] = {}  # method state that must survive a resume (e.g. a GRPO sample batch)
+        self._cond_all: Optional[Cond] = None
+        self.micro = 0
+        if resume:
+            self._resume()
+
+    # ---- setup --------------------------------------------------------------------------
+    def _lora_params(self):
+        model = lora.denoiser(self.pipe)
+        if getattr(model, "peft_config", None) and lora.ADAPTER in model.peft_config:
+            params = lora.trainable_parameters(self.pipe)
+        else:
+            params = lora.attach_lora(self.pipe, self.config.lora_rank, self.config.lora_alpha,
+                                      self.config.target_modules, init_seed=self.config.seed)
+        if self.config.gradient_checkpointing:
+            if not getattr(model, "_supports_gradient_checkpointing", False):
+                raise ValueError(f"{type(model).__name__} does not support gradient checkpointing; "
+                                 f"set gradient_checkpointing=False")
+            model.enable_gradient_checkpointing()
+        return params
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def _resume(self) -> None:
+        path = checkpoint.latest(self.checkpoint_dir)
+        if path is None:
+            return
+        state = checkpoint.load(path)
+        if state.get("method") != self.method:
+            raise ValueError(f"checkpoint {path} was made by method {state.get('method')!r}, not {self.method!r}; "
+                             f"use another --out folder or the same method")
+        lora.load_lora_state_dict(self.pipe, state["lora"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            for e, v in zip(self.ema, state["ema"]):
+                e.copy_(v)
+        self.extra = state.get("extra") or {}
+        checkpoint.set_rng_state(state["rng"])
+        self.start_step = int(state["step"])
+        self._truncate_metrics(self.start_step)
+
+    # ---- per step -----------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch loss, scaled for gradient accumulation."""
+        self.accelerator.backward(loss / self.config.gradient_accumulation_steps)
+        self.trace.add_backward()
+
+    def pick_prompts(self, generator: torch.Generator, n: Optional[int] = None) -> list[int]:
+        """Indices of ``n`` prompts (default ``prompts_per_step``) drawn uniformly with replacement."""
+        n = n or self.config.prompts_per_step
+        return torch.randint(len(self.prompts), (n,), generator=generator).tolist()
+
+    def cond(self, indices: Sequence[int]) -> Cond:
+        """The encoded prompts ``indices`` (every prompt is encoded once per run, in chunks)."""
+        if self._cond_all is None:
+            chunks = [self.process.prepare(self.prompts[s:s + 32]) for s in range(0, len(self.prompts), 32)]
+            self._cond_all = concat_conds(chunks)
+        return self._cond_all.index(list(indices))
+
+    def run(self, micro_step: Callable) -> TrainResult:
+        t_run = time.perf_counter()
+        metrics: list[dict[str, Any]] = []
+        for step in range(self.start_step, self.config.max_steps):
+            t0 = time.perf_counter()
+            record = self._one_step(micro_step, step)
+            record["seconds"] = time.perf_counter() - t0
+            metrics.append(record)
+            self._log(record)
+            if (step + 1) % self.config.checkpoint_every == 0 or step + 1 == self.config.max_steps:
+                self.save_checkpoint(step + 1)
+            if self.callback is not None:
+                self.callback(record)
+        return self._finish(metrics, time.perf_counter() - t_run)
+
+    def _one_step(self, micro_step: Callable, step: int) -> dict[str, Any]:
+        self.optimizer.zero_grad(set_to_none=True)
+        records = []
+        for micro in range(self.config.gradient_accumulation_steps):
+            self.micro = micro
+            generator = step_generator(self.config.seed, step * 1000 + micro, self.rank)
+            try:
+                with self.accelerator.autocast():
+                    records.append(micro_step(self, generator, step))
+            except FloatingPointError as e:
+                raise FloatingPointError(f"{self.method} step {step + 1}: {e}; {self._kept()}") from None
+            self._check_loss(records[-1], step)
+        self._average_gradients()
+        grad_norm = self._clip()
+        self.optimizer.step()
+        self.scheduler.step()
+        self._update_ema()
+        return self._summarize(records, step, grad_norm)
+
+    def _check_loss(self, record: dict, step: int) -> None:
+        loss = record["loss"]
+        if not math.isfinite(loss):
+            prompts = record.get("prompts", [])
+            raise FloatingPointError(
+                f"{self.method} step {step + 1}: loss is {loss} for prompt(s) {prompts[:3]}; {self._kept()}; "
+                f"lower learning_rate or max_grad_norm")
+
+    def _kept(self) -> str:
+        path = checkpoint.latest(self.checkpoint_dir) if self.checkpoint_dir.exists() else None
+        return f"the last good checkpoint {path} was kept" if path else "no checkpoint had been written yet"
+
+    def _average_gradients(self) -> None:
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+    def _clip(self) -> float:
+        if self.config.max_grad_norm is None:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+        return float(self.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm))
+
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        d = self.config.ema_decay
+        with torch.no_grad():
+            for e, p in zip(self.ema, self.params):
+                e.mul_(d).add_(p.detach(), alpha=1 - d)
+
+    def _summarize(self, records: list[dict], step: int, grad_norm: float) -> dict[str, Any]:
+        rewards = torch.cat([torch.as_tensor(r["rewards"]).float().reshape(-1) for r in records if "rewards" in r])
+        if self.world > 1:
+            rewards = self.accelerator.gather(rewards.to(self.accelerator.device)).cpu()
+        out = {"step": step + 1, "loss": sum(r["loss"] for r in records) / len(records),
+               "reward_mean": float(rewards.mean()) if rewards.numel() else None,
+               "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+               "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0],
+               "nfe": self.trace.nfe, "reward_calls": self.trace.reward_calls}
+        for key in ("kl", "clip_fraction", "approx_kl"):
+            vals = [r[key] for r in records if r.get(key) is not None]
+            out[key] = sum(vals) / len(vals) if vals else None
+        return out
+
+    # ---- output -------------------------------------------------------------------------
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+    def _log(self, record: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        if not self.accelerator.is_main_process or not self.metrics_path.exists():
+            return
+        lines = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+        checkpoint.atomic_write_bytes(self.metrics_path, "".join(ln + "\n" for ln in kept).encode())
+
+    def state(self) -> dict[str, Any]:
+        return {"method": self.method, "config": self.config.to_dict(), "lora": lora.lora_state_dict(self.pipe),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "ema": [e.clone() for e in self.ema] if self.ema is not None else None, "extra": self.extra}
+
+    def save_checkpoint(self, step: int) -> None:
+        if self.accelerator.is_main_process:
+            checkpoint.save(self.checkpoint_dir, step, self.state(), keep=self.config.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def _finish(self, metrics: list[dict], seconds: float) -> TrainResult:
+        lora_dir, ema_dir = self.out_dir / "lora", None
+        if self.accelerator.is_main_process:
+            lora.save_lora(self.pipe, lora_dir)
+            checkpoint.atomic_write_bytes(self.out_dir / "config.json",
+                                          json.dumps(self.config.to_dict(), indent=2).encode())
+            if self.ema is not None:
+                ema_dir = self._save_ema()
+        self.accelerator.wait_for_everyone()
+        return TrainResult(lora_dir=lora_dir, ema_dir=ema_dir, steps=self.config.max_steps, metrics=metrics,
+                           seconds=seconds)
+
+    def _save_ema(self) -> Path:
+        """Swap the EMA weights in, save them as lora_ema/, swap the trained weights back."""
+        with torch.no_grad():
+            live = [p.detach().clone() for p in self.params]
+            for p, e in zip(self.params, self.ema):
+                p.copy_(e)
+            path = lora.save_lora(self.pipe, self.out_dir / "lora_ema")
+            for p, v in zip(self.params, live):
+                p.copy_(v)
+        return path
