@@ -1,0 +1,118 @@
+"""Overhead of steer's chain abstraction over diffusers' own sampling loop, per family.
+
+For each tiny fixture in ``steer.zoo.tiny.FAMILIES`` (families whose builder module does not exist
+yet are skipped): wall time of steer's deterministic loop — ``process.prepare`` + ``chain.run``
+(DDIM η=0 / flow Euler ODE) + ``process.decode`` — divided by the pipeline's own ``pipe(...)`` for
+the same prompts, initial latents, steps and guidance (``output_type="pt"``). Both run under
+``torch.no_grad()``. The two are timed alternately in one process (after a warm-up of each) and the
+medians are compared, so machine load affects both alike. Prints a markdown table.
+
+    python benchmarks/overhead.py [--steps 10] [--repeats 7] [--prompts 2] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+# family -> (guidance_scale or None for unconditional, options for both sides, options for pipe(...) only)
+SETTINGS = {
+    "sd": (5.0, {}, {}),
+    "sd_v": (5.0, {}, {}),
+    "sdxl": (5.0, {}, {}),
+    "sd3": (5.0, {}, {}),
+    "flux": (3.5, {"max_sequence_length": 64}, {}),
+    "pixart": (4.5, {"clean_caption": False}, {"use_resolution_binning": False}),  # no bs4 here
+    "ddpm": (None, {}, {}),
+}
+PROMPTS = ["a red circle above a blue square", "two green triangles", "a yellow star", "a purple ring"]
+
+
+def available(family: str) -> bool:
+    module = {"sd_v": "sd"}.get(family, family)
+    return importlib.util.find_spec(f"steer.zoo.tiny.{module}") is not None
+
+
+def make_runners(family: str, steps: int, num_prompts: int):
+    """(steer_fn, diffusers_fn, pipeline class name): two closures producing the same images."""
+    from steer import chain
+    from steer.pipelines import from_pipe
+    from steer.zoo import tiny
+
+    guidance, shared, pipe_only = SETTINGS.get(family, (None, {}, {}))
+    pipe = tiny.build(family)
+    pipe.set_progress_bar_config(disable=True)
+    options = dict(num_inference_steps=steps, **shared)
+    if guidance is not None:
+        options["guidance_scale"] = guidance
+    process = from_pipe(pipe, **options)
+    prompts = PROMPTS[:num_prompts]
+    x = process.init_noise(num_prompts, torch.Generator().manual_seed(0))
+
+    def steer_fn():
+        return process.decode(chain.run(process, x, process.prepare(prompts)))
+
+    if guidance is None:  # unconditional pixel pipelines draw x_T themselves from the generator
+        def diffusers_fn():
+            return pipe(batch_size=num_prompts, generator=torch.Generator().manual_seed(0),
+                        num_inference_steps=steps, output_type="pt").images
+    else:
+        def diffusers_fn():
+            return pipe(prompts, latents=x.clone(), num_inference_steps=steps, guidance_scale=guidance,
+                        output_type="pt", **shared, **pipe_only).images
+
+    return steer_fn, diffusers_fn, type(pipe).__name__
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(family: str, steps: int, repeats: int, num_prompts: int) -> dict:
+    steer_fn, diffusers_fn, pipeline = make_runners(family, steps, num_prompts)
+    with torch.no_grad():
+        max_diff = (steer_fn() - diffusers_fn()).abs().max().item()  # warm-up, and a sanity check
+        steer_t, diffusers_t = [], []
+        for _ in range(repeats):
+            steer_t.append(timed(steer_fn))
+            diffusers_t.append(timed(diffusers_fn))
+    s, d = statistics.median(steer_t), statistics.median(diffusers_t)
+    return dict(family=family, pipeline=pipeline, steer_ms=1e3 * s, diffusers_ms=1e3 * d, ratio=s / d,
+                max_diff=max_diff)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--prompts", type=int, default=2, choices=range(1, len(PROMPTS) + 1))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--families", nargs="*", default=None, help="subset of steer.zoo.tiny.FAMILIES")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from steer.zoo.tiny import FAMILIES
+
+    families = [f for f in (args.families or FAMILIES) if available(f)]
+    skipped = [f for f in (args.families or FAMILIES) if f not in families]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{platform.processor() or platform.machine()}, {args.threads} thread(s), load average {load:.1f}; "
+          f"{args.steps} steps, {args.prompts} prompts, median of {args.repeats} alternating runs"
+          + (f"; skipped (no builder yet): {', '.join(skipped)}" if skipped else ""))
+    print()
+    print("| family | pipeline | steer (ms) | diffusers (ms) | steer / diffusers | max abs diff |")
+    print("|---|---|---|---|---|---|")
+    for family in families:
+        r = measure(family, args.steps, args.repeats, args.prompts)
+        print(f"| {r['family']} | {r['pipeline']} | {r['steer_ms']:.1f} | {r['diffusers_ms']:.1f} | "
+              f"{r['ratio']:.3f} | {r['max_diff']:.1e} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
