@@ -176,10 +176,11 @@ def search_rounds(process, reward, cond, state: T.SearchTree, *, choose: Callabl
         for k, _ in picks:
             spend.done_rollouts[k] += 1
         best = [None if b is None else b.value for b in state.best]
-        trace.record(round=rnd, nfe=trace.nfe, rollouts=list(state.rollouts), best_reward=best,
-                     new_rewards=r.tolist())
+        trace.record(round=rnd, nfe=trace.nfe, tree_nfe=list(state.nfe), rollouts=list(state.rollouts),
+                     best_reward=best, new_rewards=r.tolist())
         yield StepInfo(step=rnd, x=torch.stack([leaf.x for leaf in leaves]), nfe=trace.nfe,
-                       extra={"rewards": r, "best_reward": best, "rollouts": list(state.rollouts)})
+                       extra={"rewards": r, "best_reward": best, "rollouts": list(state.rollouts),
+                              "tree_nfe": list(state.nfe)})
         rnd += 1
 
 
@@ -236,8 +237,7 @@ def dts(process, reward, prompts, *, generator: Optional[torch.Generator] = None
                         callback=callback, lam=lam, rollouts=rollouts, rollouts_per_round=rollouts_per_round,
                         branch_every=branch_every, branch_steps=branch_steps, widen_c=widen_c,
                         widen_alpha=widen_alpha, noise_level=noise_level, tree=tree, exploration=0.0, method=method)
-    picked = [[T.sample_leaf(root, state.last_step, state.lam, generator) for _ in range(num_samples)]
-              for root in state.roots]
+    picked = [T.sample_leaves(root, state.last_step, state.lam, num_samples, generator) for root in state.roots]
     lat = torch.stack([leaf.x for row in picked for leaf in row])  # (P*K, *latent_shape)
     rew = torch.tensor([[leaf.value for leaf in row] for row in picked], dtype=torch.float32)  # (P, K)
     with torch.no_grad():

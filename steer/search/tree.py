@@ -123,6 +123,28 @@ def sample_leaf(root: Node, last_step: int, lam: float, generator: Optional[torc
     return node
 
 
+def sample_leaves(root: Node, last_step: int, lam: float, n: int,
+                  generator: Optional[torch.Generator] = None) -> list[Node]:
+    """``n`` independent draws of ``sample_leaf``, made level by level (one multinomial per visited
+    node instead of one per draw and node), returned in random order."""
+    device = generator.device if generator is not None else "cpu"
+    out: list[Node] = []
+    stack = [(root, n)]
+    while stack:
+        node, count = stack.pop()
+        if node.step == last_step:
+            out.extend([node] * count)
+            continue
+        kids = node.valued_children()
+        logits = torch.tensor([c.value for c in kids], dtype=torch.float64) * lam  # (C,)
+        probs = torch.softmax(logits, 0).to(device)
+        draws = torch.multinomial(probs, count, replacement=True, generator=generator)
+        counts = torch.bincount(draws.cpu(), minlength=len(kids)).tolist()
+        stack.extend((c, k) for c, k in zip(kids, counts) if k > 0)
+    order = torch.randperm(len(out), generator=generator, device=device).tolist()
+    return [out[i] for i in order]
+
+
 def leaves(root: Node, last_step: int) -> list[Node]:
     """Every terminal node under ``root``."""
     out, stack = [], [root]
