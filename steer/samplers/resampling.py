@@ -6,7 +6,8 @@ Every scheme has the head ``scheme(log_w, n, generator) -> ancestors``: ``log_w`
 float32; ancestors come from inverting the cumulative sum with ``searchsorted``. A float32
 cumulative sum can end a little below 1: it is divided by its own last entry (exactly 1.0 after
 the division), so every uniform in [0, 1) lands on a particle, and a zero-weight particle (a flat
-stretch of the cumulative sum) can never be picked. References: Douc, Cappé & Moulines 2005,
+stretch of the cumulative sum) can never be picked; a uniform that rounds up to 1 goes to the last
+particle with positive weight. References: Douc, Cappé & Moulines 2005,
 "Comparison of resampling schemes for particle filtering"; Chopin & Papaspiliopoulos 2020, ch. 9.
 
 ==================  ====================================================================
@@ -31,9 +32,8 @@ def normalize(log_w: Tensor) -> Tensor:
 
 
 def ess(log_w: Tensor) -> Tensor:
-    """Effective sample size (Σw)² / Σw² = exp(2·lse(log w) − lse(2·log w)), per group (...,)."""
-    log_w = log_w.float()
-    return torch.exp(2 * torch.logsumexp(log_w, dim=-1) - torch.logsumexp(2 * log_w, dim=-1))
+    """Effective sample size (Σw)² / Σw² = exp(−lse(2·log w̄)) with w̄ the normalized weights, per group (...,)."""
+    return torch.exp(-torch.logsumexp(2 * normalize(log_w), dim=-1))
 
 
 def _uniform(shape: tuple[int, ...], generator: Optional[torch.Generator], device) -> Tensor:
@@ -48,11 +48,13 @@ def _cdf(log_w: Tensor) -> Tensor:
 
 
 def _invert(log_w: Tensor, u: Tensor) -> Tensor:
-    """Ancestors for uniforms ``u`` (..., n) in [0, 1): the first k with cdf_k > u."""
+    """Ancestors for uniforms ``u`` (..., n) in [0, 1]: the first k with cdf_k > u, capped at the first
+    k with cdf_k = 1 (the last positive weight), which also catches a float32 (k + U)/n rounding to 1."""
     _check(log_w)
-    cdf = _cdf(log_w)
-    idx = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True)  # (..., n)
-    return idx.clamp_(max=log_w.shape[-1] - 1)
+    cdf = _cdf(log_w).contiguous()  # (..., K)
+    idx = torch.searchsorted(cdf, u.contiguous(), right=True)  # (..., n)
+    last = torch.searchsorted(cdf, torch.ones_like(cdf[..., :1]), right=False)  # (..., 1)
+    return torch.minimum(idx, last)
 
 
 def multinomial(log_w: Tensor, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
