@@ -55,9 +55,9 @@ def noise_level(process, config: GRPOConfig) -> float:
 
 def group_advantages(rewards: Tensor, group_size: int, clip: float = 5.0, eps: float = 1e-4) -> Tensor:
     """(r − mean_g) / (std_g + eps) within each prompt's group of G consecutive samples, clipped to ±clip."""
-    r = rewards.float().view(-1, group_size)  # (P, G)
+    r = rewards.double().view(-1, group_size)  # (P, G); float64: rewards often differ only in late digits
     adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, correction=0, keepdim=True) + eps)
-    return adv.clamp(-clip, clip).reshape(-1)  # (P·G,)
+    return adv.clamp(-clip, clip).reshape(-1).float()  # (P·G,)
 
 
 @torch.no_grad()

@@ -1,0 +1,198 @@
+"""``steer finetune``: the typer command (registered in ``steer/cli.py``).
+
+    steer finetune --method draft|grpo|distill --reward SPEC --prompts FILE --out DIR
+                   [--model ID_OR_PATH] [--steer-method fk --particles 8 -o KEY=VALUE ...]
+                   [--max-steps N] [--lora-rank R] [--set FIELD=VALUE ...] [--resume]
+
+Bad input exits with code 2 and one line on stderr (``--debug`` shows the traceback). Writes
+``DIR/lora`` (``pipe.load_lora_weights(DIR/lora)``), ``DIR/metrics.jsonl``, ``DIR/config.json`` and
+``DIR/checkpoints/``. Under ``accelerate launch`` every process trains and gradients are averaged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+class FinetuneError(Exception):
+    """Bad input the user can fix: one line, exit code 2."""
+
+
+def _read_prompts(path: Path) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FinetuneError(f"cannot read prompts file {str(path)!r}: {e.__class__.__name__}") from None
+    prompts = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not prompts:
+        raise FinetuneError(f"prompts file {str(path)!r} is empty; write one prompt per line")
+    return prompts
+
+
+def _parse(raw: str, default):
+    """A value typed like ``default`` (bool, int, float, tuple of str, or anything JSON-like)."""
+    if raw.lower() == "none":
+        return None
+    if isinstance(default, bool):
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise FinetuneError(f"expected true/false, got {raw!r}")
+        return raw.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, tuple):
+        return tuple(s.strip() for s in raw.split(",") if s.strip())
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            if isinstance(default, cast) and not isinstance(default, bool):
+                raise FinetuneError(f"expected a {cast.__name__}, got {raw!r}") from None
+    return raw
+
+
+def _pairs(items: List[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise FinetuneError(f"{what} takes KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = raw.strip()
+    return out
+
+
+def build_config(method: str, explicit: dict, settings: List[str], steer_options: dict):
+    """The method's config from explicit options, ``--set FIELD=VALUE`` pairs and steering options."""
+    from steer.finetune.config import CONFIGS
+
+    if method not in CONFIGS:
+        raise FinetuneError(f"--method must be one of {', '.join(CONFIGS)}, got {method!r}")
+    cls = CONFIGS[method]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in explicit.items() if v is not None and k in fields}
+    for key, raw in _pairs(settings, "--set").items():
+        if key not in fields:
+            raise FinetuneError(f"--set {key}: {method} has no setting {key!r}; its settings: {', '.join(fields)}")
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kwargs[key] = _parse(raw, default)
+    if method == "distill":
+        kwargs["steer_options"] = steer_options
+    elif steer_options:
+        raise FinetuneError("--steer-method options (--particles, -o) only apply to --method distill")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise FinetuneError(str(e)) from None
+
+
+def steer_options(steer_method: str, particles: Optional[int], options: List[str]) -> dict:
+    """Options of the steering method used by distill, typed by the method's own defaults."""
+    from steer.api import check_options, method_options, resolve_method
+
+    fn = resolve_method(steer_method)
+    defaults = method_options(fn)
+    out = {k: _parse(v, defaults.get(k)) for k, v in _pairs(options, "--option").items()}
+    if particles is not None:
+        if particles < 1:
+            raise FinetuneError("--particles must be >= 1")
+        key = "particles" if "particles" in defaults else "n" if "n" in defaults else None
+        if key is None:
+            raise FinetuneError(f"--particles does not apply to steering method {steer_method!r}; use -o KEY=VALUE")
+        out[key] = particles
+    check_options(fn, out, steer_method)
+    return out
+
+
+class _Bar:
+    """A rich progress bar over optimizer steps (only on a terminal)."""
+
+    def __init__(self, total: int):
+        self.total, self.progress = total, None
+
+    def __enter__(self):
+        if sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self.progress = Progress(transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("fine-tuning", total=self.total)
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, record: dict) -> None:
+        if self.progress is not None:
+            r = record.get("reward_mean")
+            self.progress.update(self.task, completed=record["step"],
+                                 description=f"step {record['step']}  reward {r:.4g}" if r is not None else "")
+
+
+def run_finetune(method: str, reward: str, prompts: list[str], out: Path, *, model: Optional[str], config,
+                 resume: bool, steps: Optional[int], guidance: Optional[float], device: Optional[str]):
+    from steer.api import resolve_process, resolve_reward
+    from steer.finetune import METHODS
+
+    process = resolve_process(model, device=device, num_inference_steps=steps, guidance_scale=guidance)
+    reward_model = resolve_reward(reward, device=getattr(process, "device", None))
+    with _Bar(config.max_steps) as bar:
+        return METHODS[method](process, reward_model, prompts, config, out_dir=out, resume=resume, callback=bar)
+
+
+def finetune(
+    method: str = typer.Option(..., "--method", "-m", help="draft (reward backprop), grpo (DDPO / Flow-GRPO) or distill."),
+    reward: str = typer.Option("hps", "--reward", "-r", help="Reward spec, e.g. hps, jpeg or hps=1,clip=0.5."),
+    prompts_file: Path = typer.Option(..., "--prompts", help="A text file with one prompt per line."),
+    out: Path = typer.Option(..., "--out", help="Output folder (lora/, metrics.jsonl, checkpoints/)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model id or local diffusers folder."),
+    steer_method: str = typer.Option("fk", "--steer-method", help="distill: steering method (fk, dts_star, best_of_n, reno)."),
+    particles: Optional[int] = typer.Option(None, "--particles", help="distill: particles (fk) or candidates (best_of_n)."),
+    option: List[str] = typer.Option(None, "--option", "-o", help="distill: steering option KEY=VALUE (repeatable)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps."),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank."),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the rank)."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--lr", help="AdamW learning rate."),
+    settings: List[str] = typer.Option(None, "--set", help="Any config field FIELD=VALUE (repeatable), e.g. k=2."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="num_inference_steps of the sampling chain."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="guidance_scale."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, cpu, ..."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from DIR/checkpoints/latest."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+):
+    """Fine-tune a LoRA with a reward: reward backprop, GRPO, or distilled steering."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise FinetuneError(f"--out {str(out)!r} is a file, not a folder; choose another path")
+        if resume and not (out / "checkpoints" / "latest").exists():
+            raise FinetuneError(f"--resume: no checkpoint in {str(out / 'checkpoints')!r}; run without --resume first")
+        prompts = _read_prompts(prompts_file)
+        if method == "distill":
+            opts = steer_options(steer_method, particles, option or [])
+            explicit_steer = steer_method
+        else:
+            if particles is not None or option:
+                raise FinetuneError("--particles and --option only apply to --method distill")
+            opts, explicit_steer = {}, None
+        config = build_config(method, dict(max_steps=max_steps, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                                           learning_rate=learning_rate, seed=seed, steer_method=explicit_steer),
+                              settings or [], opts)
+        result = run_finetune(method, reward, prompts, out, model=model, config=config, resume=resume,
+                              steps=steps, guidance=guidance, device=device)
+        last = result.metrics[-1] if result.metrics else {}
+        typer.echo(f"saved LoRA to {result.lora_dir} after {result.steps} steps"
+                   + (f" (last mean reward {last['reward_mean']:.4g})" if last.get("reward_mean") is not None else ""))
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the last checkpoint was kept; continue with --resume", err=True)
+        raise typer.Exit(code=130)
+    except Exception as e:  # noqa: BLE001 - the boundary: one line, exit 2
+        if debug:
+            raise
+        message = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(code=2)
