@@ -18,7 +18,9 @@ import platform
 import statistics
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a loaded CPU
+
+import torch  # noqa: E402
 
 # family -> (guidance_scale or None for unconditional, options for both sides, options for pipe(...) only)
 SETTINGS = {

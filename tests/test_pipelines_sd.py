@@ -203,3 +203,16 @@ def test_load_unsupported_class_names_families(tmp_path):
         load(tmp_path)
     with pytest.raises(ValueError, match="dtype must be"):
         load(tmp_path, dtype="float8")
+
+
+def test_denoiser_runs_in_pipeline_dtype_chain_in_float32():
+    pipe = tiny.build("sd").to(torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    process = from_pipe(pipe, num_inference_steps=STEPS, guidance_scale=GUIDANCE)
+    assert process.dtype == torch.bfloat16 and process.device == torch.device("cpu")
+    x = _noise(process, 2)
+    final, images = _steer(process, PROMPTS, x)
+    assert final.dtype == images.dtype == torch.float32
+    ref = pipe(PROMPTS, latents=x.to(torch.bfloat16), num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+               output_type="pt").images  # diffusers also rounds the chain to bf16 at every step
+    assert (images - ref.float()).abs().max() < 0.05
