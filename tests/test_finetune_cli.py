@@ -1,0 +1,75 @@
+"""``steer finetune`` through typer's CliRunner on a tiny app: bad input -> exit 2 and one line; a
+tiny run writes a loadable LoRA and metrics; --resume continues."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from steer.finetune.command import finetune
+
+app = typer.Typer()
+app.command()(finetune)
+app.command("noop")(lambda: None)  # two commands, so `finetune` is a subcommand as in steer's CLI
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from steer.zoo.tiny import build
+
+    path = tmp_path_factory.mktemp("tiny-sd")
+    build("sd").save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red circle\n\na blue square\n")
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["finetune", *map(str, args)])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "dpo"], "--method must be one of"),
+    (["--method", "grpo", "--set", "group_size=1"], "group_size must be >= 2"),
+    (["--method", "draft", "--set", "nope=1"], "has no setting 'nope'"),
+    (["--method", "draft", "--particles", "4"], "only apply to --method distill"),
+    (["--method", "distill", "--steer-method", "fkk"], "unknown method 'fkk'"),
+    (["--method", "draft", "--resume"], "no checkpoint"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, prompts, extra, message):
+    result = invoke("--reward", "jpeg", "--prompts", prompts, "--out", tmp_path / "out", *extra)
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.output
+
+
+def test_missing_prompts_file_exits_2(tmp_path):
+    result = invoke("--method", "grpo", "--reward", "jpeg", "--prompts", tmp_path / "none.txt", "--out", tmp_path)
+    assert result.exit_code == 2 and "cannot read prompts file" in result.output
+
+
+def test_grpo_run_then_resume(tmp_path, prompts, model_dir):
+    out = tmp_path / "run"
+    common = ["--method", "grpo", "--reward", "tests.test_finetune:Brightness", "--prompts", prompts,
+              "--model", model_dir, "--steps", "2", "--guidance", "1", "--out", out, "--lora-rank", "2",
+              "--set", "group_size=2", "--set", "checkpoint_every=1"]
+    first = invoke(*common, "--max-steps", "2")
+    assert first.exit_code == 0, first.output
+    assert "saved LoRA" in first.output
+    second = invoke(*common, "--max-steps", "3", "--resume")
+    assert second.exit_code == 0, second.output
+    steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    from steer.zoo.tiny import build
+
+    pipe = build("sd")
+    pipe.load_lora_weights(str(out / "lora"))
+    assert pipe.unet.peft_config["default_0"].r == 2
+    assert json.loads((out / "config.json").read_text())["max_steps"] == 3
