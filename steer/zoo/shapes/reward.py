@@ -1,0 +1,56 @@
+"""Rewards of the shapes world (to be registered as ``shapes-clip`` and ``shapes-check``).
+
+- ``ShapesClipReward`` (differentiable): the shapes CLIP's ``logit_scale * cos(image, caption)``,
+  where ``logit_scale`` is the model's learned temperature (``exp(logit_scale)``, capped at 100 as
+  in CLIP training), so reward differences are the log-odds the contrastive model assigns. The
+  preprocessing (anti-aliased bilinear resize to the CLIP's input size, normalisation) is torch,
+  so gradients reach the pixels.
+- ``ShapesCheckReward`` (not differentiable): 1.0 when the exact checker accepts the image for
+  its caption, else 0.0. For evaluation and experiments, never as a training signal by default.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from steer.rewards.base import Reward
+from steer.zoo.shapes import checker
+from steer.zoo.shapes.clip import clip, image_embeds, text_embeds
+
+
+class ShapesClipReward(Reward):
+    """``logit_scale * cosine`` between the shapes CLIP's image and caption embeddings."""
+
+    name = "shapes-clip"
+    differentiable = True
+
+    def __init__(self, path: Optional[str | os.PathLike] = None, device: str | torch.device = "cpu"):
+        self.model, self.tokenizer = clip(path, device)
+        self.device = torch.device(device)
+        self.logit_scale = float(self.model.logit_scale.exp().clamp(max=100))
+        self._texts: dict[str, Tensor] = {}
+
+    def _text(self, prompts: Sequence[str]) -> Tensor:
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._texts]
+        if missing:
+            with torch.no_grad():
+                for p, e in zip(missing, text_embeds(self.model, self.tokenizer, missing)):
+                    self._texts[p] = e
+        return torch.stack([self._texts[p] for p in prompts])  # (B, D)
+
+    def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        img = image_embeds(self.model, images.to(self.device, torch.float32))  # (B, D)
+        return self.logit_scale * (img * self._text(prompts)).sum(-1)  # (B,)
+
+
+class ShapesCheckReward(Reward):
+    """1.0 if the exact checker accepts the image for its caption, else 0.0."""
+
+    name = "shapes-check"
+    differentiable = False
+
+    def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        return checker.check(images.detach().float().cpu(), prompts).float()  # (B,)

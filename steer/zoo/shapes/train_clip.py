@@ -1,0 +1,143 @@
+"""Train the shapes CLIP contrastively on the shapes world, with hard negatives.
+
+    python -m steer.zoo.shapes.train_clip [--out steer/zoo/shapes/weights/clip] [--steps 1200]
+
+Loss: the symmetric CLIP InfoNCE (Radford et al. 2021) with two changes, both because the world's
+captions repeat and its hard negatives matter: (1) the text side of a batch holds every distinct
+true caption plus, per image, ``negatives`` corrupted captions (``world.mismatches``: one
+relation swap when the caption has a relation, the rest colour/shape/count corruptions); (2)
+targets are multi-positive: image i's targets are all texts equal to its caption (uniform), and
+text t's targets are all images whose caption is t. Only ``train``-split captions are ever seen.
+The checker is never used. Training data is a fixed pool of ``pool`` rendered scenes. Training
+stops after ``steps`` steps or ``max_minutes`` of wall clock (render included), whichever comes
+first; the cosine learning-rate schedule follows whichever is nearer its end, so a slow (shared)
+machine gets fewer but fully annealed steps.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from steer.zoo.shapes import world
+from steer.zoo.shapes.clip import WEIGHTS_DIR, clip_config, image_embeds, save, text_embeds
+
+
+@dataclass
+class ClipTrainConfig:
+    out: str = str(WEIGHTS_DIR)
+    steps: int = 1500
+    batch_size: int = 64
+    negatives: int = 3
+    pool: int = 16000
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 50
+    max_minutes: float = 9.0  # wall-clock cap (render included); the cosine schedule follows it
+    seed: int = 0
+    threads: int = 2
+
+
+def render_pool(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """``n`` training scenes: uint8 images (n, 3, 32, 32) and captions."""
+    images, captions = world.batch(n, seed=seed, split="train")
+    return (images * 255).round().to(torch.uint8), captions
+
+
+def hard_negatives(caption: str, k: int, rng: np.random.Generator) -> list[str]:
+    """``k`` false captions for ``caption``: a relation swap first when there is one."""
+    wrong = world.mismatches(caption)
+    first = list(wrong["relation"])
+    rest = wrong["color"] + wrong["shape"] + wrong["count"]
+    picks = [first[rng.integers(len(first))]] if first else []
+    picks += [rest[i] for i in rng.choice(len(rest), size=min(k - len(picks), len(rest)), replace=False)]
+    return [c for c in picks if c not in world.HELDOUT_CAPTIONS]
+
+
+def batch_texts(captions: list[str], k: int, rng: np.random.Generator) -> tuple[list[str], torch.Tensor]:
+    """Distinct texts of a batch and the positive mask (B, T): text j equals caption i."""
+    texts = list(dict.fromkeys(captions + [n for c in captions for n in hard_negatives(c, k, rng)]))
+    index = {t: j for j, t in enumerate(texts)}
+    pos = torch.zeros(len(captions), len(texts))
+    pos[torch.arange(len(captions)), torch.tensor([index[c] for c in captions])] = 1.0
+    return texts, pos  # (B, T)
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, pos: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Multi-positive symmetric InfoNCE. img (B, D), txt (T, D), pos (B, T) 0/1."""
+    logits = scale * img @ txt.T  # (B, T)
+    i2t = -(F.log_softmax(logits, dim=1) * pos / pos.sum(1, keepdim=True)).sum(1).mean()
+    used = pos.sum(0) > 0  # texts that are some image's caption
+    col = F.log_softmax(logits[:, used], dim=0) * pos[:, used] / pos[:, used].sum(0, keepdim=True)  # (B, T')
+    return (i2t - col.sum(0).mean()) / 2
+
+
+def lr_at(step: int, progress: float, cfg: ClipTrainConfig) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 as ``progress`` goes to 1."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(cfg: ClipTrainConfig, log=print):
+    """Train and save; returns (model, tokenizer)."""
+    from transformers import CLIPModel
+
+    from steer.zoo.tokenizers import write_clip_tokenizer
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.time()
+    pool, captions = render_pool(cfg.pool, cfg.seed)
+    log(f"rendered {cfg.pool} scenes in {time.time() - t0:.0f} s")
+    write_clip_tokenizer(cfg.out)
+    from transformers import CLIPTokenizer
+    tokenizer = CLIPTokenizer.from_pretrained(cfg.out)
+    model = CLIPModel(clip_config()).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    t_start, budget = time.time(), cfg.max_minutes * 60 - (time.time() - t0)
+    for step in range(cfg.steps):
+        progress = max(step / cfg.steps, (time.time() - t_start) / budget)  # steps or wall clock, whichever ends first
+        if progress >= 1.0:
+            log(f"wall-clock cap reached at step {step}")
+            break
+        idx = rng.choice(cfg.pool, size=cfg.batch_size, replace=False)
+        caps = [captions[i] for i in idx]
+        texts, pos = batch_texts(caps, cfg.negatives, rng)
+        images = pool[torch.from_numpy(idx)].float() / 255  # (B, 3, 32, 32)
+        loss = contrastive_loss(image_embeds(model, images), text_embeds(model, tokenizer, texts), pos,
+                                model.logit_scale.exp().clamp(max=100))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, progress, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            log(f"step {step:5d}  loss {loss.item():.3f}  scale {model.logit_scale.exp().item():.1f}  "
+                f"{time.time() - t0:.0f} s")
+    model.eval().requires_grad_(False)
+    save(model, tokenizer, cfg.out)
+    log(f"saved to {cfg.out} after {time.time() - t0:.0f} s")
+    return model, tokenizer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Train the shapes CLIP.")
+    for name, value in vars(ClipTrainConfig()).items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = ap.parse_args()
+    model, tokenizer = train(ClipTrainConfig(**vars(args)))
+    from steer.zoo.shapes.clip_eval import evaluate
+    for key, value in evaluate(model, tokenizer).items():
+        print(f"{key:40s} {value:.2%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The shipped shapes CLIP: loads offline, tokenizes the grammar, is a differentiable reward that
+prefers true captions over relation-swapped ones; the exact checker as a reward."""
+import numpy as np
+import pytest
+import torch
+
+from steer.rewards.base import Reward
+from steer.zoo.shapes import world
+from steer.zoo.shapes.clip import WEIGHTS_DIR, clip
+from steer.zoo.shapes.clip_eval import relation_swap_accuracy
+from steer.zoo.shapes.reward import ShapesCheckReward, ShapesClipReward
+from steer.zoo.shapes.train_clip import batch_texts, contrastive_loss
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return clip()
+
+
+def test_shipped_weights_are_small_safetensors(shipped):
+    size = sum(p.stat().st_size for p in WEIGHTS_DIR.iterdir())
+    assert (WEIGHTS_DIR / "model.safetensors").exists() and size <= 8.5e6
+    assert shipped.model.config.vision_config.image_size == 32
+    assert not shipped.model.training
+
+
+def test_every_grammar_word_tokenizes_without_unknowns(shipped):
+    tok = shipped.tokenizer
+    words = sorted({w for caps in world.all_captions().values() for c in caps for w in c.split()})
+    for w in words:
+        ids = tok(w).input_ids
+        assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+        assert tok.eos_token_id not in ids[1:-1] and tok.unk_token_id not in ids[1:-1]
+        assert tok.decode(ids[1:-1]).strip() == w
+
+
+def test_clip_reward_is_differentiable():
+    reward = ShapesClipReward()
+    images, caps = world.batch(4, seed=5, split="heldout")
+    images = images.clone().requires_grad_(True)
+    out = reward(images, caps)
+    out.sum().backward()
+    assert out.shape == (4,) and reward.differentiable
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+    big = torch.nn.functional.interpolate(images.detach(), size=64, mode="nearest")
+    assert torch.allclose(reward(big, caps), out.detach(), atol=0.5 * reward.logit_scale / 10)
+
+
+def test_clip_prefers_true_caption_over_relation_swap(shipped):
+    for split in ("test", "heldout"):
+        images, caps = world.batch(60, seed=99, split=split)
+        assert relation_swap_accuracy(shipped.model, shipped.tokenizer, images, caps) >= 0.7, split
+
+
+def test_check_reward_is_one_for_true_and_zero_for_swapped():
+    reward = ShapesCheckReward()
+    images, caps = world.batch(6, seed=2, split="heldout")
+    swapped = [world.mismatches(c)["relation"][0] if world.mismatches(c)["relation"] else
+               world.mismatches(c)["color"][0] for c in caps]
+    assert isinstance(reward, Reward) and not reward.differentiable
+    assert reward(images, caps).tolist() == [1.0] * 6
+    assert reward(images, swapped).tolist() == [0.0] * 6
+
+
+def test_contrastive_loss_uses_all_duplicates_as_positives():
+    caps = ["a red circle", "a red circle", "two blue squares"]
+    texts, pos = batch_texts(caps, 2, np.random.default_rng(0))
+    assert pos.sum(1).tolist() == [1.0, 1.0, 1.0] and pos[0].equal(pos[1])
+    assert not set(texts) & world.HELDOUT_CAPTIONS
+    txt = torch.nn.functional.normalize(torch.randn(len(texts), 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    aligned = pos @ txt  # images equal to their caption's embedding
+    assert contrastive_loss(aligned, txt, pos, torch.tensor(10.0)) < contrastive_loss(-aligned, txt, pos, torch.tensor(10.0))
+
+
+def test_missing_weights_name_the_training_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_clip"):
+        clip(tmp_path)
