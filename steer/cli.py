@@ -1,4 +1,4 @@
-"""The ``steer`` command line: ``steer generate``, ``steer rewards``, ``steer methods``.
+"""The ``steer`` command line: ``steer generate``, ``steer finetune``, ``steer rewards``, ``steer methods``.
 
 Bad input exits with code 2 and one line on stderr (``--debug`` shows the traceback).
 """
@@ -249,6 +249,11 @@ def methods(debug: bool = typer.Option(False, "--debug")):
         Console(width=200).print(t)
     except Exception as e:  # noqa: BLE001
         _fail(str(e), debug, e)
+
+
+from steer.finetune.command import finetune  # noqa: E402  (``steer finetune``)
+
+app.command("finetune")(finetune)
 
 
 def main() -> None:

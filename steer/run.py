@@ -20,9 +20,10 @@ def _distributed():
     """accelerate's PartialState when launched with several processes, else None."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _record(k: int, prompt: str, result, path: Path) -> dict[str, Any]:
@@ -38,6 +39,8 @@ def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str,
     options = dict(options or {})
     state = _distributed()
     t0 = time.perf_counter()
+    if state is not None and device is None:
+        device = state.device  # one accelerator per process
     process = resolve_process(model, device=device, dtype=dtype, num_inference_steps=steps,
                               guidance_scale=guidance_scale, height=height, width=width,
                               negative_prompt=negative_prompt)
@@ -117,7 +120,7 @@ def _finish(out_dir: Path, trace: dict, record_lists: list[list[dict]]) -> None:
     trace["nfe_per_prompt"] = trace["nfe"] / max(len(records), 1)
     outputs.write_json(out_dir / "trace.json", trace)
     if records:
-        imgs = [torch.from_numpy(np.asarray(Image.open(out_dir / r["file"]).convert("RGB"))).permute(2, 0, 1).float() / 255
+        imgs = [torch.from_numpy(np.array(Image.open(out_dir / r["file"]).convert("RGB"))).permute(2, 0, 1).float() / 255
                 for r in records]
         if len({tuple(i.shape) for i in imgs}) == 1:
             outputs.save_png(out_dir / "grid.png", outputs.make_grid(torch.stack(imgs)))

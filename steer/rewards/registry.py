@@ -74,8 +74,25 @@ def _jpeg(**kw):
     return JpegCompressibility(**kw)
 
 
+def _shapes_clip(**kw):
+    from steer.zoo.shapes.reward import ShapesClipReward
+
+    return ShapesClipReward(**kw)
+
+
+def _shapes_check(**kw):
+    from steer.zoo.shapes.reward import ShapesCheckReward
+
+    return ShapesCheckReward(**kw)
+
+
 _CLIP_L = "openai/clip-vit-large-patch14 (transformers dir)"
 REWARDS: tuple[RewardInfo, ...] = (
+    RewardInfo("shapes-clip", _shapes_clip, True, "ships with steer", "steer/zoo/shapes/weights/clip", "path=",
+               "the shapes world's CLIP: exp(logit_scale) * cosine(image, caption)", ("shapes_clip",)),
+    RewardInfo("shapes-check", _shapes_check, False, "none", "-", "-",
+               "the shapes world's exact checker: 1 if the image satisfies the caption, else 0",
+               ("shapes_check",)),
     RewardInfo("hps", _hps("v2.1"), True, "HPS_v2.1_compressed.pt", "https://huggingface.co/xswu/HPSv2",
                "path= / STEER_HPS_PATH", "HPSv2.1: cosine(image, text) of the HPS-tuned open_clip ViT-H-14 (~0.2-0.35)",
                ("hpsv2.1", "hps_v2.1")),
