@@ -69,7 +69,8 @@ def test_spec_errors_name_the_fix(spec, message):
 def test_table_lists_every_reward():
     rows = table()
     assert [r["name"] for r in rows] == [r.name for r in REWARDS]
-    assert {"hps", "hps_v2.0", "pickscore", "image_reward", "clip", "aesthetic", "aesthetic_v1", "jpeg"} == {
+    assert {"hps", "hps_v2.0", "pickscore", "image_reward", "clip", "aesthetic", "aesthetic_v1", "jpeg",
+            "shapes-clip", "shapes-check"} == {
         r["name"] for r in rows}
     for row in rows:
         assert tuple(row) == COLUMNS and all(isinstance(v, str) and v for v in row.values())
@@ -78,7 +79,7 @@ def test_table_lists_every_reward():
     assert "HPS_v2.1_compressed.pt" in by_name["hps"]["weights"] and "STEER_HPS_PATH" in by_name["hps"]["point_at"]
 
 
-@pytest.mark.parametrize("name", [r.name for r in REWARDS if r.name != "jpeg"])
+@pytest.mark.parametrize("name", [r.name for r in REWARDS if r.weights not in ("none", "ships with steer")])
 def test_missing_weights_is_one_line(empty_hub, name):
     with pytest.raises(MissingWeightsError) as err:
         load(name)
@@ -177,3 +178,17 @@ def test_package_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"importing steer.rewards pulled in {out}"
     assert rewards_pkg.load is load
+
+
+def test_shapes_rewards_ship_with_the_package():
+    """The shapes world's rewards need no download: they load from the package and score images."""
+    import torch
+
+    clip_r, check = load("shapes-clip"), load("shapes-check")
+    assert clip_r.differentiable and not check.differentiable
+    from steer.zoo.shapes.world import dataset
+
+    images, captions = zip(*dataset(4, seed=0, split="test"))
+    images = torch.stack(images)
+    assert check(images, list(captions)).tolist() == [1.0] * 4
+    assert torch.isfinite(clip_r(images, list(captions))).all()
