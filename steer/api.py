@@ -20,9 +20,11 @@ METHODS: dict[str, str] = {
     "dts_star": "steer.search.dts:dts_star",
     "beam": "steer.search.beam:beam",
     "zero_order": "steer.search.zero_order:zero_order",
+    "path_search": "steer.search.zero_order:path_search",
 }
 ALIASES: dict[str, str] = {"bon": "best_of_n", "best-of-n": "best_of_n", "dts*": "dts_star",
-                           "dts-star": "dts_star", "zero-order": "zero_order", "smc": "fk"}
+                           "dts-star": "dts_star", "zero-order": "zero_order", "smc": "fk",
+                           "path-search": "path_search"}
 # options of the process (pipeline adapter) rather than of the method
 PROCESS_OPTIONS = ("num_inference_steps", "guidance_scale", "height", "width", "negative_prompt", "batch_size")
 
