@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from steer import kernels
-from steer.types import Cond, Prediction, StepInfo
+from steer.types import Cond, StepInfo
 
 
 def step(process, x: Tensor, i: int, cond: Cond, *, noise_level: float = 0.0,

@@ -5,9 +5,7 @@ Bad input exits with code 2 and one line on stderr (``--debug`` shows the traceb
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 

@@ -18,15 +18,14 @@ for Σ) and does not otherwise (diffusers raises); ``height``/``width`` are the 
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from steer.pipelines import checks
-from steer.pipelines.base import Process, guide
 from steer.pipelines.ddim_schedule import ddim_schedule
-from steer.pipelines.sd import paired
+from steer.pipelines.guided import GuidedProcess, paired
 from steer.types import Cond
 
 
@@ -41,7 +40,7 @@ def aspect_ratio_bins(pipe) -> Optional[dict]:
     return tables.get(pipe.transformer.config.sample_size)
 
 
-class PixArtProcess(Process):
+class PixArtProcess(GuidedProcess):
     """``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` -> ``Process``. Options use diffusers'
     names and defaults (``max_sequence_length=None`` takes the pipeline's own: 120 for α, 300 for Σ)."""
 
@@ -85,40 +84,28 @@ class PixArtProcess(Process):
         orig = (height or default, width or default)
         return (*self.pipe.image_processor.classify_height_width_bin(*orig, ratios=bins), orig)
 
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self.guidance_scale > 1
-
     # ---- prepare ------------------------------------------------------------------------
-    def prepare(self, prompts: Sequence[str] | str) -> Cond:
-        prompts = checks.prompt_list(self.name, prompts)
-        negative = checks.negative_prompts(self.name, self.negative_prompt, len(prompts))
-        with torch.no_grad():
-            embeds, mask, negative_embeds, negative_mask = self.pipe.encode_prompt(
-                prompts, self.do_classifier_free_guidance, negative_prompt=negative, num_images_per_prompt=1,
-                device=self.device, clean_caption=self.clean_caption,
-                max_sequence_length=self.max_sequence_length)  # (P, L, D), (P, L)
+    def _encode(self, prompts: list[str], negative: Optional[list[str]]) -> dict[str, Tensor]:
+        embeds, mask, negative_embeds, negative_mask = self.pipe.encode_prompt(
+            prompts, self.do_classifier_free_guidance, negative_prompt=negative, num_images_per_prompt=1,
+            device=self.device, clean_caption=self.clean_caption,
+            max_sequence_length=self.max_sequence_length)  # (P, L, D), (P, L)
         tensors = {"prompt_embeds": embeds, "prompt_attention_mask": mask}
         if self.do_classifier_free_guidance:
             tensors.update(negative_prompt_embeds=negative_embeds, negative_prompt_attention_mask=negative_mask)
-        return Cond(prompts=tuple(prompts), tensors=tensors, guidance_scale=self.guidance_scale)
+        return tensors
 
     # ---- denoise ------------------------------------------------------------------------
     def denoise(self, x: Tensor, i: int, cond: Cond) -> Tensor:
-        cfg = "negative_prompt_embeds" in cond.tensors
-        x_in = x.to(self.dtype)  # (B, C, h, w)
-        if cfg:
-            x_in = torch.cat([x_in, x_in])  # (2B, C, h, w): [uncond, cond]
+        x_in, cfg = self.cfg_batch(x, cond)  # (2B or B, C, h, w): [uncond, cond]
         n = x_in.shape[0]
         timestep = self.schedule.timesteps[i].reshape(1).expand(n)  # (2B,)
         out = self.transformer(
             x_in, encoder_hidden_states=paired(cond, "prompt_embeds", cfg),
             encoder_attention_mask=paired(cond, "prompt_attention_mask", cfg),
             timestep=timestep, added_cond_kwargs=self._added_conditions(n), return_dict=False,
-        )[0].float()  # (2B, 2C, h, w) with learned sigma
-        if cfg:
-            uncond, text = out.chunk(2)
-            out = guide(uncond, text, cond.guidance_scale)  # (B, 2C, h, w)
+        )[0]  # (2B, 2C, h, w) with learned sigma
+        out = self.guided(out, cond, cfg)  # (B, 2C, h, w)
         return out.chunk(2, dim=1)[0] if self.learned_sigma else out  # (B, C, h, w) ε
 
     def _added_conditions(self, n: int) -> dict:

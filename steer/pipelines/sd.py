@@ -11,18 +11,17 @@ Not supported (clear errors): guidance-distilled UNets (``time_cond_proj_dim``, 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
-import torch
 from torch import Tensor
 
 from steer.pipelines import checks
-from steer.pipelines.base import Process, guide
+from steer.pipelines.guided import GuidedProcess, paired
 from steer.pipelines.ddim_schedule import ddim_schedule
 from steer.types import Cond
 
 
-class StableDiffusionProcess(Process):
+class StableDiffusionProcess(GuidedProcess):
     """``StableDiffusionPipeline`` -> ``Process``. Options use diffusers' names and defaults."""
 
     name = "StableDiffusionProcess"
@@ -46,18 +45,7 @@ class StableDiffusionProcess(Process):
         self.latent_shape = (pipe.unet.config.in_channels, self.height // factor, self.width // factor)
         self.schedule = ddim_schedule(pipe.scheduler.config, num_inference_steps, device=self.device)
 
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self.guidance_scale > 1
-
     # ---- prepare ------------------------------------------------------------------------
-    def prepare(self, prompts: Sequence[str] | str) -> Cond:
-        prompts = checks.prompt_list(self.name, prompts)
-        negative = checks.negative_prompts(self.name, self.negative_prompt, len(prompts))
-        with torch.no_grad():
-            tensors = self._encode(prompts, negative)
-        return Cond(prompts=tuple(prompts), tensors=tensors, guidance_scale=self.guidance_scale)
-
     def _encode(self, prompts: list[str], negative: Optional[list[str]]) -> dict[str, Tensor]:
         embeds, negative_embeds = self.pipe.encode_prompt(
             prompts, self.device, 1, self.do_classifier_free_guidance, negative)  # (P, L, D) each
@@ -68,16 +56,10 @@ class StableDiffusionProcess(Process):
 
     # ---- denoise ------------------------------------------------------------------------
     def denoise(self, x: Tensor, i: int, cond: Cond) -> Tensor:
-        cfg = "negative_prompt_embeds" in cond.tensors
-        x_in = x.to(self.dtype)  # (B, C, h, w)
-        if cfg:
-            x_in = torch.cat([x_in, x_in])  # (2B, C, h, w): [uncond, cond]
+        x_in, cfg = self.cfg_batch(x, cond)  # (2B or B, C, h, w): [uncond, cond]
         t = self.schedule.timesteps[i]
-        out = self.unet(x_in, t, return_dict=False, **self._unet_inputs(cond, cfg))[0].float()
-        if not cfg:
-            return out
-        uncond, text = out.chunk(2)
-        return guide(uncond, text, cond.guidance_scale)  # (B, C, h, w)
+        out = self.unet(x_in, t, return_dict=False, **self._unet_inputs(cond, cfg))[0]
+        return self.guided(out, cond, cfg)  # (B, C, h, w)
 
     def _unet_inputs(self, cond: Cond, cfg: bool) -> dict:
         return {"encoder_hidden_states": paired(cond, "prompt_embeds", cfg)}
@@ -89,8 +71,3 @@ class StableDiffusionProcess(Process):
         image = self.vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
-
-def paired(cond: Cond, key: str, cfg: bool) -> Tensor:
-    """``cond.tensors[key]``, preceded by its ``negative_`` rows when guiding: (2B, ...) or (B, ...)."""
-    value = cond.tensors[key]
-    return torch.cat([cond.tensors["negative_" + key], value]) if cfg else value

@@ -13,19 +13,17 @@ Not supported: skip-layer guidance, IP-adapters, ``clip_skip``.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
-import torch
 from torch import Tensor
 
 from steer.pipelines import checks
-from steer.pipelines.base import Process, guide
 from steer.pipelines.flow_schedule import flow_schedule, mu_from_config
-from steer.pipelines.sd import paired
+from steer.pipelines.guided import GuidedProcess, paired
 from steer.types import Cond
 
 
-class StableDiffusion3Process(Process):
+class StableDiffusion3Process(GuidedProcess):
     """``StableDiffusion3Pipeline`` -> ``Process``. Options use diffusers' names and defaults."""
 
     name = "StableDiffusion3Process"
@@ -50,41 +48,28 @@ class StableDiffusion3Process(Process):
             mu = mu_from_config(pipe.scheduler.config, (h // patch) * (w // patch), default_max_shift=1.16)
         self.schedule = flow_schedule(pipe.scheduler, num_inference_steps, device=self.device, mu=mu)
 
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self.guidance_scale > 1
-
     # ---- prepare ------------------------------------------------------------------------
-    def prepare(self, prompts: Sequence[str] | str) -> Cond:
-        prompts = checks.prompt_list(self.name, prompts)
-        negative = checks.negative_prompts(self.name, self.negative_prompt, len(prompts))
-        with torch.no_grad():
-            embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
-                prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
-                do_classifier_free_guidance=self.do_classifier_free_guidance, negative_prompt=negative,
-                max_sequence_length=self.max_sequence_length)  # (P, 77 + L, D), (P, D_pooled)
+    def _encode(self, prompts: list[str], negative: Optional[list[str]]) -> dict[str, Tensor]:
+        embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
+            do_classifier_free_guidance=self.do_classifier_free_guidance, negative_prompt=negative,
+            max_sequence_length=self.max_sequence_length)  # (P, 77 + L, D), (P, D_pooled)
         tensors = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
         if self.do_classifier_free_guidance:
             tensors.update(negative_prompt_embeds=negative_embeds, negative_pooled_prompt_embeds=negative_pooled)
-        return Cond(prompts=tuple(prompts), tensors=tensors, guidance_scale=self.guidance_scale)
+        return tensors
 
     # ---- denoise ------------------------------------------------------------------------
     def denoise(self, x: Tensor, i: int, cond: Cond) -> Tensor:
-        cfg = "negative_prompt_embeds" in cond.tensors
-        x_in = x.to(self.dtype)  # (B, C, h, w)
-        if cfg:
-            x_in = torch.cat([x_in, x_in])  # (2B, C, h, w): [uncond, cond]
+        x_in, cfg = self.cfg_batch(x, cond)  # (2B or B, C, h, w): [uncond, cond]
         timestep = self.schedule.timesteps[i].expand(x_in.shape[0])  # (2B,) t = σ·1000
         out = self.transformer(
             hidden_states=x_in, timestep=timestep,
             encoder_hidden_states=paired(cond, "prompt_embeds", cfg),
             pooled_projections=paired(cond, "pooled_prompt_embeds", cfg),
             return_dict=False,
-        )[0].float()  # (2B, C, h, w) velocity
-        if not cfg:
-            return out
-        uncond, text = out.chunk(2)
-        return guide(uncond, text, cond.guidance_scale)  # (B, C, h, w)
+        )[0]  # (2B, C, h, w) velocity
+        return self.guided(out, cond, cfg)  # (B, C, h, w)
 
     # ---- decode -------------------------------------------------------------------------
     def decode(self, x0: Tensor) -> Tensor:

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from steer.pipelines import checks
-from steer.pipelines.sd import StableDiffusionProcess, paired
+from steer.pipelines.guided import paired
+from steer.pipelines.sd import StableDiffusionProcess
 from steer.types import Cond
 
 
