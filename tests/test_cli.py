@@ -60,7 +60,7 @@ def test_same_seed_gives_byte_identical_pngs(model_dir, tmp_path):
 
 @pytest.mark.parametrize("method,opts", [
     ("best_of_n", ["--n", 2]), ("fk", ["--particles", 2]), ("reno", ["--iterations", 2]),
-    ("dts", ["--rollouts", 2]), ("dts_star", ["--rollouts", 2]), ("beam", []), ("zero_order", ["--iterations", 1]), ("path_search", []),
+    ("dts", ["--rollouts", 2]), ("dts_star", ["--rollouts", 2]), ("beam", []), ("zero_order", ["--iterations", 1]), ("path_search", ["-o", "delta_f=1", "-o", "delta_b=2"]),
 ])
 def test_every_method_through_the_cli(model_dir, tmp_path, method, opts):
     r = run(*base_args(model_dir, tmp_path / method, "-p", "x", "--method", method, *opts))

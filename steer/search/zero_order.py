@@ -117,6 +117,9 @@ def _check_path_options(S: int, paths, width, delta_f, delta_b, start_step) -> i
     if delta_b <= delta_f:
         raise ValueError(f"path_search: delta_b={delta_b} must exceed delta_f={delta_f} so each round moves forward")
     start = delta_b if start_step is None else start_step
+    if start_step is None and not start < S:
+        raise ValueError(f"path_search: the chain has {S} steps, too few for the default start_step = delta_b = "
+                         f"{delta_b}; lower delta_b / delta_f or set start_step in [delta_f, {S - 1}]")
     if isinstance(start, bool) or not isinstance(start, int) or not delta_f <= start < S:
         raise ValueError(f"path_search: start_step must be an integer in [delta_f={delta_f}, {S - 1}], got {start!r}")
     return start
