@@ -5,6 +5,7 @@ Bad input exits with code 2 and one line on stderr (``--debug`` shows the traceb
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -109,6 +110,18 @@ def _dtype(name: Optional[str]):
     return table[name]
 
 
+def _scalar(value) -> Optional[float]:
+    """A number to show for a per-prompt record (lists: their mean), or None."""
+    if value is None:
+        return None
+    try:
+        import torch
+
+        return float(torch.as_tensor(value, dtype=torch.float32).mean())
+    except (TypeError, ValueError):
+        return None
+
+
 class _Progress:
     """A live rich display fed by the methods' StepInfo callback."""
 
@@ -139,9 +152,9 @@ class _Progress:
         extra = getattr(info, "extra", {}) or {}
         parts = [getattr(self, "where", ""), f"step {info.step}", f"NFE {info.nfe}"]
         for key in ("particles", "ess", "best_reward"):
-            if key in extra and extra[key] is not None:
-                v = extra[key]
-                parts.append(f"{key} {float(v):.3g}" if not isinstance(v, int) else f"{key} {v}")
+            value = _scalar(extra.get(key))
+            if value is not None:
+                parts.append(f"{key.replace('_', ' ')} {value:.3g}")
         self.progress.update(self.task, description="  ".join(p for p in parts if p))
 
 
@@ -255,6 +268,9 @@ app.command("finetune")(finetune)
 
 
 def main() -> None:
+    # like `python -m`, let dotted reward paths (``--reward mymodule:score``) import from the cwd
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     app()
 
 

@@ -18,3 +18,10 @@ def nan_reward(images, prompts):
 
 brightness.differentiable = True
 redness.differentiable = True
+
+
+def interrupt_on_stop(images, prompts):
+    """Brightness, but a prompt 'stop' behaves like the user pressing Ctrl-C."""
+    if "stop" in prompts:
+        raise KeyboardInterrupt
+    return brightness(images, prompts)

@@ -148,3 +148,22 @@ def test_accelerate_two_processes_match_one_process(model_dir, tmp_path):
         assert (tmp_path / "one" / f"{k:03d}.png").read_bytes() == (tmp_path / "two" / f"{k:03d}.png").read_bytes()
     merged = json.loads((tmp_path / "two" / "trace.json").read_text())
     assert merged["processes"] == 2 and [i["index"] for i in merged["images"]] == [0, 1, 2]
+
+
+def test_interrupt_keeps_finished_images_and_a_valid_trace(model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\nstop\na blue square\n")
+    out = tmp_path / "o"
+    r = run("generate", "--model", model_dir, "--reward", "tests.rewards_for_tests:interrupt_on_stop", "--steps", 2,
+            "--prompts", prompts, "--method", "best_of_n", "--n", 2, "--out", out)
+    assert r.exit_code == 130 and "interrupted" in r.output
+    assert (out / "000.png").exists() and not (out / "002.png").exists()
+    assert not list(out.glob(".*.tmp"))  # no half-written files left behind
+    trace = json.loads((out / "trace.json").read_text())
+    assert trace["interrupted"] is True and [i["index"] for i in trace["images"]] == [0]
+
+
+def test_progress_display_reads_per_prompt_records():
+    from steer.cli import _scalar
+
+    assert _scalar([2.0, 4.0]) == 3.0 and _scalar(5) == 5.0 and _scalar(None) is None and _scalar("x") is None
