@@ -16,7 +16,10 @@ is only evaluated, never differentiated, so ``jpeg`` and user callables work.
 
 Deviations: one subset of timesteps (``timestep_fraction`` of the S steps, drawn per batch) is shared
 by the whole batch, because ``Process.predict`` takes one step index per call (DDPO draws it per
-sample). Each optimizer step uses one micro-batch of P prompts × G samples; with
+sample). Steps whose kernel is deterministic (σ = 0, e.g. DDIM's last step onto ᾱ = 1 with
+``set_alpha_to_one``) have no density and are not trained on. Note: a last stochastic step landing on
+ᾱ ≈ 1 has σ ≈ sqrt(1 − ᾱ) ≈ 0.01, and its log-prob gradients (∝ 1/σ) then dominate the update with
+noise; "trailing" timestep spacing avoids such a step (measured in tests/test_finetune.py). Each optimizer step uses one micro-batch of P prompts × G samples; with
 ``inner_epochs = E`` a batch is reused for E consecutive optimizer steps (PPO reuse; the clip acts
 from the second one).
 
@@ -68,15 +71,21 @@ def sample_batch(trainer: Trainer, generator: torch.Generator) -> dict:
     cond = trainer.cond(idx)
     a = noise_level(process, config)
     x = process.init_noise(len(idx), generator)  # (B, C, h, w)
-    states, log_probs = [x], []
+    states, log_probs, stochastic = [x], [], []
     for i in range(process.num_steps):
         x, _, g = chain.step(process, x, i, cond, noise_level=a, generator=generator, trace=trainer.trace)
-        log_probs.append(kernels.log_prob(g, x, reduce="mean"))  # (B,)
+        if g.deterministic:  # e.g. DDIM's last step onto ᾱ = 1 (set_alpha_to_one): no density, not trained
+            log_probs.append(torch.zeros(x.shape[0], device=x.device))  # (B,) placeholder, never used
+        else:
+            log_probs.append(kernels.log_prob(g, x, reduce="mean"))  # (B,)
+            stochastic.append(i)
         states.append(x)
+    if not stochastic:
+        raise ValueError("every step of this chain is deterministic, so GRPO has no log-probs to train; "
+                         "raise noise_level or num_inference_steps")
     rewards = score_latents(process, trainer.reward, x, cond.prompts, trace=trainer.trace, method="grpo")
-    S = process.num_steps
-    T = max(1, round(config.timestep_fraction * S))
-    steps = torch.randperm(S, generator=generator)[:T].tolist()
+    T = max(1, round(config.timestep_fraction * len(stochastic)))
+    steps = [stochastic[j] for j in torch.randperm(len(stochastic), generator=generator)[:T].tolist()]
     return {"idx": idx, "states": torch.stack(states), "log_probs": torch.stack(log_probs),  # (S+1, B, ...), (S, B)
             "rewards": rewards, "advantages": group_advantages(rewards, config.group_size, config.adv_clip_max),
             "steps": steps}

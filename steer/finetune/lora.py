@@ -5,6 +5,12 @@ LoRA (Hu et al. 2022): W + (α/r)·B·A on the attention projections ``to_q, to_
 by default. The adapter is attached with diffusers' ``add_adapter`` (peft under the hood) and saved
 with the family's own ``save_lora_weights`` together with ``*_lora_adapter_metadata`` — without the
 metadata diffusers reloads with α = r, which silently changes the strength when α ≠ r.
+
+Denoisers without diffusers' peft mixin (``UNet2DModel`` of ``DDPMPipeline`` / ``DDIMPipeline``) get
+the adapter from ``peft.inject_adapter_in_model`` directly; their pipelines have no
+``load_lora_weights``, so ``save_lora`` writes peft's own format (``adapter_config.json`` +
+``adapter_model.safetensors``) and ``load_lora(pipe, dir)`` restores it. Target their convolutions
+(``conv1, conv2, conv_out``) as well as the attention projections: most of such a UNet is convolutional.
 """
 from __future__ import annotations
 
@@ -59,7 +65,13 @@ def attach_lora(pipe, rank: int = 4, alpha: float | None = None,
     model.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        model.add_adapter(config, adapter_name=ADAPTER)
+        if hasattr(model, "add_adapter"):
+            model.add_adapter(config, adapter_name=ADAPTER)
+        else:  # no diffusers peft mixin (UNet2DModel): peft injects the layers and sets model.peft_config
+            from peft import inject_adapter_in_model
+
+            config.base_model_name_or_path = None
+            inject_adapter_in_model(config, model, ADAPTER)
     params = trainable_parameters(pipe)
     for p in params:
         p.data = p.data.float()
@@ -120,11 +132,10 @@ def save_lora(pipe, directory: str | Path) -> Path:
     name = denoiser_name(pipe)
     saver = getattr(type(pipe), "save_lora_weights", None)
     params = inspect.signature(saver).parameters if saver is not None else {}
-    if f"{name}_lora_layers" not in params:
-        raise TypeError(f"{type(pipe).__name__} has no diffusers LoRA loader (save_lora_weights with "
-                        f"{name}_lora_layers); LoRA fine-tuning supports SD 1.x/2.x, SDXL, SD3 and FLUX pipelines")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if f"{name}_lora_layers" not in params:
+        return _save_peft_format(pipe, directory)
     layers = convert_state_dict_to_diffusers(lora_state_dict(pipe))
     kwargs = {f"{name}_lora_layers": layers}
     if f"{name}_lora_adapter_metadata" in params:
@@ -133,15 +144,55 @@ def save_lora(pipe, directory: str | Path) -> Path:
     return directory
 
 
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def _save_peft_format(pipe, directory: Path) -> Path:
+    """For pipelines without a diffusers LoRA loader: peft's config + weights files (``load_lora`` reads them)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    (directory / PEFT_CONFIG).write_text(json.dumps(adapter_metadata(pipe), indent=2))
+    save_file({k: v.contiguous() for k, v in lora_state_dict(pipe).items()}, str(directory / PEFT_WEIGHTS))
+    return directory
+
+
+def load_lora(pipe, directory: str | Path) -> None:
+    """Attach and load a LoRA saved by ``save_lora``: ``pipe.load_lora_weights`` where the family has it,
+    else the peft-format files written for pipelines without one (``DDPMPipeline``, ``DDIMPipeline``)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    pipe, directory = pipeline_of(pipe), Path(directory)
+    if not (directory / PEFT_CONFIG).exists():
+        if not hasattr(pipe, "load_lora_weights"):
+            raise FileNotFoundError(f"{directory} holds no {PEFT_CONFIG}; pass a folder written by save_lora")
+        pipe.load_lora_weights(str(directory))
+        return
+    cfg = json.loads((directory / PEFT_CONFIG).read_text())
+    attach_lora(pipe, cfg["r"], cfg["lora_alpha"], tuple(cfg["target_modules"]))
+    load_lora_state_dict(pipe, load_file(str(directory / PEFT_WEIGHTS)))
+
+
+def _set_adapters_enabled(model: nn.Module, enabled: bool) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.enable_adapters(enabled)
+
+
 @contextlib.contextmanager
 def lora_disabled(pipe) -> Iterator[None]:
     """The reference model: the denoiser with its adapter switched off inside the block."""
     model = denoiser(pipeline_of(pipe))
-    model.disable_adapters()
+    _set_adapters_enabled(model, False)
     try:
         yield
     finally:
-        model.enable_adapters()
+        _set_adapters_enabled(model, True)
 
 
 def merge_lora(pipe) -> None:
@@ -153,4 +204,9 @@ def merge_lora(pipe) -> None:
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.merge(adapter_names=[ADAPTER])
-    model.delete_adapters(ADAPTER)
+            if not hasattr(model, "delete_adapters"):
+                module.delete_adapter(ADAPTER)
+    if hasattr(model, "delete_adapters"):
+        model.delete_adapters(ADAPTER)
+    else:
+        del model.peft_config[ADAPTER]
