@@ -10,10 +10,10 @@ from steer.finetune.config import CONFIGS, DistillConfig, DraftConfig, GRPOConfi
 from steer.finetune.distill import distill
 from steer.finetune.draft import draft
 from steer.finetune.grpo import grpo
-from steer.finetune.lora import attach_lora, lora_disabled, merge_lora, save_lora
+from steer.finetune.lora import attach_lora, load_lora, lora_disabled, merge_lora, save_lora
 from steer.finetune.trainer import TrainResult
 
 METHODS = {"draft": draft, "grpo": grpo, "distill": distill}
 
 __all__ = ["draft", "grpo", "distill", "DraftConfig", "GRPOConfig", "DistillConfig", "TrainConfig", "CONFIGS",
-           "METHODS", "TrainResult", "attach_lora", "save_lora", "merge_lora", "lora_disabled"]
+           "METHODS", "TrainResult", "attach_lora", "save_lora", "load_lora", "merge_lora", "lora_disabled"]
