@@ -40,3 +40,12 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", lambda addr, *a, **k: (
         _blocked() if addr[0] not in ("127.0.0.1", "::1", "localhost") else socket.create_connection(addr, *a, **k)))
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from threads and lose much under contention on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,12 +10,7 @@ from steer.samplers import resampling as rs
 SCHEMES = sorted(rs.SCHEMES)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed=0):

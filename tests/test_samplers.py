@@ -19,13 +19,7 @@ CONFIG = {"diffusion": (50, dict(t_start=36, every=8, t_end=44)), "flow": (50, d
 BOUND = {"max": 0.2, "difference": 0.16, "sum": 0.32, "immediate": 0.2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The harness' tensors are tiny: one thread avoids contention on a shared machine (14x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_reward():
