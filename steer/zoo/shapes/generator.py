@@ -1,0 +1,41 @@
+"""The shipped shapes text-to-image model: a ``StableDiffusionPipeline`` trained on the shapes world.
+
+Built and trained by ``python -m steer.zoo.shapes.train_pipeline`` (see its docstring for the
+architecture): a factor-2 ``AutoencoderKL`` (32x32 <-> 4x16x16), a small ``UNet2DConditionModel``,
+the shapes CLIP's text tower as a frozen ``CLIPTextModel`` with its offline 1000-token tokenizer,
+and SD's ``DDIMScheduler``. Weights are stored in fp16 safetensors under ``weights/pipeline``.
+
+Sample it with ``num_inference_steps=DEFAULT_NUM_INFERENCE_STEPS`` and
+``guidance_scale=DEFAULT_GUIDANCE_SCALE`` (the settings its accuracies were measured at); the
+diffusers defaults (50 steps, guidance 7.5) also work but cost twice the NFE.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+WEIGHTS_DIR = Path(__file__).parent / "weights" / "pipeline"
+DEFAULT_NUM_INFERENCE_STEPS = 25
+DEFAULT_GUIDANCE_SCALE = 4.0
+
+
+def pipeline(device: Optional[str | torch.device] = None, dtype: Optional[torch.dtype] = None,
+             path: Optional[str | os.PathLike] = None):
+    """Load the shipped shapes ``StableDiffusionPipeline`` offline (or one saved at ``path``).
+
+    ``device`` defaults to CPU and ``dtype`` to float32 (the stored fp16 weights are upcast, since
+    CPU convolutions in fp16 are slow); pass ``dtype=torch.float16`` on a GPU to keep them halved.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    where = Path(path) if path is not None else WEIGHTS_DIR
+    if not (where / "model_index.json").exists():
+        raise FileNotFoundError(f"no shapes pipeline at {where}; train one with "
+                                f"`python -m steer.zoo.shapes.train_pipeline --out {where}`")
+    pipe = StableDiffusionPipeline.from_pretrained(str(where), torch_dtype=dtype or torch.float32,
+                                                   local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device or "cpu")
