@@ -26,7 +26,6 @@ import argparse
 import copy
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
