@@ -35,7 +35,7 @@ def pipeline(device: Optional[str | torch.device] = None, dtype: Optional[torch.
     if not (where / "model_index.json").exists():
         raise FileNotFoundError(f"no shapes pipeline at {where}; train one with "
                                 f"`python -m steer.zoo.shapes.train_pipeline --out {where}`")
-    pipe = StableDiffusionPipeline.from_pretrained(str(where), torch_dtype=dtype or torch.float32,
+    pipe = StableDiffusionPipeline.from_pretrained(str(where), dtype=dtype or torch.float32,
                                                    local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device or "cpu")
