@@ -99,9 +99,9 @@ def resolve_process(pipe, *, device=None, dtype=None, **process_options):
     if isinstance(pipe, str):
         return pipelines.load(pipe, device=device, dtype=dtype, **process_options)
     if pipe is None:
-        from steer.zoo import default_model
+        from steer.zoo import default_model, default_options
 
-        return pipelines.from_pipe(default_model(device=device, dtype=dtype), **process_options)
+        return pipelines.from_pipe(default_model(device=device, dtype=dtype), **{**default_options(), **process_options})
     if device is not None or dtype is not None:
         pipe = pipe.to(device=device, dtype=dtype)
     return pipelines.from_pipe(pipe, **process_options)

@@ -7,6 +7,7 @@ NFE convention: one denoiser evaluation of one latent counts 1; a classifier-fre
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -32,7 +33,9 @@ class Budget:
 @dataclass
 class Trace:
     """What a run spent. ``nfe``/``reward_calls`` are totals over all prompts (images scored count 1
-    each); ``steps`` holds per-step records (ESS, resampling events, best reward, ...)."""
+    each); ``steps`` holds per-step records (ESS, resampling events, best reward, ...);
+    ``timings`` holds wall-clock seconds by part (``denoise``, ``decode``, ``reward``), measured by
+    ``timed`` around the forward calls (backward passes and bookkeeping are the rest of ``seconds``)."""
 
     num_prompts: int = 1
     budget: Optional[Budget] = None
@@ -41,6 +44,7 @@ class Trace:
     backward_calls: int = 0
     seconds: float = 0.0
     steps: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
     _t0: float = field(default_factory=time.perf_counter, repr=False)
 
     @property
@@ -61,6 +65,18 @@ class Trace:
 
     def add_backward(self, n: int = 1) -> None:
         self.backward_calls += n
+
+    @contextmanager
+    def timed(self, part: str):
+        """Add the wall-clock time of the block to ``timings[part]`` (CUDA work is synchronised
+        first when CUDA is in use, so queued kernels are charged to the part that launched them)."""
+        _sync()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync()
+            self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - t
 
     def record(self, **info: Any) -> None:
         self.steps.append(info)
@@ -93,6 +109,14 @@ class Trace:
             "reward_calls": self.reward_calls,
             "backward_calls": self.backward_calls,
             "seconds": self.seconds,
+            "timings": dict(self.timings),
             "num_prompts": self.num_prompts,
             "steps": self.steps,
         }
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()

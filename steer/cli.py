@@ -122,6 +122,33 @@ def _scalar(value) -> Optional[float]:
         return None
 
 
+def _since_process_start() -> Optional[float]:
+    try:
+        import time
+
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - the figure is informative only
+        return None
+
+
+def _breakdown(timing: dict) -> str:
+    """The --verbose time table: start-up (interpreter and imports), load, denoise, decode, reward, other."""
+    if "per_rank" in timing:
+        return json.dumps(timing, indent=2)
+    wall = _since_process_start()
+    rows = []
+    if wall is not None:
+        rows.append(("start-up (python, imports)", max(0.0, wall - timing["total_seconds"])))
+    rows += [("load (pipeline, reward)", timing["load_seconds"]), ("denoise", timing["denoise_seconds"]),
+             ("decode", timing["decode_seconds"]), ("reward", timing["reward_seconds"]),
+             ("other (method, writing)", timing["other_seconds"])]
+    total = wall if wall is not None else timing["total_seconds"]
+    rows.append(("total" + (" since process start" if wall is not None else ""), total))
+    return "\n".join(f"  {name:28s} {sec:7.2f} s  {100 * sec / max(total, 1e-9):5.1f}%" for name, sec in rows)
+
+
 class _Progress:
     """A live rich display fed by the methods' StepInfo callback."""
 
@@ -208,7 +235,7 @@ def generate(
             typer.echo(f"wrote {summary['written']} image(s) to {out_dir}  "
                        f"(NFE/prompt {summary['nfe_per_prompt']:.0f}, {summary['seconds']:.1f}s)")
             if verbose:
-                typer.echo(json.dumps(summary["timing"], indent=2))
+                typer.echo(_breakdown(summary["timing"]))
     except typer.Exit:
         raise
     except KeyboardInterrupt:

@@ -29,7 +29,18 @@ def _distributed():
 def _record(k: int, prompt: str, result, path: Path) -> dict[str, Any]:
     return {"index": k, "prompt": prompt, "file": path.name, "reward": float(result.rewards[0]),
             "nfe": result.trace.nfe, "reward_calls": result.trace.reward_calls,
-            "backward_calls": result.trace.backward_calls, "seconds": result.trace.seconds}
+            "backward_calls": result.trace.backward_calls, "seconds": result.trace.seconds,
+            "timings": dict(result.trace.timings)}
+
+
+def _timing(t_load: float, total: float, records: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds by part: load (pipeline + reward), denoise, decode, reward, other (the methods'
+    bookkeeping, backward passes, writing images), total."""
+    parts = {part: sum(r["timings"].get(part, 0.0) for r in records) for part in ("denoise", "decode", "reward")}
+    out = {"load_seconds": t_load, **{f"{k}_seconds": v for k, v in parts.items()}}
+    out["other_seconds"] = max(0.0, total - t_load - sum(parts.values()))
+    out["total_seconds"] = total
+    return out
 
 
 def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str, model: Optional[str], seed: int,
@@ -47,7 +58,7 @@ def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str,
     reward_model = resolve_reward(reward, device=getattr(process, "device", None), dtype=None)
     t_load = time.perf_counter() - t0
     job = {"method": method, "reward": reward, "model": model or "embedded default", "seed": seed,
-           "steps": process.num_steps, "guidance_scale": guidance_scale, "height": height, "width": width,
+           "steps": process.num_steps, "guidance_scale": getattr(process, "guidance_scale", guidance_scale), "height": height, "width": width,
            "negative_prompt": negative_prompt, "nfe_budget": nfe_budget, "options": options,
            "versions": outputs.versions()}
     indices = list(range(len(prompts)))
@@ -63,8 +74,7 @@ def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str,
         interrupted = True
         raise
     finally:
-        timing = {"load_seconds": t_load, "total_seconds": time.perf_counter() - t0,
-                  "steer_seconds": sum(r["seconds"] for r in records)}
+        timing = _timing(t_load, time.perf_counter() - t0, records)
         trace = dict(job, interrupted=interrupted, timing=timing, images=records)
         if state is None:
             _finish(out_dir, trace, [records])

@@ -19,7 +19,11 @@ def score_images(reward, images: Tensor, prompts: Sequence[str], *, trace=None, 
         trace.add_reward_calls(images.shape[0])
     where = "the final sample" if step is None else f"step {step}"
     try:
-        r = reward(images, list(prompts))
+        if trace is None:
+            r = reward(images, list(prompts))
+        else:
+            with trace.timed("reward"):
+                r = reward(images, list(prompts))
     except FloatingPointError as e:
         raise FloatingPointError(f"{method} at {where}: {e}") from None
     r = torch.as_tensor(r).float().reshape(-1)
@@ -33,9 +37,17 @@ def score_images(reward, images: Tensor, prompts: Sequence[str], *, trace=None, 
     return r
 
 
+def decode(process, x0: Tensor, trace=None) -> Tensor:
+    """process.decode(x0) -> images (B, 3, H, W), its time added to ``trace.timings['decode']``."""
+    if trace is None:
+        return process.decode(x0)
+    with trace.timed("decode"):
+        return process.decode(x0)
+
+
 def score_latents(process, reward, x0: Tensor, prompts: Sequence[str], *, trace=None, method: str = "?",
                   step: Optional[int] = None, grad: bool = False) -> Tensor:
     """Decode x̂0 (or final latents) and score them; without gradients unless ``grad``."""
     with torch.set_grad_enabled(grad):
-        images = process.decode(x0)  # (B, 3, H, W)
+        images = decode(process, x0, trace)  # (B, 3, H, W)
         return score_images(reward, images, prompts, trace=trace, method=method, step=step)

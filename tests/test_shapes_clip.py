@@ -9,7 +9,7 @@ from steer.zoo.shapes import world
 from steer.zoo.shapes.clip import WEIGHTS_DIR, clip
 from steer.zoo.shapes.clip_eval import relation_swap_accuracy
 from steer.zoo.shapes.reward import ShapesCheckReward, ShapesClipReward
-from steer.zoo.shapes.train_clip import batch_texts, contrastive_loss
+from steer.zoo.shapes.train_clip import batch_texts, contrastive_loss, relation_loss
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +66,23 @@ def test_check_reward_is_one_for_true_and_zero_for_swapped():
 
 def test_contrastive_loss_uses_all_duplicates_as_positives():
     caps = ["a red circle", "a red circle", "two blue squares"]
-    texts, pos = batch_texts(caps, 2, np.random.default_rng(0))
+    texts, pos, rows, _ = batch_texts(caps, 2, np.random.default_rng(0))
     assert pos.sum(1).tolist() == [1.0, 1.0, 1.0] and pos[0].equal(pos[1])
-    assert not set(texts) & world.HELDOUT_CAPTIONS
+    assert not set(texts) & world.HELDOUT_CAPTIONS and len(rows) == 0  # no relational caption
     txt = torch.nn.functional.normalize(torch.randn(len(texts), 8, generator=torch.Generator().manual_seed(0)), dim=-1)
     aligned = pos @ txt  # images equal to their caption's embedding
-    assert contrastive_loss(aligned, txt, pos, torch.tensor(10.0)) < contrastive_loss(-aligned, txt, pos, torch.tensor(10.0))
+    assert contrastive_loss(10 * aligned @ txt.T, pos) < contrastive_loss(-10 * aligned @ txt.T, pos)
+
+
+def test_relation_term_contrasts_each_relational_caption_with_both_swaps():
+    caps = ["a red circle to the left of a blue square", "a green triangle", "a red circle to the left of a blue square"]
+    texts, pos, rows, cols = batch_texts(caps, 1, np.random.default_rng(0))
+    assert rows.tolist() == [0, 2] and cols[0].equal(cols[1])
+    assert [texts[j] for j in cols[0]] == [caps[0], "a blue square to the left of a red circle",
+                                           "a red circle to the right of a blue square"]
+    logits = torch.zeros(3, len(texts))
+    logits[rows, cols[:, 0]] = 5.0  # true caption ahead of its swaps
+    assert relation_loss(logits, rows, cols) < relation_loss(-logits, rows, cols)
 
 
 def test_missing_weights_name_the_training_command(tmp_path):

@@ -62,3 +62,24 @@ def test_single_objects_pass_the_checker_at_default_settings(pipe):
 
 
 SINGLE_FLOOR = 0.5
+
+
+def test_main_command_uses_the_embedded_model_at_its_settings_and_prints_the_breakdown(tmp_path):
+    """The README's main command, as the CLI runs it (no --model): 25 steps, guidance 4, a time table."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from steer.cli import app
+
+    r = CliRunner().invoke(app, ["generate", "--method", "fk", "--reward", "shapes-clip", "--prompt",
+                                 "a red circle above a blue square", "--verbose", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert trace["steps"] == DEFAULT_NUM_INFERENCE_STEPS and trace["guidance_scale"] == DEFAULT_GUIDANCE_SCALE
+    assert trace["nfe_per_prompt"] % DEFAULT_NUM_INFERENCE_STEPS == 0
+    for part in ("load", "denoise", "decode", "reward", "total"):
+        assert part in r.output
+    timing = trace["timing"]
+    assert timing["denoise_seconds"] > 0 and timing["reward_seconds"] > 0
+    assert timing["denoise_seconds"] + timing["reward_seconds"] <= timing["total_seconds"]

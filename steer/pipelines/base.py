@@ -60,17 +60,20 @@ class Process(ABC):
         """Denoiser evaluation at step ``i`` for every row of ``x``, chunked by ``batch_size``;
         counts ``len(x)`` NFE into ``trace``. Returns float32 ``Prediction``."""
         self._validate(x, i, cond)
-        if trace is not None:
-            trace.add_nfe(x.shape[0])
+        if trace is None:
+            return kernels.to_prediction(self.schedule, i, x, self._denoise_chunked(x, i, cond))
+        trace.add_nfe(x.shape[0])
+        with trace.timed("denoise"):
+            return kernels.to_prediction(self.schedule, i, x, self._denoise_chunked(x, i, cond))
+
+    def _denoise_chunked(self, x: Tensor, i: int, cond: Cond) -> Tensor:
         chunk = self.batch_size or x.shape[0]
         if chunk >= x.shape[0]:
-            out = self.denoise(x, i, cond)
-        else:
-            out = torch.cat([
-                self.denoise(x[s:s + chunk], i, cond.index(range(s, min(s + chunk, x.shape[0]))))
-                for s in range(0, x.shape[0], chunk)
-            ])
-        return kernels.to_prediction(self.schedule, i, x, out)
+            return self.denoise(x, i, cond)
+        return torch.cat([
+            self.denoise(x[s:s + chunk], i, cond.index(range(s, min(s + chunk, x.shape[0]))))
+            for s in range(0, x.shape[0], chunk)
+        ])
 
     def _validate(self, x: Tensor, i: int, cond: Cond) -> None:
         if tuple(x.shape[1:]) != tuple(self.latent_shape):

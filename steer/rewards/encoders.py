@@ -12,7 +12,6 @@ import logging
 import os
 from typing import Optional, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from steer.budget import Budget, Trace
-from steer.scoring import score_images
+from steer.scoring import decode, score_images
 from steer.types import Cond, Prediction, Result, StepInfo
 
 
@@ -110,7 +110,7 @@ def decode_and_score(process, reward, x0: Tensor, prompts: Sequence[str], *, tra
     images, rewards = [], []
     with torch.no_grad():
         for s in range(0, x0.shape[0], chunk):
-            img = process.decode(x0[s:s + chunk])  # (b, 3, H, W)
+            img = decode(process, x0[s:s + chunk], trace)  # (b, 3, H, W)
             rewards.append(score_images(reward, img, prompts[s:s + chunk], trace=trace, method=method, step=step))
             images.append(img.float())
     return torch.cat(images), torch.cat(rewards)

@@ -28,13 +28,12 @@ from __future__ import annotations
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-from torch import Tensor
 
 from steer import kernels
 from steer.budget import Budget
 from steer.samplers import common, potentials
 from steer.samplers import resampling as rs
-from steer.scoring import score_images
+from steer.scoring import decode, score_images
 from steer.types import Prediction, Result, StepInfo
 
 METHOD = "fk"
@@ -156,7 +155,7 @@ def _predict(process, reward, x, i, cond, trace, batch_size, guided: bool, lam: 
     x_in = x.detach().float().requires_grad_(True)
     with torch.enable_grad():
         pred = common.predict(process, x_in, i, cond, trace, batch_size)
-        r = score_images(reward, process.decode(pred.x0), cond.prompts, trace=trace, method=METHOD, step=i)
+        r = score_images(reward, decode(process, pred.x0, trace), cond.prompts, trace=trace, method=METHOD, step=i)
         if not r.requires_grad:
             raise RuntimeError(f"{METHOD}: guidance needs gradients through {getattr(process, 'name', 'the process')}'s "
                                f"denoiser, decode and the reward, but none reached the latents; use guidance=0")

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from steer.scoring import decode
 from steer.budget import Budget, Trace
 from steer.types import Result
 
@@ -73,7 +74,7 @@ def make_result(process, prompts: Sequence[str], latents: Tensor, rewards: Tenso
                 result_cls=Result, **extra) -> Result:
     """Decode the selected latents (P, ...) and package a ``Result`` (no denoiser call, no reward call)."""
     with torch.no_grad():
-        images = process.decode(latents).float()  # (P, 3, H, W)
+        images = decode(process, latents, trace).float()  # (P, 3, H, W)
     trace.stop_clock()
     return result_cls(images=images, rewards=rewards.float(), trace=trace, latents=latents,
                       candidates=candidates, candidate_rewards=candidate_rewards, prompts=tuple(prompts), **extra)

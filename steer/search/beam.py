@@ -20,7 +20,7 @@ from torch import Tensor
 
 from steer import kernels
 from steer.budget import Budget, Trace
-from steer.scoring import score_latents
+from steer.scoring import decode, score_latents
 from steer.search._common import as_prompts, check_budget, check_int, make_result, noise_level_for, prompt_rows
 from steer.types import Prediction, StepInfo
 
@@ -91,6 +91,6 @@ def beam(process, reward, prompts, *, generator: Optional[torch.Generator] = Non
     P = len(prompts)
     lat = x.view(P, width, *x.shape[1:])  # (P, B, *latent)
     with torch.no_grad():
-        imgs = process.decode(x).float()  # (P*B, 3, H, W)
+        imgs = decode(process, x, trace).float()  # (P*B, 3, H, W)
     return make_result(process, prompts, lat[:, 0], r[:, 0], trace,
                        candidates=imgs.view(P, width, *imgs.shape[1:]), candidate_rewards=r)

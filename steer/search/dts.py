@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from steer.budget import Budget, Trace
-from steer.scoring import score_latents
+from steer.scoring import decode, score_latents
 from steer.search import tree as T
 from steer.search._common import as_prompts, check_budget, check_int, check_positive, make_result, noise_level_for
 from steer.search.rollout import rollout
@@ -241,7 +241,7 @@ def dts(process, reward, prompts, *, generator: Optional[torch.Generator] = None
     lat = torch.stack([leaf.x for row in picked for leaf in row])  # (P*K, *latent_shape)
     rew = torch.tensor([[leaf.value for leaf in row] for row in picked], dtype=torch.float32)  # (P, K)
     with torch.no_grad():
-        imgs = process.decode(lat).float()  # (P*K, 3, H, W)
+        imgs = decode(process, lat, trace).float()  # (P*K, 3, H, W)
     cands = imgs.reshape(len(state.prompts), num_samples, *imgs.shape[1:])
     return make_result(process, state.prompts, lat.reshape(len(state.prompts), num_samples, *lat.shape[1:])[:, 0],
                        rew[:, 0], trace, candidates=cands, candidate_rewards=rew, result_cls=SearchResult, tree=state)

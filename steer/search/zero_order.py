@@ -24,7 +24,7 @@ from torch import Tensor
 
 from steer import chain, kernels
 from steer.budget import Budget, Trace
-from steer.scoring import score_latents
+from steer.scoring import decode, score_latents
 from steer.search._common import as_prompts, check_budget, check_int, make_result, noise_level_for, prompt_rows
 from steer.types import StepInfo
 
@@ -182,7 +182,7 @@ def path_search(process, reward, prompts, *, generator: Optional[torch.Generator
     P = len(prompts)
     r = info.extra["rewards"]  # (P, N)
     with torch.no_grad():
-        imgs = process.decode(info.x).float()  # (P*N, 3, H, W)
+        imgs = decode(process, info.x, trace).float()  # (P*N, 3, H, W)
     lat = info.x.view(P, paths, *info.x.shape[1:])
     return make_result(process, prompts, lat[:, 0], r[:, 0], trace,
                        candidates=imgs.view(P, paths, *imgs.shape[1:]), candidate_rewards=r)

@@ -13,3 +13,11 @@ def default_model(device=None, dtype=None):
             "(a Hugging Face model id in your cache or a local diffusers folder)"
         )
     return pipeline(device=device, dtype=dtype)
+
+
+def default_options() -> dict:
+    """The sampling settings the embedded default model was evaluated at (``num_inference_steps``,
+    ``guidance_scale``); explicit options override them."""
+    from steer.zoo.shapes import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS
+
+    return {"num_inference_steps": DEFAULT_NUM_INFERENCE_STEPS, "guidance_scale": DEFAULT_GUIDANCE_SCALE}

@@ -67,12 +67,12 @@ def scheduler():
                          set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
 
 
-def text_parts():
-    """The shipped CLIP's text tower (frozen) and its tokenizer with ``MAX_TOKENS``."""
+def text_parts(clip_dir=CLIP_DIR):
+    """A shapes CLIP's text tower (frozen; the shipped one by default) and its tokenizer with ``MAX_TOKENS``."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    enc = CLIPTextModel.from_pretrained(str(CLIP_DIR), dtype=torch.float32).eval().requires_grad_(False)
-    tok = CLIPTokenizer.from_pretrained(str(CLIP_DIR), model_max_length=MAX_TOKENS)
+    enc = CLIPTextModel.from_pretrained(str(clip_dir), dtype=torch.float32).eval().requires_grad_(False)
+    tok = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=MAX_TOKENS)
     return enc, tok
 
 
@@ -152,8 +152,10 @@ def train_unet(latents, cond, caption_ids, empty, seconds: float, log, width: in
 def assemble(vae, unet, enc, tok):
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline(vae=vae, text_encoder=enc, tokenizer=tok, unet=unet, scheduler=scheduler(),
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=enc, tokenizer=tok, unet=unet, scheduler=scheduler(),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 @torch.no_grad()
@@ -178,39 +180,26 @@ def evaluate(pipe, n_single: int = 48, n_relation: int = 104, steps: int = DEFAU
     return out
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--minutes", type=float, default=20.0, help="wall-clock cap for VAE + UNet training")
-    ap.add_argument("--n-images", type=int, default=30000)
-    ap.add_argument("--width", type=int, default=48)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--fp32", action="store_true", help="save fp32 weights (default fp16)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--resume", default=None,
-                    help="a saved pipeline folder: keep its VAE and continue training its UNet (all --minutes)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def train(out, minutes: float = 20.0, n_images: int = 30000, width: int = 48, batch_size: int = 32,
+          fp32: bool = False, threads: int = 2, resume=None, clip_dir=CLIP_DIR, log=print) -> dict[str, float]:
+    """Train (or, with ``resume``, continue) the pipeline, save it to ``out``; returns its checker accuracies."""
+    torch.set_num_threads(threads)
     t0 = time.time()
-
-    def log(msg):
-        print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
-
-    images, captions = batch(args.n_images, seed=0, split="train")
+    images, captions = batch(n_images, seed=0, split="train")
     log(f"{len(images)} training scenes")
-    enc, tok = text_parts()
+    enc, tok = text_parts(clip_dir)
     uniq = sorted(set(captions))
     cond = encode_text(enc, tok, uniq)  # (U, L, 128)
     empty = encode_text(enc, tok, [""])  # (1, L, 128)
     where = {c: i for i, c in enumerate(uniq)}
     caption_ids = torch.tensor([where[c] for c in captions])
-    budget = args.minutes * 60
+    budget = minutes * 60
     init = None
-    if args.resume:
+    if resume:
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
-        vae = AutoencoderKL.from_pretrained(args.resume, subfolder="vae", torch_dtype=torch.float32).eval()
-        init = UNet2DConditionModel.from_pretrained(args.resume, subfolder="unet", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(resume, subfolder="vae", dtype=torch.float32).eval()
+        init = UNet2DConditionModel.from_pretrained(resume, subfolder="unet", dtype=torch.float32)
         budget += time.time() - t0
     else:
         vae = train_vae(images, VAE_SHARE * budget, log)
@@ -223,15 +212,39 @@ def main(argv=None) -> None:
     vae.register_to_config(scaling_factor=scale)
     log(f"latent scaling_factor {scale:.4f}")
     unet, steps = train_unet(latents * scale, cond, caption_ids, empty, budget - (time.time() - t0), log,
-                             width=args.width, batch_size=args.batch_size, init=init)
+                             width=width, batch_size=batch_size, init=init)
     log(f"unet trained for {steps} steps")
     pipe = assemble(vae, unet, enc, tok)
-    if not args.fp32:
+    if not fp32:
         pipe.to(dtype=torch.float16)
-    pipe.save_pretrained(args.out, safe_serialization=True)
-    log(f"saved to {args.out}")
+    pipe.save_pretrained(out, safe_serialization=True)
+    log(f"saved to {out}")
     pipe.to(dtype=torch.float32)
-    log(f"checker accuracy {evaluate(pipe)}")
+    accuracy = evaluate(pipe)
+    log(f"checker accuracy {accuracy}")
+    return accuracy
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--minutes", type=float, default=20.0, help="wall-clock cap for VAE + UNet training")
+    ap.add_argument("--n-images", type=int, default=30000)
+    ap.add_argument("--width", type=int, default=48)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--fp32", action="store_true", help="save fp32 weights (default fp16)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clip", default=str(CLIP_DIR), help="the shapes CLIP whose text tower conditions the UNet")
+    ap.add_argument("--resume", default=None,
+                    help="a saved pipeline folder: keep its VAE and continue training its UNet (all --minutes)")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+
+    def log(msg):
+        print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
+
+    train(args.out, args.minutes, args.n_images, args.width, args.batch_size, args.fp32, args.threads,
+          args.resume, args.clip, log)
 
 
 if __name__ == "__main__":
