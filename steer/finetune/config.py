@@ -139,6 +139,9 @@ class DistillConfig(TrainConfig):
     rounds: int = opt(1, "Sample-then-train rounds; >1 re-samples with the updated LoRA (online).", "method")
     steps_per_round: Optional[int] = opt(None, "Optimizer steps per round (default max_steps / rounds).", "method")
     train_batch_size: int = opt(4, "Kept samples per micro-batch of the denoising loss.", "method")
+    loss_space: str = opt("model", "Denoising loss on the model's own output (model: ε / v / flow velocity, "
+                                   "RAFT) or on the implied clean sample x̂0 (x0: weights noisy steps by 1/SNR).",
+                          "method")
     learning_rate: float = opt(1e-4, "AdamW learning rate.", "optimization")
 
     def __post_init__(self):
@@ -149,6 +152,7 @@ class DistillConfig(TrainConfig):
         _require(0 < self.top_fraction <= 1, f"top_fraction must be in (0, 1], got {self.top_fraction}")
         _require(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
         _require(self.train_batch_size >= 1, f"train_batch_size must be >= 1, got {self.train_batch_size}")
+        _require(self.loss_space in ("model", "x0"), f"loss_space must be 'model' or 'x0', got {self.loss_space!r}")
         if self.steps_per_round is None:
             _require(self.max_steps >= self.rounds,
                      f"max_steps ({self.max_steps}) must be >= rounds ({self.rounds}); raise max_steps")

@@ -31,3 +31,44 @@ def checker_rates(images: torch.Tensor, captions: list[str]) -> dict[str, tuple[
                 total += 1
         out[f"{kind} rejected"] = (hits, total)
     return out
+
+
+# ---- steering on the shapes world (benchmarks/shapes.py and its test slice) ----------------------
+def relational_heldout_captions(n: int | None = None) -> list[str]:
+    """The held-out relational captions (104: 13 object pairs x 2 orders x 4 relations), in a fixed
+    order that interleaves the pairs, so any prefix covers many pairs; the first ``n`` if given."""
+    caps = sorted(world.split_captions("heldout")["relation"])
+    order = sorted(range(len(caps)), key=lambda i: (i % 8, i))  # 8 captions per pair: take one of each first
+    caps = [caps[i] for i in order]
+    return caps if n is None else caps[:n]
+
+
+def steer_captions(process, captions: list[str], method: str, reward, *, seed: int = 0, chunk: int = 26,
+                   **options) -> tuple[torch.Tensor, float, float]:
+    """Run ``steer.generate`` over ``captions`` in chunks: images (N, 3, H, W), NFE per caption, seconds."""
+    import time
+
+    from steer.api import generate
+
+    images, nfe, t = [], 0, time.perf_counter()
+    for s in range(0, len(captions), chunk):
+        res = generate(process, captions[s:s + chunk], method=method, reward=reward, seed=seed + s, **options)
+        images.append(res.images.float().cpu())
+        nfe += res.trace.nfe
+    return torch.cat(images), nfe / len(captions), time.perf_counter() - t
+
+
+@torch.no_grad()
+def judge(images: torch.Tensor, captions: list[str], clip_reward) -> tuple[float, float]:
+    """(checker accuracy, mean shapes-clip reward) of images for their captions."""
+    acc = checker.check(images, captions).float().mean().item()
+    return acc, clip_reward(images, captions).float().mean().item()
+
+
+@torch.no_grad()
+def diversity(first: torch.Tensor, second: torch.Tensor, clip_reward) -> float:
+    """Mean 1 - cos between the shapes CLIP image embeddings of two samples per caption (two seeds)."""
+    from steer.zoo.shapes.clip import image_embeds
+
+    a, b = image_embeds(clip_reward.model, first), image_embeds(clip_reward.model, second)  # (N, D)
+    return (1 - (a * b).sum(-1)).mean().item()
