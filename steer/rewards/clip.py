@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from steer.rewards.encoders import ClipEncoder, cosine, transformers_clip
-from steer.rewards.torch_reward import TorchReward
+from steer.rewards.encoders import ClipEncoderReward, cosine, transformers_clip
 from steer.rewards.weights import MissingWeightsError, WeightFile, resolve_dir
 
 WEIGHTS = WeightFile("config.json", env="STEER_CLIP_PATH", url="https://huggingface.co/openai/clip-vit-large-patch14",
@@ -20,19 +19,10 @@ WEIGHTS = WeightFile("config.json", env="STEER_CLIP_PATH", url="https://huggingf
 SCALE = 100.0
 
 
-class CLIPReward(TorchReward):
+class CLIPReward(ClipEncoderReward):
     """``100 * cosine`` between CLIP image and text embeddings."""
 
     name = "clip"
-
-    def __init__(self, encoder: ClipEncoder):
-        super().__init__(encoder)
-        self.encoder = encoder
-
-    @classmethod
-    def from_model(cls, model: nn.Module, tokenizer) -> "CLIPReward":
-        """From any in-memory open_clip ``CLIP`` or transformers ``CLIPModel`` and its tokenizer."""
-        return cls(ClipEncoder(model, tokenizer))
 
     @classmethod
     def from_pretrained(cls, path: Optional[str] = None) -> "CLIPReward":

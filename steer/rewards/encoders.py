@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from steer.rewards.torch_reward import TorchReward
 from steer.rewards.preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 from steer.rewards.weights import load_state_dict
 
@@ -153,3 +154,18 @@ def transformers_clip(path: str, tokenizer=None):
         has_tok = os.path.isfile(os.path.join(path, "vocab.json")) or os.path.isfile(os.path.join(path, "tokenizer.json"))
         tokenizer = CLIPTokenizer.from_pretrained(path) if has_tok else full_clip_tokenizer()
     return model, tokenizer
+
+
+class ClipEncoderReward(TorchReward):
+    """A reward computed from one ``ClipEncoder`` (CLIP score, PickScore, HPS): holds it and builds
+    it from an in-memory CLIP and tokenizer; subclasses define ``name``, ``score`` and the loaders."""
+
+    def __init__(self, encoder: ClipEncoder):
+        super().__init__(encoder)
+        self.encoder = encoder
+
+    @classmethod
+    def from_model(cls, model: nn.Module, tokenizer):
+        """From an in-memory open_clip ``CLIP`` or transformers ``CLIPModel`` (its weights already
+        loaded) and its tokenizer."""
+        return cls(ClipEncoder(model, tokenizer))

@@ -14,10 +14,9 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from steer.rewards.encoders import ClipEncoder, cosine, open_clip_from_checkpoint, open_clip_tokenizer
-from steer.rewards.torch_reward import TorchReward
+from steer.rewards.encoders import ClipEncoderReward, cosine, open_clip_from_checkpoint, open_clip_tokenizer
 from steer.rewards.weights import WeightFile, resolve_file
 
 HPS_URL = "https://huggingface.co/xswu/HPSv2"
@@ -28,19 +27,10 @@ WEIGHTS = {
 MODEL_NAME = "ViT-H-14"
 
 
-class HPSReward(TorchReward):
+class HPSReward(ClipEncoderReward):
     """HPSv2.x: cosine of the HPS-tuned open_clip image and text embeddings (range [-1, 1])."""
 
     name = "hps"
-
-    def __init__(self, encoder: ClipEncoder):
-        super().__init__(encoder)
-        self.encoder = encoder
-
-    @classmethod
-    def from_model(cls, model: nn.Module, tokenizer) -> "HPSReward":
-        """From an in-memory open_clip model (HPS weights already in it) and its tokenizer."""
-        return cls(ClipEncoder(model, tokenizer))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, model_name: str = MODEL_NAME, tokenizer=None) -> "HPSReward":

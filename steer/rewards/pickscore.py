@@ -11,30 +11,20 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from steer.rewards.clip import load_clip_dir
-from steer.rewards.encoders import ClipEncoder, cosine
-from steer.rewards.torch_reward import TorchReward
+from steer.rewards.encoders import ClipEncoderReward, cosine
 from steer.rewards.weights import WeightFile
 
 WEIGHTS = WeightFile("config.json", env="STEER_PICKSCORE_PATH", url="https://huggingface.co/yuvalkirstain/PickScore_v1",
                      repo_id="yuvalkirstain/PickScore_v1", is_dir=True)
 
 
-class PickScoreReward(TorchReward):
+class PickScoreReward(ClipEncoderReward):
     """``logit_scale.exp() * cosine(image, text)`` with the PickScore CLIP."""
 
     name = "pickscore"
-
-    def __init__(self, encoder: ClipEncoder):
-        super().__init__(encoder)
-        self.encoder = encoder
-
-    @classmethod
-    def from_model(cls, model: nn.Module, tokenizer) -> "PickScoreReward":
-        """From an in-memory transformers ``CLIPModel`` (or open_clip CLIP) and its tokenizer."""
-        return cls(ClipEncoder(model, tokenizer))
 
     @classmethod
     def from_pretrained(cls, path: Optional[str] = None) -> "PickScoreReward":
