@@ -63,3 +63,17 @@ def latents(name: str, x: torch.Tensor, latent_shape: tuple[int, ...], what: str
                          f"make them with process.init_noise(n) or run the chain to the end first")
     if not x.is_floating_point():
         raise ValueError(f"{name}: {what} must be floating point, got {x.dtype}")
+
+
+def bind_common(process, pipe, denoiser, *, num_inference_steps, batch_size, guidance_scale=None,
+                negative_prompt=None) -> None:
+    """Set the attributes every adapter shares (``pipe``, ``device``, ``dtype`` of the denoiser,
+    ``batch_size``, ``guidance_scale``, ``negative_prompt``) and validate the step count."""
+    process.pipe = pipe
+    process.device = execution_device(pipe)
+    process.dtype = denoiser.dtype
+    process.batch_size = positive_int("batch_size", batch_size)
+    if guidance_scale is not None:
+        process.guidance_scale = float(guidance_scale)
+    process.negative_prompt = negative_prompt
+    positive_int("num_inference_steps", num_inference_steps, allow_none=False)

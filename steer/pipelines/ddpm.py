@@ -36,11 +36,8 @@ class PixelProcess(Process):
                              f"as they read are supported (got in={config.in_channels}, out={config.out_channels}, "
                              f"num_class_embeds={getattr(config, 'num_class_embeds', None)}); wrap other models "
                              f"by subclassing steer.pipelines.Process")
-        self.pipe, self.unet = pipe, pipe.unet
-        self.device = checks.execution_device(pipe)
-        self.dtype = pipe.unet.dtype
-        self.batch_size = checks.positive_int("batch_size", batch_size)
-        checks.positive_int("num_inference_steps", num_inference_steps, allow_none=False)
+        self.unet = pipe.unet
+        checks.bind_common(self, pipe, pipe.unet, num_inference_steps=num_inference_steps, batch_size=batch_size)
         factor = 2 ** (len(config.block_out_channels) - 1)
         self.height, self.width = checks.image_size(self.name, config.sample_size, factor, height, width)
         self.latent_shape = (config.in_channels, self.height, self.width)

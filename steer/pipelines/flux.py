@@ -37,13 +37,10 @@ class FluxProcess(Process):
         if negative_prompt is not None:
             raise ValueError(f"{self.name}: FLUX is guidance-distilled (no classifier-free guidance), so "
                              f"negative_prompt has no effect here; leave it None")
-        self.pipe, self.transformer, self.vae = pipe, pipe.transformer, pipe.vae
-        self.device = checks.execution_device(pipe)
-        self.dtype = pipe.transformer.dtype
-        self.guidance_scale = float(guidance_scale)
-        self.batch_size = checks.positive_int("batch_size", batch_size)
+        self.transformer, self.vae = pipe.transformer, pipe.vae
+        checks.bind_common(self, pipe, pipe.transformer, num_inference_steps=num_inference_steps,
+                           batch_size=batch_size, guidance_scale=guidance_scale)
         self.max_sequence_length = checks.positive_int("max_sequence_length", max_sequence_length, allow_none=False)
-        checks.positive_int("num_inference_steps", num_inference_steps, allow_none=False)
         factor = pipe.vae_scale_factor
         self.height, self.width = checks.image_size(
             self.name, pipe.default_sample_size, 2 * factor, height, width, pixels_per_sample=factor)

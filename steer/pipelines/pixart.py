@@ -50,17 +50,13 @@ class PixArtProcess(GuidedProcess):
                  height: Optional[int] = None, width: Optional[int] = None, negative_prompt="",
                  batch_size: Optional[int] = None, max_sequence_length: Optional[int] = None,
                  clean_caption: bool = True, use_resolution_binning: Optional[bool] = None):
-        self.pipe, self.transformer, self.vae = pipe, pipe.transformer, pipe.vae
-        self.device = checks.execution_device(pipe)
-        self.dtype = pipe.transformer.dtype
-        self.guidance_scale = float(guidance_scale)
-        self.negative_prompt = negative_prompt
+        self.transformer, self.vae = pipe.transformer, pipe.vae
+        checks.bind_common(self, pipe, pipe.transformer, num_inference_steps=num_inference_steps,
+                           batch_size=batch_size, guidance_scale=guidance_scale, negative_prompt=negative_prompt)
         self.clean_caption = bool(clean_caption)
-        self.batch_size = checks.positive_int("batch_size", batch_size)
         if max_sequence_length is None:
             max_sequence_length = inspect.signature(pipe.__call__).parameters["max_sequence_length"].default
         self.max_sequence_length = checks.positive_int("max_sequence_length", max_sequence_length, allow_none=False)
-        checks.positive_int("num_inference_steps", num_inference_steps, allow_none=False)
         config = pipe.transformer.config
         factor = pipe.vae_scale_factor
         height, width, orig = self._resolution_bins(height, width, use_resolution_binning)

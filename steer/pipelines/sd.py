@@ -32,13 +32,9 @@ class StableDiffusionProcess(GuidedProcess):
         if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
             raise ValueError(f"{self.name}: guidance-distilled UNets (time_cond_proj_dim set, e.g. LCM) are not "
                              f"supported; use a standard Stable Diffusion UNet")
-        self.pipe, self.unet, self.vae = pipe, pipe.unet, pipe.vae
-        self.device = checks.execution_device(pipe)
-        self.dtype = pipe.unet.dtype
-        self.guidance_scale = float(guidance_scale)
-        self.negative_prompt = negative_prompt
-        self.batch_size = checks.positive_int("batch_size", batch_size)
-        checks.positive_int("num_inference_steps", num_inference_steps, allow_none=False)
+        self.unet, self.vae = pipe.unet, pipe.vae
+        checks.bind_common(self, pipe, pipe.unet, num_inference_steps=num_inference_steps, batch_size=batch_size,
+                           guidance_scale=guidance_scale, negative_prompt=negative_prompt)
         factor = pipe.vae_scale_factor
         self.height, self.width = checks.image_size(
             self.name, pipe.unet.config.sample_size, factor, height, width, pixels_per_sample=factor)

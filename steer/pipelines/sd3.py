@@ -31,14 +31,10 @@ class StableDiffusion3Process(GuidedProcess):
     def __init__(self, pipe, *, num_inference_steps: int = 28, guidance_scale: float = 7.0,
                  height: Optional[int] = None, width: Optional[int] = None, negative_prompt=None,
                  batch_size: Optional[int] = None, max_sequence_length: int = 256, mu: Optional[float] = None):
-        self.pipe, self.transformer, self.vae = pipe, pipe.transformer, pipe.vae
-        self.device = checks.execution_device(pipe)
-        self.dtype = pipe.transformer.dtype
-        self.guidance_scale = float(guidance_scale)
-        self.negative_prompt = negative_prompt
-        self.batch_size = checks.positive_int("batch_size", batch_size)
+        self.transformer, self.vae = pipe.transformer, pipe.vae
+        checks.bind_common(self, pipe, pipe.transformer, num_inference_steps=num_inference_steps,
+                           batch_size=batch_size, guidance_scale=guidance_scale, negative_prompt=negative_prompt)
         self.max_sequence_length = checks.positive_int("max_sequence_length", max_sequence_length, allow_none=False)
-        checks.positive_int("num_inference_steps", num_inference_steps, allow_none=False)
         factor, patch = pipe.vae_scale_factor, pipe.transformer.config.patch_size
         self.height, self.width = checks.image_size(
             self.name, pipe.default_sample_size, factor * patch, height, width, pixels_per_sample=factor)
