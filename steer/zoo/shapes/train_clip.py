@@ -1,6 +1,10 @@
 """Train the shapes CLIP contrastively on the shapes world, with hard negatives.
 
-    python -m steer.zoo.shapes.train_clip [--out steer/zoo/shapes/weights/clip] [--steps 1200]
+    python -m steer.zoo.shapes.train_clip [--out steer/zoo/shapes/weights/clip] [--max-minutes 15]
+
+(``python -m steer.zoo.shapes.train`` runs this, then the pipeline on its text tower.) The shipped
+CLIP: 15 minutes on 2 CPU cores (1621 steps), image->caption retrieval among 100 on unseen scenes
+87.2% (57.2% on held-out captions), true vs relation-swapped caption 100% (96.8% held out).
 
 Loss: the symmetric CLIP InfoNCE (Radford et al. 2021) with two changes, both because the world's
 captions repeat and its hard negatives matter: (1) the text side of a batch holds every distinct
@@ -35,7 +39,7 @@ from steer.zoo.shapes.clip import WEIGHTS_DIR, clip_config, image_embeds, save, 
 @dataclass
 class ClipTrainConfig:
     out: str = str(WEIGHTS_DIR)
-    steps: int = 1500
+    steps: int = 10000  # the wall-clock cap usually binds first
     batch_size: int = 64
     negatives: int = 3
     pool: int = 16000
@@ -43,7 +47,7 @@ class ClipTrainConfig:
     weight_decay: float = 0.1
     warmup: int = 50
     relation_weight: float = 1.0
-    max_minutes: float = 9.0  # wall-clock cap (render included); the cosine schedule follows it
+    max_minutes: float = 15.0  # wall-clock cap (render included); the cosine schedule follows it
     seed: int = 0
     threads: int = 2
 

@@ -19,6 +19,10 @@ Diffusion Models"; classifier-free guidance as in Ho & Salimans 2022):
 Training is bounded by wall-clock time (``--minutes``; the VAE gets ``VAE_SHARE`` of it), then the
 EMA pipeline is saved (fp16 safetensors unless ``--fp32``) and evaluated with the exact checker on
 single-object captions (``test`` scenes) and held-out relational captions.
+
+The shipped pipeline (``python -m steer.zoo.shapes.train``: 40 minutes on 2 CPU cores after the CLIP's
+15, about 4300 UNet steps of batch 32): checker accuracy 87.5% on single-object captions and 30.8% on
+the 104 held-out relational captions (25 DDIM steps, guidance 4).
 """
 from __future__ import annotations
 
@@ -180,7 +184,7 @@ def evaluate(pipe, n_single: int = 48, n_relation: int = 104, steps: int = DEFAU
     return out
 
 
-def train(out, minutes: float = 20.0, n_images: int = 30000, width: int = 48, batch_size: int = 32,
+def train(out, minutes: float = 40.0, n_images: int = 30000, width: int = 48, batch_size: int = 32,
           fp32: bool = False, threads: int = 2, resume=None, clip_dir=CLIP_DIR, log=print) -> dict[str, float]:
     """Train (or, with ``resume``, continue) the pipeline, save it to ``out``; returns its checker accuracies."""
     torch.set_num_threads(threads)
@@ -228,7 +232,7 @@ def train(out, minutes: float = 20.0, n_images: int = 30000, width: int = 48, ba
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--minutes", type=float, default=20.0, help="wall-clock cap for VAE + UNet training")
+    ap.add_argument("--minutes", type=float, default=40.0, help="wall-clock cap for VAE + UNet training")
     ap.add_argument("--n-images", type=int, default=30000)
     ap.add_argument("--width", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=32)
