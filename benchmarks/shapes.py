@@ -16,8 +16,9 @@ pays a backward pass, so its seconds are ~3x its NFE share).
 
     python benchmarks/shapes.py [--captions 104] [--budgets 4,8,16] [--methods ...] [--plot PATH]
 
-Takes about 25 minutes on 2 CPU cores with the defaults; ``--captions 26 --budgets 4,8`` is a
-3-minute look. Prints a markdown table and writes the accuracy-vs-NFE plot.
+Takes about 25 minutes on 2 CPU cores with the defaults (budgets 4x and 8x, ReNO at 4x only, since
+each of its iterations also pays a backward pass; about 175 NFE/s); ``--budgets 4,8,16`` takes about
+twice as long, ``--captions 26`` a quarter. Prints a markdown table and writes the accuracy-vs-NFE plot.
 """
 from __future__ import annotations
 
@@ -51,10 +52,10 @@ def method_options(m: int) -> dict[str, tuple[str, dict]]:
     }
 
 
-def run(process, reward, captions, div_captions, method, options, seed):
-    images, nfe, seconds = steer_captions(process, captions, method, reward, seed=seed, **options)
+def run(process, reward, captions, div_captions, method, options, seed, chunk):
+    images, nfe, seconds = steer_captions(process, captions, method, reward, seed=seed, chunk=chunk, **options)
     acc, mean_r = judge(images, captions, reward)
-    again, _, _ = steer_captions(process, div_captions, method, reward, seed=seed + 10_000, **options)
+    again, _, _ = steer_captions(process, div_captions, method, reward, seed=seed + 10_000, chunk=chunk, **options)
     return {"accuracy": acc, "reward": mean_r, "nfe": nfe, "seconds": seconds,
             "diversity": diversity(images[:len(div_captions)], again, reward)}
 
@@ -65,7 +66,7 @@ def table(rows: dict, budgets: list[int]) -> str:
     for name, cells in rows.items():
         out = []
         for m in budgets:
-            c = cells.get(m) or cells.get(1)
+            c = cells.get(m)
             out.append("—" if c is None else f"{c['accuracy']:.1%} / {c['reward']:.2f} / {c['diversity']:.3f}")
         lines.append(f"| {name} | " + " | ".join(out) + " |")
     return "\n".join(lines)
@@ -96,8 +97,10 @@ def plot(rows: dict, path: Path, captions: int) -> None:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--captions", type=int, default=104)
-    ap.add_argument("--diversity-captions", type=int, default=26)
-    ap.add_argument("--budgets", default="4,8,16")
+    ap.add_argument("--diversity-captions", type=int, default=13)
+    ap.add_argument("--budgets", default="4,8")
+    ap.add_argument("--reno-budgets", default="4", help="ReNO's budgets (each iteration also pays a backward pass)")
+    ap.add_argument("--chunk", type=int, default=52, help="captions per steer.generate call")
     ap.add_argument("--methods", default=",".join(method_options(1)))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -113,20 +116,21 @@ def main(argv=None) -> dict:
     process = from_pipe(pipeline(), num_inference_steps=S, guidance_scale=DEFAULT_GUIDANCE_SCALE)
     reward = ShapesClipReward()
     rows: dict[str, dict[int, dict]] = {"base": {1: run(process, reward, captions, div_captions, "best_of_n",
-                                                        {"n": 1}, args.seed)}}
+                                                        {"n": 1}, args.seed, args.chunk)}}
+    reno_budgets = [int(b) for b in args.reno_budgets.split(",")]
     print(f"base: {rows['base'][1]}", flush=True)
-    for m in budgets:
+    for m in sorted(set(budgets) | set(reno_budgets)):
         for name, (method, options) in method_options(m).items():
-            if name not in names:
+            if name not in names or m not in (reno_budgets if name == "ReNO" else budgets):
                 continue
-            cell = run(process, reward, captions, div_captions, method, options, args.seed)
+            cell = run(process, reward, captions, div_captions, method, options, args.seed, args.chunk)
             rows.setdefault(name, {})[m] = cell
             print(f"{name} {m}x: {cell}  [{time.time() - t0:.0f}s]", flush=True)
     base = rows["base"][1]
     print(f"\n{len(captions)} held-out relational captions, S = {S} steps, guidance {DEFAULT_GUIDANCE_SCALE}; "
           f"acc = exact-checker accuracy, reward = mean shapes-clip, div = 1 - cos of two seeds' CLIP embeddings "
           f"({len(div_captions)} captions)\n")
-    print(table(rows, [1] + budgets).replace("| base | ", "| base (1× S) | "))
+    print(table(rows, [1] + sorted(set(budgets) | set(reno_budgets))).replace("| base | ", "| base (1× S) | "))
     print("\naccuracy ÷ base accuracy:")
     for name, cells in rows.items():
         if name != "base":

@@ -68,3 +68,14 @@ def test_mismatches_never_contain_the_caption():
 def test_unknown_split_is_a_clear_error():
     with pytest.raises(ValueError, match="choose from"):
         world.sample_scene(0, 0, "validation")
+
+
+def test_canonical_identifies_equivalent_relational_captions_only():
+    from steer.zoo.shapes.world import canonical
+
+    a = "a red circle above a blue square"
+    assert canonical(a) == canonical("a blue square below a red circle")
+    assert canonical("a red circle to the left of a blue square") == canonical("a blue square to the right of a red circle")
+    assert canonical(a) != canonical("a red circle below a blue square")
+    assert canonical(a) != canonical("a blue square above a red circle")
+    assert canonical("two green triangles") == "two green triangles" and canonical("a red circle") == "a red circle"

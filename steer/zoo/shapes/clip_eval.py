@@ -11,12 +11,14 @@ from steer.zoo.shapes.clip import image_embeds, text_embeds
 
 @torch.no_grad()
 def retrieval_at_100(model, tokenizer, images: torch.Tensor, captions: list[str]) -> float:
-    """Share of images whose best caption among their group of 100 (by text) is their own."""
+    """Share of images whose best caption among their group of 100 means their own: the same text,
+    or its equivalent with the objects swapped and the relation inverted ("a red circle above a blue
+    square" = "a blue square below a red circle"; ``world.canonical``), which is as true of the image."""
     hits = total = 0
     for s in range(0, len(captions) - 99, 100):
         caps = captions[s:s + 100]
         sims = image_embeds(model, images[s:s + 100]) @ text_embeds(model, tokenizer, caps).T  # (100, 100)
-        hits += sum(caps[j] == caps[i] for i, j in enumerate(sims.argmax(1).tolist()))
+        hits += sum(world.canonical(caps[j]) == world.canonical(caps[i]) for i, j in enumerate(sims.argmax(1).tolist()))
         total += len(caps)
     return hits / max(total, 1)
 

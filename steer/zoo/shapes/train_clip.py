@@ -4,7 +4,10 @@
 
 (``python -m steer.zoo.shapes.train`` runs this, then the pipeline on its text tower.) The shipped
 CLIP: 15 minutes on 2 CPU cores (1621 steps), image->caption retrieval among 100 on unseen scenes
-87.2% (57.2% on held-out captions), true vs relation-swapped caption 100% (96.8% held out).
+89.2% (70.6% on held-out captions; 87.2% / 57.2% when only the exact caption text counts, see
+``clip_eval``), true vs relation-swapped caption 100% (96.8% held out). Known limit: an equivalent
+spelling of a batch caption ("B below A" for "A above B") counts as a negative here; treating
+``world.canonical`` equivalents as positives is the next improvement (it changes the shipped recipe).
 
 Loss: the symmetric CLIP InfoNCE (Radford et al. 2021) with two changes, both because the world's
 captions repeat and its hard negatives matter: (1) the text side of a batch holds every distinct

@@ -266,6 +266,15 @@ def _caption_of(objs: Sequence[tuple[str, str]], relation: Optional[str]) -> str
     return count_caption(objs[0][0], objs[0][1], len(objs))
 
 
+def canonical(caption: str) -> str:
+    """One spelling per meaning: "A below B" and "B above A" describe the same scenes, so both map to
+    the alphabetically first of the two; other captions are their own canonical form."""
+    objs, rel = _objects_of(caption)
+    if rel is None:
+        return caption
+    return min(caption, relation_caption(objs[1], INVERSE[rel], objs[0]))
+
+
 def mismatches(caption: str) -> dict[str, list[str]]:
     """Captions that are false for every scene realising ``caption``, by kind of corruption:
     ``relation`` (inverse relation or swapped order), ``color`` (one object's colour changed, or
