@@ -72,6 +72,18 @@ def test_contrastive_loss_uses_all_duplicates_as_positives():
     assert contrastive_loss(10 * aligned @ txt.T, pos) < contrastive_loss(-10 * aligned @ txt.T, pos)
 
 
+def test_equivalent_spellings_are_positives_not_negatives():
+    caps = ["a red circle above a blue square", "a blue square below a red circle", "a green triangle"]
+    texts, pos, _, _ = batch_texts(caps, 2, np.random.default_rng(0))
+    both = [texts.index(caps[0]), texts.index(caps[1])]
+    assert pos[0, both].tolist() == [1.0, 1.0] and pos[0].equal(pos[1])  # one meaning, two spellings
+    assert pos[2, both].tolist() == [0.0, 0.0] and pos[0].sum() == 2
+    swaps = world.mismatches(caps[0])["relation"]
+    assert all(pos[0, texts.index(s)] == 0 for s in swaps)  # false relations stay negatives
+    single, _, _, _ = batch_texts(["a red circle above a blue square"], 0, np.random.default_rng(0))
+    assert "a blue square below a red circle" in single  # the equivalent spelling is always shown
+
+
 def test_relation_term_contrasts_each_relational_caption_with_both_swaps():
     caps = ["a red circle to the left of a blue square", "a green triangle", "a red circle to the left of a blue square"]
     texts, pos, rows, cols = batch_texts(caps, 1, np.random.default_rng(0))

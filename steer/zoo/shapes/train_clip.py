@@ -71,14 +71,26 @@ def hard_negatives(caption: str, k: int, rng: np.random.Generator) -> list[str]:
     return [c for c in picks if c not in world.HELDOUT_CAPTIONS]
 
 
+def equivalent(caption: str) -> str:
+    """The other spelling of the same meaning ("B below A" for "A above B"); the caption itself when
+    it has no relation."""
+    objs, rel = world._objects_of(caption)
+    return caption if rel is None else world.relation_caption(objs[1], world.INVERSE[rel], objs[0])
+
+
 def batch_texts(captions: list[str], k: int, rng: np.random.Generator
                 ) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Distinct texts of a batch, the positive mask (B, T) (text j equals caption i), and for the
-    relation term the rows of relational images (R,) with their [true, swap, swap] text columns (R, 3)."""
-    texts = list(dict.fromkeys(captions + [n for c in captions for n in hard_negatives(c, k, rng)]))
+    """Distinct texts of a batch, the positive mask (B, T) and, for the relation term, the rows of
+    relational images (R,) with their [true, swap, swap] text columns (R, 3).
+
+    Texts are every caption, its equivalent spelling (``equivalent``) and its hard negatives; text j
+    is a positive of image i when it means image i's caption (same ``world.canonical`` form), so an
+    equivalent spelling -- of its own caption or of another image's -- is never pushed away."""
+    spellings = [e for c in captions for e in (c, equivalent(c)) if e not in world.HELDOUT_CAPTIONS]
+    texts = list(dict.fromkeys(captions + spellings + [n for c in captions for n in hard_negatives(c, k, rng)]))
     index = {t: j for j, t in enumerate(texts)}
-    pos = torch.zeros(len(captions), len(texts))
-    pos[torch.arange(len(captions)), torch.tensor([index[c] for c in captions])] = 1.0
+    meaning = [world.canonical(t) for t in texts]
+    pos = torch.tensor([[float(m == world.canonical(c)) for m in meaning] for c in captions])
     rows, cols = [], []
     for i, c in enumerate(captions):
         swaps = [s for s in world.mismatches(c)["relation"] if s in index]
