@@ -84,12 +84,14 @@ def test_equivalent_spellings_are_positives_not_negatives():
     assert "a blue square below a red circle" in single  # the equivalent spelling is always shown
 
 
-def test_relation_term_contrasts_each_relational_caption_with_both_swaps():
+def test_relation_term_contrasts_each_relational_caption_with_every_false_relation():
     caps = ["a red circle to the left of a blue square", "a green triangle", "a red circle to the left of a blue square"]
     texts, pos, rows, cols = batch_texts(caps, 1, np.random.default_rng(0))
     assert rows.tolist() == [0, 2] and cols[0].equal(cols[1])
     assert [texts[j] for j in cols[0]] == [caps[0], "a blue square to the left of a red circle",
-                                           "a red circle to the right of a blue square"]
+                                           "a red circle to the right of a blue square",
+                                           "a red circle above a blue square", "a red circle below a blue square"]
+    assert pos[0, cols[0, 1:]].sum() == 0  # every false relation is a negative
     logits = torch.zeros(3, len(texts))
     logits[rows, cols[:, 0]] = 5.0  # true caption ahead of its swaps
     assert relation_loss(logits, rows, cols) < relation_loss(-logits, rows, cols)

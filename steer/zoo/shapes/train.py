@@ -1,7 +1,7 @@
 """Reproduce the whole shipped shapes world: the shapes CLIP, then the text-to-image pipeline
 conditioned on its text tower.
 
-    python -m steer.zoo.shapes.train --out DIR [--clip-minutes 15] [--pipeline-minutes 40]
+    python -m steer.zoo.shapes.train --out DIR [--clip-minutes 17] [--pipeline-minutes 38]
 
 writes ``DIR/clip`` (``steer.zoo.shapes.clip(DIR/clip)`` loads it) and ``DIR/pipeline``
 (``steer.zoo.shapes.pipeline(path=DIR/pipeline)``), the same layout as the package's
@@ -26,8 +26,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for clip/, pipeline/ and report.json")
-    ap.add_argument("--clip-minutes", type=float, default=15.0)
-    ap.add_argument("--pipeline-minutes", type=float, default=40.0)
+    ap.add_argument("--clip-minutes", type=float, default=17.0)
+    ap.add_argument("--pipeline-minutes", type=float, default=38.0)
     ap.add_argument("--clip-steps", type=int, default=10000, help="step cap for the CLIP (minutes usually bind)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-images", type=int, default=30000, help="pipeline training scenes")

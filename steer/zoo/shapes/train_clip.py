@@ -50,7 +50,7 @@ class ClipTrainConfig:
     weight_decay: float = 0.1
     warmup: int = 50
     relation_weight: float = 1.0
-    max_minutes: float = 15.0  # wall-clock cap (render included); the cosine schedule follows it
+    max_minutes: float = 17.0  # wall-clock cap (render included); the cosine schedule follows it
     seed: int = 0
     threads: int = 2
 
@@ -61,12 +61,28 @@ def render_pool(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     return (images * 255).round().to(torch.uint8), captions
 
 
+def perpendicular(caption: str) -> list[str]:
+    """The caption with each relation of the other axis ("A above B" -> "A to the left of B", "A to
+    the right of B"): false too, since the world places a related pair clearly along one axis
+    (``world.RELATION_DOMINANCE``). Empty when the caption has no relation."""
+    objs, rel = world._objects_of(caption)
+    if rel is None:
+        return []
+    return [world.relation_caption(objs[0], r, objs[1]) for r in world.RELATIONS if r not in (rel, world.INVERSE[rel])]
+
+
+def relation_negatives(caption: str) -> list[str]:
+    """Every false relation between the caption's two objects, one spelling each: the two swaps
+    (``world.mismatches``) and the two perpendicular relations."""
+    return world.mismatches(caption)["relation"] + perpendicular(caption)
+
+
 def hard_negatives(caption: str, k: int, rng: np.random.Generator) -> list[str]:
-    """False captions for ``caption``: both relation swaps when it has a relation, plus ``k``
+    """False captions for ``caption``: its ``relation_negatives`` when it has a relation, plus ``k``
     colour/shape/count corruptions."""
     wrong = world.mismatches(caption)
     rest = wrong["color"] + wrong["shape"] + wrong["count"]
-    picks = list(wrong["relation"])
+    picks = relation_negatives(caption)
     picks += [rest[i] for i in rng.choice(len(rest), size=min(k, len(rest)), replace=False)]
     return [c for c in picks if c not in world.HELDOUT_CAPTIONS]
 
@@ -81,7 +97,7 @@ def equivalent(caption: str) -> str:
 def batch_texts(captions: list[str], k: int, rng: np.random.Generator
                 ) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
     """Distinct texts of a batch, the positive mask (B, T) and, for the relation term, the rows of
-    relational images (R,) with their [true, swap, swap] text columns (R, 3).
+    relational images (R,) with their [true, 4 x ``relation_negatives``] text columns (R, 5).
 
     Texts are every caption, its equivalent spelling (``equivalent``) and its hard negatives; text j
     is a positive of image i when it means image i's caption (same ``world.canonical`` form), so an
@@ -93,18 +109,18 @@ def batch_texts(captions: list[str], k: int, rng: np.random.Generator
     pos = torch.tensor([[float(m == world.canonical(c)) for m in meaning] for c in captions])
     rows, cols = [], []
     for i, c in enumerate(captions):
-        swaps = [s for s in world.mismatches(c)["relation"] if s in index]
-        if len(swaps) == 2:
+        wrong = [s for s in relation_negatives(c) if s in index]
+        if len(wrong) == 4:
             rows.append(i)
-            cols.append([index[c]] + [index[s] for s in swaps])
-    return texts, pos, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long).reshape(-1, 3)
+            cols.append([index[c]] + [index[s] for s in wrong])
+    return texts, pos, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long).reshape(-1, 5)
 
 
 def relation_loss(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the true caption (column 0) against its two relation swaps. logits (B, T)."""
+    """Cross-entropy of the true caption (column 0) against its false relations (columns 1-4). logits (B, T)."""
     if len(rows) == 0:
         return logits.new_zeros(())
-    picked = logits[rows[:, None], cols]  # (R, 3)
+    picked = logits[rows[:, None], cols]  # (R, 5)
     return F.cross_entropy(picked, torch.zeros(len(rows), dtype=torch.long, device=logits.device))
 
 
