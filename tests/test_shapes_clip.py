@@ -74,19 +74,25 @@ def test_contrastive_loss_uses_all_duplicates_as_positives():
 
 def test_equivalent_spellings_are_positives_not_negatives():
     caps = ["a red circle above a blue square", "a blue square below a red circle", "a green triangle"]
-    texts, pos, _, _ = batch_texts(caps, 2, np.random.default_rng(0))
+    texts, pos, _, _ = batch_texts(caps, 2, np.random.default_rng(0), canonical_positives=True)
     both = [texts.index(caps[0]), texts.index(caps[1])]
     assert pos[0, both].tolist() == [1.0, 1.0] and pos[0].equal(pos[1])  # one meaning, two spellings
     assert pos[2, both].tolist() == [0.0, 0.0] and pos[0].sum() == 2
     swaps = world.mismatches(caps[0])["relation"]
     assert all(pos[0, texts.index(s)] == 0 for s in swaps)  # false relations stay negatives
-    single, _, _, _ = batch_texts(["a red circle above a blue square"], 0, np.random.default_rng(0))
+    single, _, _, _ = batch_texts(["a red circle above a blue square"], 0, np.random.default_rng(0), True)
     assert "a blue square below a red circle" in single  # the equivalent spelling is always shown
+    exact, pos, _, _ = batch_texts(caps, 2, np.random.default_rng(0))  # the shipped recipe: exact text
+    assert pos[0, exact.index(caps[1])] == 0 and pos[0].sum() == 1
 
 
 def test_relation_term_contrasts_each_relational_caption_with_every_false_relation():
     caps = ["a red circle to the left of a blue square", "a green triangle", "a red circle to the left of a blue square"]
-    texts, pos, rows, cols = batch_texts(caps, 1, np.random.default_rng(0))
+    texts, _, rows, cols = batch_texts(caps, 1, np.random.default_rng(0))
+    assert rows.tolist() == [0, 2] and cols.shape == (2, 3)
+    assert [texts[j] for j in cols[0]] == [caps[0], "a blue square to the left of a red circle",
+                                           "a red circle to the right of a blue square"]
+    texts, pos, rows, cols = batch_texts(caps, 1, np.random.default_rng(0), perpendicular_negatives=True)
     assert rows.tolist() == [0, 2] and cols[0].equal(cols[1])
     assert [texts[j] for j in cols[0]] == [caps[0], "a blue square to the left of a red circle",
                                            "a red circle to the right of a blue square",
@@ -100,3 +106,15 @@ def test_relation_term_contrasts_each_relational_caption_with_every_false_relati
 def test_missing_weights_name_the_training_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_clip"):
         clip(tmp_path)
+
+
+def test_recipe_options_train_end_to_end(tmp_path):
+    from steer.zoo.shapes.train_clip import ClipTrainConfig, train
+
+    logs: list[str] = []
+    cfg = ClipTrainConfig(out=str(tmp_path), steps=2, pool=96, batch_size=16, relation_weight=0.5,
+                          canonical_positives=True, perpendicular_negatives=True)
+    model, tokenizer = train(cfg, log=logs.append)
+    losses = [float(m.split("loss")[1].split()[0]) for m in logs if "loss" in m]
+    assert losses and all(np.isfinite(losses)) and (tmp_path / "model.safetensors").exists()
+    assert clip(tmp_path).model.config.projection_dim == model.config.projection_dim

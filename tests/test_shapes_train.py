@@ -14,6 +14,7 @@ def test_train_writes_loadable_clip_pipeline_and_report(tmp_path):
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert set(on_disk["pipeline"]) == {"single", "relation"} and 0 <= on_disk["pipeline"]["single"] <= 1
+    assert on_disk["clip_recipe"]["canonical_positives"] is False  # the shipped recipe by default
     assert on_disk["clip_seconds"] > 0 and on_disk["total_seconds"] >= on_disk["pipeline_seconds"]
     assert 0 < on_disk["weight_bytes"] <= 20e6
     loaded = clip(tmp_path / "clip")

@@ -1,7 +1,7 @@
 """Reproduce the whole shipped shapes world: the shapes CLIP, then the text-to-image pipeline
 conditioned on its text tower.
 
-    python -m steer.zoo.shapes.train --out DIR [--clip-minutes 17] [--pipeline-minutes 38]
+    python -m steer.zoo.shapes.train --out DIR [--clip-minutes 15] [--pipeline-minutes 40]
 
 writes ``DIR/clip`` (``steer.zoo.shapes.clip(DIR/clip)`` loads it) and ``DIR/pipeline``
 (``steer.zoo.shapes.pipeline(path=DIR/pipeline)``), the same layout as the package's
@@ -26,9 +26,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for clip/, pipeline/ and report.json")
-    ap.add_argument("--clip-minutes", type=float, default=17.0)
-    ap.add_argument("--pipeline-minutes", type=float, default=38.0)
+    ap.add_argument("--clip-minutes", type=float, default=15.0)
+    ap.add_argument("--pipeline-minutes", type=float, default=40.0)
     ap.add_argument("--clip-steps", type=int, default=10000, help="step cap for the CLIP (minutes usually bind)")
+    ap.add_argument("--canonical-positives", action="store_true",
+                    help="CLIP: equivalent spellings are positives (see train_clip; not the shipped recipe)")
+    ap.add_argument("--perpendicular-negatives", action="store_true",
+                    help="CLIP: the other axis's relations join the hard negatives (not the shipped recipe)")
+    ap.add_argument("--relation-weight", type=float, default=1.0, help="CLIP: weight of the relation term")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-images", type=int, default=30000, help="pipeline training scenes")
     args = ap.parse_args(argv)
@@ -47,9 +52,16 @@ def main(argv=None) -> dict:
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
 
-    report: dict = {"threads": args.threads, "torch_threads": torch.get_num_threads()}
+    report: dict = {"threads": args.threads, "torch_threads": torch.get_num_threads(),
+                    "clip_recipe": {"relation_weight": args.relation_weight, "minutes": args.clip_minutes,
+                                    "canonical_positives": args.canonical_positives,
+                                    "perpendicular_negatives": args.perpendicular_negatives},
+                    "pipeline_minutes": args.pipeline_minutes}
     model, tokenizer = train_clip(ClipTrainConfig(out=str(out / "clip"), steps=args.clip_steps,
-                                                  max_minutes=args.clip_minutes, threads=args.threads), log=log)
+                                                  max_minutes=args.clip_minutes, threads=args.threads,
+                                                  relation_weight=args.relation_weight,
+                                                  canonical_positives=args.canonical_positives,
+                                                  perpendicular_negatives=args.perpendicular_negatives), log=log)
     report["clip_seconds"] = round(time.time() - t0, 1)
     report["clip"] = evaluate_clip(model, tokenizer)
     for key, value in report["clip"].items():
