@@ -79,3 +79,13 @@ def test_canonical_identifies_equivalent_relational_captions_only():
     assert canonical(a) != canonical("a red circle below a blue square")
     assert canonical(a) != canonical("a blue square above a red circle")
     assert canonical("two green triangles") == "two green triangles" and canonical("a red circle") == "a red circle"
+
+
+def test_equivalent_and_perpendicular_spellings():
+    cap = "a red circle above a blue square"
+    assert world.equivalent(cap) == "a blue square below a red circle"
+    assert world.equivalent(world.equivalent(cap)) == cap and world.equivalent("a red circle") == "a red circle"
+    assert world.canonical(cap) == world.canonical(world.equivalent(cap))
+    assert world.perpendicular(cap) == ["a red circle to the left of a blue square",
+                                        "a red circle to the right of a blue square"]
+    assert world.perpendicular("two blue squares") == []

@@ -28,8 +28,8 @@ every relational image, a softmax over its true caption and its false relations
 (``relation_negatives``: inverse relation and swapped order, plus the two relations of the other
 axis with ``perpendicular_negatives``), weighted by ``relation_weight`` -- without it the swap
 accuracy stayed at chance (50.6%), since one swap among ~250 batch texts carries little gradient.
-Only ``train``-split captions are ever seen. The checker is never used. Training data is a fixed pool of ``pool`` rendered scenes. Training
-stops after ``steps`` steps or ``max_minutes`` of wall clock (render included), whichever comes
+Only ``train``-split captions are ever seen. The checker is never used. Training data is a fixed
+pool of ``pool`` rendered scenes. Training stops after ``steps`` steps or ``max_minutes`` of wall clock (render included), whichever comes
 first; the cosine learning-rate schedule follows whichever is nearer its end, so a slow (shared)
 machine gets fewer but fully annealed steps.
 """
@@ -72,20 +72,10 @@ def render_pool(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     return (images * 255).round().to(torch.uint8), captions
 
 
-def perpendicular(caption: str) -> list[str]:
-    """The caption with each relation of the other axis ("A above B" -> "A to the left of B", "A to
-    the right of B"): false too, since the world places a related pair clearly along one axis
-    (``world.RELATION_DOMINANCE``). Empty when the caption has no relation."""
-    objs, rel = world._objects_of(caption)
-    if rel is None:
-        return []
-    return [world.relation_caption(objs[0], r, objs[1]) for r in world.RELATIONS if r not in (rel, world.INVERSE[rel])]
-
-
 def relation_negatives(caption: str, perpendicular_too: bool = False) -> list[str]:
     """False relations between the caption's two objects, one spelling each: the two swaps
     (``world.mismatches``) and, with ``perpendicular_too``, the two perpendicular relations."""
-    return world.mismatches(caption)["relation"] + (perpendicular(caption) if perpendicular_too else [])
+    return world.mismatches(caption)["relation"] + (world.perpendicular(caption) if perpendicular_too else [])
 
 
 def hard_negatives(caption: str, k: int, rng: np.random.Generator, perpendicular_too: bool = False) -> list[str]:
@@ -98,13 +88,6 @@ def hard_negatives(caption: str, k: int, rng: np.random.Generator, perpendicular
     return [c for c in picks if c not in world.HELDOUT_CAPTIONS]
 
 
-def equivalent(caption: str) -> str:
-    """The other spelling of the same meaning ("B below A" for "A above B"); the caption itself when
-    it has no relation."""
-    objs, rel = world._objects_of(caption)
-    return caption if rel is None else world.relation_caption(objs[1], world.INVERSE[rel], objs[0])
-
-
 def batch_texts(captions: list[str], k: int, rng: np.random.Generator, canonical_positives: bool = False,
                 perpendicular_negatives: bool = False) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
     """Distinct texts of a batch, the positive mask (B, T) and, for the relation term, the rows of
@@ -113,9 +96,9 @@ def batch_texts(captions: list[str], k: int, rng: np.random.Generator, canonical
 
     Texts are every caption and its hard negatives. Text j is a positive of image i when it equals
     image i's caption; with ``canonical_positives``, when it means it (same ``world.canonical`` form),
-    and each caption's equivalent spelling (``equivalent``) joins the texts, so an equivalent
+    and each caption's equivalent spelling (``world.equivalent``) joins the texts, so an equivalent
     spelling -- of its own caption or of another image's -- is never pushed away."""
-    spellings = [equivalent(c) for c in captions] if canonical_positives else []
+    spellings = [world.equivalent(c) for c in captions] if canonical_positives else []
     negatives = [n for c in captions for n in hard_negatives(c, k, rng, perpendicular_negatives)]
     texts = list(dict.fromkeys(captions + [e for e in spellings if e not in world.HELDOUT_CAPTIONS] + negatives))
     index = {t: j for j, t in enumerate(texts)}

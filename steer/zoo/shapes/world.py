@@ -266,13 +266,27 @@ def _caption_of(objs: Sequence[tuple[str, str]], relation: Optional[str]) -> str
     return count_caption(objs[0][0], objs[0][1], len(objs))
 
 
+def equivalent(caption: str) -> str:
+    """The other spelling of the same meaning ("B below A" for "A above B"); the caption itself when
+    it has no relation."""
+    objs, rel = _objects_of(caption)
+    return caption if rel is None else relation_caption(objs[1], INVERSE[rel], objs[0])
+
+
 def canonical(caption: str) -> str:
     """One spelling per meaning: "A below B" and "B above A" describe the same scenes, so both map to
     the alphabetically first of the two; other captions are their own canonical form."""
+    return min(caption, equivalent(caption))
+
+
+def perpendicular(caption: str) -> list[str]:
+    """The caption with each relation of the other axis ("A above B" -> "A to the left of B", "A to
+    the right of B"): false for every scene realising it, since a related pair is placed clearly
+    along one axis (``RELATION_DOMINANCE``). Empty when the caption has no relation."""
     objs, rel = _objects_of(caption)
     if rel is None:
-        return caption
-    return min(caption, relation_caption(objs[1], INVERSE[rel], objs[0]))
+        return []
+    return [relation_caption(objs[0], r, objs[1]) for r in RELATIONS if r not in (rel, INVERSE[rel])]
 
 
 def mismatches(caption: str) -> dict[str, list[str]]:
