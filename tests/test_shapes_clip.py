@@ -118,3 +118,20 @@ def test_recipe_options_train_end_to_end(tmp_path):
     losses = [float(m.split("loss")[1].split()[0]) for m in logs if "loss" in m]
     assert losses and all(np.isfinite(losses)) and (tmp_path / "model.safetensors").exists()
     assert clip(tmp_path).model.config.projection_dim == model.config.projection_dim
+
+
+def test_fine_tuning_starts_from_the_init_weights(tmp_path):
+    """``init`` loads a saved CLIP (the reward CLIP is fine-tuned from the text-encoder CLIP): at
+    learning rate 0 the weights come out unchanged, while a fresh model starts elsewhere."""
+    import torch
+
+    from steer.zoo.shapes.train_clip import ClipTrainConfig, train
+
+    base, _ = train(ClipTrainConfig(out=str(tmp_path / "base"), steps=1, pool=48, batch_size=16), log=lambda m: None)
+    tuned, _ = train(ClipTrainConfig(out=str(tmp_path / "tuned"), steps=2, pool=48, batch_size=16, lr=0.0,
+                                     init=str(tmp_path / "base"), seed=1), log=lambda m: None)
+    fresh, _ = train(ClipTrainConfig(out=str(tmp_path / "fresh"), steps=2, pool=48, batch_size=16, lr=0.0, seed=1),
+                     log=lambda m: None)
+    for name, p in base.state_dict().items():
+        assert torch.equal(p, tuned.state_dict()[name]), name
+    assert not torch.equal(base.text_projection.weight, fresh.text_projection.weight)

@@ -1,8 +1,8 @@
 """The shipped shapes text-to-image model: a ``StableDiffusionPipeline`` trained on the shapes world.
 
-Built and trained by ``python -m steer.zoo.shapes.train`` (CLIP, then ``train_pipeline``) (see its docstring for the
-architecture): a factor-2 ``AutoencoderKL`` (32x32 <-> 4x16x16), a small ``UNet2DConditionModel``,
-the shapes CLIP's text tower as a frozen ``CLIPTextModel`` with its offline 1000-token tokenizer,
+Built and trained by ``python -m steer.zoo.shapes.train`` (base CLIP, reward CLIP, then
+``train_pipeline``; see its docstring for the architecture): a factor-2 ``AutoencoderKL`` (32x32 <->
+4x16x16), a small ``UNet2DConditionModel``, the base shapes CLIP's text tower as a frozen ``CLIPTextModel`` with its offline 1000-token tokenizer,
 and SD's ``DDIMScheduler``. Weights are stored in fp16 safetensors under ``weights/pipeline``.
 
 Sample it with ``num_inference_steps=DEFAULT_NUM_INFERENCE_STEPS`` and

@@ -9,8 +9,8 @@ Diffusion Models"; classifier-free guidance as in Ho & Salimans 2022):
   world's training images with an L1 + L2 reconstruction loss and a small KL weight (``KL_WEIGHT``;
   SD used a perceptual + GAN loss, which flat-colour scenes do not need). ``scaling_factor`` is set to
   1 / std of the training latents, as SD did.
-* The shipped shapes CLIP's text tower as a frozen ``CLIPTextModel`` and its 1000-token CLIP
-  tokenizer (``model_max_length`` cut to ``MAX_TOKENS``: every caption of the grammar fits).
+* The base shapes CLIP's text tower (``train``; not the reward CLIP) as a frozen ``CLIPTextModel``
+  and its 1000-token CLIP tokenizer (``model_max_length`` cut to ``MAX_TOKENS``: every caption of the grammar fits).
 * ``UNet2DConditionModel`` (``unet_config``) cross-attending to the text encoder's last hidden
   states, trained with the epsilon objective on SD's scaled-linear 1000-step schedule, 10% of
   captions replaced by the empty caption (CFG dropout), EMA of the weights.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import time
 
@@ -36,7 +37,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from steer.zoo.shapes.clip import WEIGHTS_DIR as CLIP_DIR  # noqa: E402
 from steer.zoo.shapes.generator import DEFAULT_GUIDANCE_SCALE as DEFAULT_GUIDANCE  # noqa: E402
 from steer.zoo.shapes.generator import DEFAULT_NUM_INFERENCE_STEPS as DEFAULT_STEPS  # noqa: E402
 from steer.zoo.shapes.world import batch, split_captions  # noqa: E402
@@ -71,13 +71,18 @@ def scheduler():
                          set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
 
 
-def text_parts(clip_dir=CLIP_DIR):
-    """A shapes CLIP's text tower (frozen; the shipped one by default) and its tokenizer with ``MAX_TOKENS``."""
+def text_parts(clip_dir=None):
+    """A shapes CLIP's text tower (frozen) and its tokenizer with ``MAX_TOKENS``: from the CLIP saved at
+    ``clip_dir``, or by default the shipped pipeline's own ``text_encoder`` and ``tokenizer`` (the
+    base CLIP's; the shipped ``clip()`` is the reward CLIP fine-tuned from it)."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    enc = CLIPTextModel.from_pretrained(str(clip_dir), dtype=torch.float32).eval().requires_grad_(False)
-    tok = CLIPTokenizer.from_pretrained(str(clip_dir), model_max_length=MAX_TOKENS)
-    return enc, tok
+    from steer.zoo.shapes.generator import WEIGHTS_DIR as PIPELINE_DIR
+
+    where, enc_sub, tok_sub = (clip_dir, "", "") if clip_dir else (PIPELINE_DIR, "text_encoder", "tokenizer")
+    enc = CLIPTextModel.from_pretrained(str(where), subfolder=enc_sub, dtype=torch.float32)
+    tok = CLIPTokenizer.from_pretrained(str(where), subfolder=tok_sub, model_max_length=MAX_TOKENS)
+    return enc.eval().requires_grad_(False), tok
 
 
 @torch.no_grad()
@@ -115,6 +120,11 @@ def encode_images(vae, images: torch.Tensor, chunk: int = 512) -> torch.Tensor:
                       for i in range(0, len(images), chunk)])  # (N, 4, 16, 16)
 
 
+def unet_lr(lr: float, step: int, warmup: int, progress: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 as the wall-clock ``progress`` goes to 1."""
+    return lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 def train_unet(latents, cond, caption_ids, empty, seconds: float, log, width: int = 48,
                batch_size: int = 32, lr: float = 1e-3, warmup: int = 100, init=None):
     from diffusers import UNet2DConditionModel
@@ -138,7 +148,7 @@ def train_unet(latents, cond, caption_ids, empty, seconds: float, log, width: in
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # (B, 4, 16, 16)
         loss = F.mse_loss(unet(zt, t, encoder_hidden_states=c).sample, eps)
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warmup)
+            g["lr"] = unet_lr(lr, step, warmup, (time.time() - start) / seconds)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -185,7 +195,7 @@ def evaluate(pipe, n_single: int = 48, n_relation: int = 104, steps: int = DEFAU
 
 
 def train(out, minutes: float = 40.0, n_images: int = 30000, width: int = 48, batch_size: int = 32,
-          fp32: bool = False, threads: int = 2, resume=None, clip_dir=CLIP_DIR, log=print) -> dict[str, float]:
+          fp32: bool = False, threads: int = 2, resume=None, clip_dir=None, log=print) -> dict[str, float]:
     """Train (or, with ``resume``, continue) the pipeline, save it to ``out``; returns its checker accuracies."""
     torch.set_num_threads(threads)
     t0 = time.time()
@@ -238,7 +248,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--fp32", action="store_true", help="save fp32 weights (default fp16)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--clip", default=str(CLIP_DIR), help="the shapes CLIP whose text tower conditions the UNet")
+    ap.add_argument("--clip", default=None,
+                    help="a saved shapes CLIP whose text tower conditions the UNet (default: the shipped pipeline's)")
     ap.add_argument("--resume", default=None,
                     help="a saved pipeline folder: keep its VAE and continue training its UNet (all --minutes)")
     args = ap.parse_args(argv)
