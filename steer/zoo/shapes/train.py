@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--clip-minutes", type=float, default=15.0, help="the base CLIP")
     ap.add_argument("--reward-minutes", type=float, default=5.0, help="fine-tuning the base into the reward CLIP")
     ap.add_argument("--pipeline-minutes", type=float, default=38.0)
-    ap.add_argument("--clip-steps", type=int, default=10000, help="step cap for the base CLIP (minutes usually bind)")
+    ap.add_argument("--clip-steps", type=int, default=10000, help="step cap for each CLIP (minutes usually bind)")
     ap.add_argument("--reward-lr", type=float, default=5e-4, help="reward CLIP: peak fine-tuning learning rate")
     ap.add_argument("--canonical-positives", action=argparse.BooleanOptionalAction, default=True,
                     help="reward CLIP: equivalent spellings are positives (see train_clip)")
@@ -76,7 +76,8 @@ def main(argv=None) -> dict:
 
     base = ClipTrainConfig(out=str(out / "base_clip"), steps=args.clip_steps, max_minutes=args.clip_minutes,
                            threads=args.threads)
-    reward = ClipTrainConfig(out=str(out / "clip"), init=base.out, max_minutes=args.reward_minutes,
+    reward = ClipTrainConfig(out=str(out / "clip"), init=base.out, steps=args.clip_steps,
+                             max_minutes=args.reward_minutes,
                              lr=args.reward_lr, warmup=20, threads=args.threads,
                              relation_weight=args.relation_weight, canonical_positives=args.canonical_positives,
                              perpendicular_negatives=args.perpendicular_negatives)

@@ -163,7 +163,7 @@ def train(cfg: ClipTrainConfig, log=print):
     tokenizer = CLIPTokenizer.from_pretrained(cfg.out)
     model = (CLIPModel.from_pretrained(cfg.init, dtype=torch.float32) if cfg.init else CLIPModel(clip_config())).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    t_start, budget = time.time(), cfg.max_minutes * 60 - (time.time() - t0)
+    t_start, budget = time.time(), max(cfg.max_minutes * 60 - (time.time() - t0), 1e-6)  # render may eat it all
     for step in range(cfg.steps):
         progress = max(step / cfg.steps, (time.time() - t_start) / budget)  # steps or wall clock, whichever ends first
         if progress >= 1.0:
