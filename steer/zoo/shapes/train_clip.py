@@ -42,7 +42,6 @@ machine gets fewer but fully annealed steps.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import dataclass
 
@@ -52,6 +51,7 @@ import torch.nn.functional as F
 
 from steer.zoo.shapes import world
 from steer.zoo.shapes.clip import WEIGHTS_DIR, clip_config, image_embeds, save, text_embeds
+from steer.zoo.shapes.schedule import warmup_cosine
 
 
 @dataclass
@@ -139,13 +139,6 @@ def contrastive_loss(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return (i2t - col.sum(0).mean()) / 2
 
 
-def lr_at(step: int, progress: float, cfg: ClipTrainConfig) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 as ``progress`` goes to 1."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def train(cfg: ClipTrainConfig, log=print):
     """Train and save; returns (model, tokenizer)."""
     from transformers import CLIPModel
@@ -178,7 +171,7 @@ def train(cfg: ClipTrainConfig, log=print):
         logits = scale * image_embeds(model, images) @ text_embeds(model, tokenizer, texts).T  # (B, T)
         loss = contrastive_loss(logits, pos) + cfg.relation_weight * relation_loss(logits, rows, cols)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, progress, cfg)
+            g["lr"] = warmup_cosine(cfg.lr, step, cfg.warmup, progress)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

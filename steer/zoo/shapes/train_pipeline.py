@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import time
 
@@ -45,6 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from steer.zoo.shapes.generator import DEFAULT_GUIDANCE_SCALE as DEFAULT_GUIDANCE  # noqa: E402
 from steer.zoo.shapes.generator import DEFAULT_NUM_INFERENCE_STEPS as DEFAULT_STEPS  # noqa: E402
+from steer.zoo.shapes.schedule import warmup_cosine  # noqa: E402
 from steer.zoo.shapes.world import batch, split_captions  # noqa: E402
 
 MAX_TOKENS = 24  # longest caption of the grammar is 13 tokens with SOT/EOT
@@ -126,11 +126,6 @@ def encode_images(vae, images: torch.Tensor, chunk: int = 512) -> torch.Tensor:
                       for i in range(0, len(images), chunk)])  # (N, 4, 16, 16)
 
 
-def unet_lr(lr: float, step: int, warmup: int, progress: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 as the wall-clock ``progress`` goes to 1."""
-    return lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def train_unet(latents, cond, caption_ids, empty, seconds: float, log, width: int = 48,
                batch_size: int = 32, lr: float = 1e-3, warmup: int = 100, init=None):
     from diffusers import UNet2DConditionModel
@@ -154,7 +149,7 @@ def train_unet(latents, cond, caption_ids, empty, seconds: float, log, width: in
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # (B, 4, 16, 16)
         loss = F.mse_loss(unet(zt, t, encoder_hidden_states=c).sample, eps)
         for g in opt.param_groups:
-            g["lr"] = unet_lr(lr, step, warmup, (time.time() - start) / seconds)
+            g["lr"] = warmup_cosine(lr, step, warmup, (time.time() - start) / seconds)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
