@@ -6,10 +6,12 @@
 CPU cores, about 1600 steps), whose text tower conditions the pipeline, then the reward CLIP
 ``shapes-clip``, fine-tuned from the base (``init``) for 5 minutes (about 400-470 steps, learning
 rate 5e-4, warm-up 20) with both recipe options below and relation weight 0.5. Shipped (``clip_eval``:
-unseen scenes / held-out captions): base, 15 min, 1621 steps: retrieval among 100 89.2% / 70.6%,
-true vs relation-swapped caption 100% / 96.8%; the reward CLIP fine-tuned from it, 5 min, 396 steps:
-retrieval 93.8% / 78.4%, swap 99.8% / 97.3% (a retrieved caption that means the true one counts). A
-second run (14-min base: 86.2% / 71.2%, 99.2% / 97.0%) fine-tuned to 92.0% / 77.6%, 98.6% / 96.1%.
+unseen scenes / held-out captions): base, 15 min, 1684 steps: retrieval among 100 91.8% / 71.0%,
+true vs relation-swapped caption 99.2% / 96.1%; the reward CLIP fine-tuned from it, 5 min, 437 steps:
+retrieval 95.4% / 83.2%, swap 99.2% / 96.2% (a retrieved caption that means the true one counts).
+Earlier runs: a 15-min base at 89.2% / 70.6% fine-tuned to 93.8% / 78.4% (swap 99.8% / 97.3%); a
+14-min base at 86.2% / 71.2% to 92.0% / 77.6% (98.6% / 96.1%) -- the base's minutes (steps on a
+busier machine) move its retrieval by a few points, and fine-tuning adds 4-6.
 
 The two recipe options, off by default: ``canonical_positives`` (equivalent spellings are positives,
 not negatives) and ``perpendicular_negatives`` (the other axis's relations join the hard negatives
@@ -36,8 +38,9 @@ axis with ``perpendicular_negatives``), weighted by ``relation_weight`` -- witho
 accuracy stayed at chance (50.6%), since one swap among ~250 batch texts carries little gradient.
 Only ``train``-split captions are ever seen. The checker is never used. Training data is a fixed
 pool of ``pool`` rendered scenes. Training stops after ``steps`` steps or ``max_minutes`` of wall clock (render included), whichever comes
-first; the cosine learning-rate schedule follows whichever is nearer its end, so a slow (shared)
-machine gets fewer but fully annealed steps.
+first; the learning rate (``schedule.warmup_cosine``) warms up over ``warmup`` steps and its cosine
+follows whichever limit is nearer its end, so a slow (shared) machine gets fewer but fully annealed
+steps.
 """
 from __future__ import annotations
 

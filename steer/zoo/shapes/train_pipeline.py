@@ -20,15 +20,16 @@ Training is bounded by wall-clock time (``--minutes``; the VAE gets ``VAE_SHARE`
 EMA pipeline is saved (fp16 safetensors unless ``--fp32``) and evaluated with the exact checker on
 single-object captions (``test`` scenes) and held-out relational captions.
 
-The UNet's learning rate warms up over 100 steps, then decays to 0 on a cosine of the wall clock.
-Checker accuracy, mean of 4 sampling seeds (single-object / held-out relational captions; 25 DDIM
-steps, guidance 4):
+The UNet's learning rate warms up over 100 steps, then decays to 0 on a cosine of the wall clock
+(``schedule.warmup_cosine``). Checker accuracy, mean of 4 sampling seeds (single-object / held-out
+relational captions; 25 DDIM steps, guidance 4):
 
-* shipped: 40 min at a constant learning rate (this schedule came later), about 4300 UNet steps of
-  batch 32, on the shipped base CLIP (15 min): 93.2% / 25.5% (seed 0 alone: 87.5% / 30.8%).
-* on a 14-min base CLIP's tower, 38 min: constant rate, 5171 steps: 70.8% / 10.6%; cosine, 4683
-  steps: 96.9% / 18.3%. The cosine schedule wins on the same tower; the tower matters for
-  relations (the base CLIPs differ in training minutes, 14 vs 15, and in run).
+* shipped (one ``train`` run): 38 min, 4454 UNet steps of batch 32, on its 15-min base CLIP's tower:
+  96.4% / 24.0% (seed 0 alone: 100% / 29.8%; seeds 0, 1000, 2000, 3000 give 29.8, 14.4, 26.9, 25.0%
+  relational).
+* earlier: 40 min at a constant learning rate on another 15-min base: 93.2% / 25.5%; on a 14-min
+  base's tower, 38 min: constant rate, 5171 steps: 70.8% / 10.6%; cosine, 4683 steps: 96.9% / 18.3%.
+  The cosine schedule wins on the same tower; the tower matters for relations.
 """
 from __future__ import annotations
 
