@@ -45,6 +45,7 @@ steps.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from dataclasses import dataclass
 
@@ -76,10 +77,12 @@ class ClipTrainConfig:
     threads: int = 2
 
 
-def render_pool(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """``n`` training scenes: uint8 images (n, 3, 32, 32) and captions."""
+@functools.lru_cache(maxsize=1)
+def render_pool(n: int, seed: int) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """``n`` training scenes: uint8 images (n, 3, 32, 32) and captions. Cached: ``train`` renders the
+    same pool for the base CLIP and for the reward CLIP fine-tuned from it (read-only; ~25 s each)."""
     images, captions = world.batch(n, seed=seed, split="train")
-    return (images * 255).round().to(torch.uint8), captions
+    return (images * 255).round().to(torch.uint8), tuple(captions)
 
 
 def relation_negatives(caption: str, perpendicular_too: bool = False) -> list[str]:
