@@ -61,7 +61,7 @@ def test_single_objects_pass_the_checker_at_default_settings(pipe):
     assert acc >= SINGLE_FLOOR, f"single-object checker accuracy {acc:.2f}"
 
 
-SINGLE_FLOOR = 0.5
+SINGLE_FLOOR = 0.8  # the target for single objects (measured: 24/24 at this seed)
 
 
 def test_main_command_uses_the_embedded_model_at_its_settings_and_prints_the_breakdown(tmp_path):
@@ -83,3 +83,16 @@ def test_main_command_uses_the_embedded_model_at_its_settings_and_prints_the_bre
     timing = trace["timing"]
     assert timing["denoise_seconds"] > 0 and timing["reward_seconds"] > 0
     assert timing["denoise_seconds"] + timing["reward_seconds"] <= timing["total_seconds"]
+
+
+def test_shipped_models_load_without_progress_bars_and_restore_the_setting(capfd):
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    from steer.zoo.shapes import clip
+
+    assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
+    pipeline(), clip()
+    err = capfd.readouterr().err
+    assert "Loading pipeline components" not in err and "Loading weights" not in err
+    assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from steer.zoo.quiet import quiet_loading
+
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "clip"
 IMAGE_SIZE = 32
 IMAGE_MEAN = (0.5, 0.5, 0.5)
@@ -94,5 +96,7 @@ def clip(path: Optional[str | os.PathLike] = None, device: str | torch.device = 
     if not (where / "model.safetensors").exists():
         raise FileNotFoundError(f"no shapes CLIP at {where}; train one with "
                                 f"`python -m steer.zoo.shapes.train_clip --out {where}`")
-    model = CLIPModel.from_pretrained(str(where), dtype=torch.float32).to(device).eval().requires_grad_(False)
+    with quiet_loading():
+        model = CLIPModel.from_pretrained(str(where), dtype=torch.float32)
+    model = model.to(device).eval().requires_grad_(False)
     return ShapesClip(model, CLIPTokenizer.from_pretrained(str(where)))

@@ -17,6 +17,8 @@ from typing import Optional
 
 import torch
 
+from steer.zoo.quiet import quiet_loading
+
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "pipeline"
 DEFAULT_NUM_INFERENCE_STEPS = 25
 DEFAULT_GUIDANCE_SCALE = 4.0
@@ -35,7 +37,8 @@ def pipeline(device: Optional[str | torch.device] = None, dtype: Optional[torch.
     if not (where / "model_index.json").exists():
         raise FileNotFoundError(f"no shapes pipeline at {where}; train one with "
                                 f"`python -m steer.zoo.shapes.train_pipeline --out {where}`")
-    pipe = StableDiffusionPipeline.from_pretrained(str(where), dtype=dtype or torch.float32,
-                                                   local_files_only=True)
+    with quiet_loading():
+        pipe = StableDiffusionPipeline.from_pretrained(str(where), dtype=dtype or torch.float32,
+                                                       local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device or "cpu")
