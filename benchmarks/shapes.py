@@ -34,7 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from steer.pipelines import from_pipe  # noqa: E402
-from steer.zoo.shapes import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, pipeline  # noqa: E402
+from steer.zoo.shapes import CPU_BATCH_SIZE, DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, pipeline  # noqa: E402
 from steer.zoo.shapes.evaluate import diversity, judge, relational_heldout_captions, steer_captions  # noqa: E402
 from steer.zoo.shapes.reward import ShapesClipReward  # noqa: E402
 
@@ -105,6 +105,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--methods", default=",".join(method_options(1)))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=CPU_BATCH_SIZE,
+                    help="latents per denoiser call (0: all particles in one call, best on a GPU)")
     ap.add_argument("--plot", default=str(Path(__file__).with_name("shapes.png")))
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
@@ -114,7 +116,8 @@ def main(argv=None) -> dict:
     div_captions = captions[:args.diversity_captions]
     budgets = [int(b) for b in args.budgets.split(",")]
     names = args.methods.split(",")
-    process = from_pipe(pipeline(), num_inference_steps=S, guidance_scale=DEFAULT_GUIDANCE_SCALE)
+    process = from_pipe(pipeline(), num_inference_steps=S, guidance_scale=DEFAULT_GUIDANCE_SCALE,
+                        batch_size=args.batch_size or None)
     reward = ShapesClipReward()
     rows: dict[str, dict[int, dict]] = {"base": {1: run(process, reward, captions, div_captions, "best_of_n",
                                                         {"n": 1}, args.seed, args.chunk)}}

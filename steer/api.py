@@ -101,7 +101,8 @@ def resolve_process(pipe, *, device=None, dtype=None, **process_options):
     if pipe is None:
         from steer.zoo import default_model, default_options
 
-        return pipelines.from_pipe(default_model(device=device, dtype=dtype), **{**default_options(), **process_options})
+        options = {**default_options(device), **process_options}
+        return pipelines.from_pipe(default_model(device=device, dtype=dtype), **options)
     if device is not None or dtype is not None:
         pipe = pipe.to(device=device, dtype=dtype)
     return pipelines.from_pipe(pipe, **process_options)

@@ -3,7 +3,7 @@
 import pytest
 
 from steer.pipelines import from_pipe
-from steer.zoo.shapes import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, pipeline
+from steer.zoo.shapes import CPU_BATCH_SIZE, DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, pipeline
 from steer.zoo.shapes.evaluate import diversity, judge, relational_heldout_captions, steer_captions
 from steer.zoo.shapes.reward import ShapesClipReward
 from steer.zoo.shapes.world import HELDOUT_CAPTIONS
@@ -14,7 +14,7 @@ CAPTIONS = 16
 @pytest.fixture(scope="module")
 def setting():
     process = from_pipe(pipeline(), num_inference_steps=DEFAULT_NUM_INFERENCE_STEPS,
-                        guidance_scale=DEFAULT_GUIDANCE_SCALE)
+                        guidance_scale=DEFAULT_GUIDANCE_SCALE, batch_size=CPU_BATCH_SIZE)
     return process, ShapesClipReward(), relational_heldout_captions(CAPTIONS)
 
 

@@ -96,3 +96,14 @@ def test_shipped_models_load_without_progress_bars_and_restore_the_setting(capfd
     err = capfd.readouterr().err
     assert "Loading pipeline components" not in err and "Loading weights" not in err
     assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
+
+
+def test_embedded_model_chunks_denoiser_calls_on_the_cpu_only():
+    from steer.api import resolve_process
+    from steer.zoo import default_options
+    from steer.zoo.shapes import CPU_BATCH_SIZE
+
+    assert default_options()["batch_size"] == default_options("cpu")["batch_size"] == CPU_BATCH_SIZE
+    assert "batch_size" not in default_options("cuda")
+    assert resolve_process(None).batch_size == CPU_BATCH_SIZE
+    assert resolve_process(None, batch_size=8).batch_size == 8  # an explicit option wins

@@ -15,9 +15,15 @@ def default_model(device=None, dtype=None):
     return pipeline(device=device, dtype=dtype)
 
 
-def default_options() -> dict:
+def default_options(device=None) -> dict:
     """The sampling settings the embedded default model was evaluated at (``num_inference_steps``,
-    ``guidance_scale``); explicit options override them."""
-    from steer.zoo.shapes import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS
+    ``guidance_scale``) and, on the CPU (``device`` None means the CPU, where it loads), its
+    denoiser chunk ``batch_size``; explicit options override them."""
+    import torch
 
-    return {"num_inference_steps": DEFAULT_NUM_INFERENCE_STEPS, "guidance_scale": DEFAULT_GUIDANCE_SCALE}
+    from steer.zoo.shapes import CPU_BATCH_SIZE, DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS
+
+    options = {"num_inference_steps": DEFAULT_NUM_INFERENCE_STEPS, "guidance_scale": DEFAULT_GUIDANCE_SCALE}
+    if torch.device(device or "cpu").type == "cpu":
+        options["batch_size"] = CPU_BATCH_SIZE
+    return options

@@ -12,5 +12,5 @@ with ``from steer.zoo.shapes.clip import ...``.
 """
 from steer.zoo.shapes.clip import ShapesClip, clip  # noqa: F401  (loads no model until called)
 from steer.zoo.shapes.generator import (  # noqa: F401,E402
-    DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, pipeline,
+    CPU_BATCH_SIZE, DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_INFERENCE_STEPS, pipeline,
 )
