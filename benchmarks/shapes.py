@@ -16,9 +16,10 @@ pays a backward pass, so its seconds are ~3x its NFE share).
 
     python benchmarks/shapes.py [--captions 104] [--budgets 4,8,16] [--methods ...] [--plot PATH]
 
-Takes 21 minutes on 2 quiet CPU cores with the defaults (budgets 4x and 8x, ReNO at 4x only, since
-each of its iterations also pays a backward pass; base model alone: 2600 NFE in 14 s, 189 NFE/s) --
-32 to 38 minutes on a busier machine that sampled at 94-102 NFE/s; ``--budgets 4,8,16`` takes about
+Takes 19 minutes on 2 quiet CPU cores with the defaults (budgets 4x and 8x, ReNO at 4x only, since
+each of its iterations also pays a backward pass; denoiser calls of 64 latents; base model alone:
+2600 NFE in 14 s) -- 21 minutes unchunked (``--batch-size 0``), 32 to 38 minutes unchunked on a busier
+machine that sampled at 94-102 NFE/s; ``--budgets 4,8,16`` takes about
 twice as long, ``--captions 26`` a quarter. Prints a markdown table and writes the accuracy-vs-NFE plot.
 """
 from __future__ import annotations
