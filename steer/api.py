@@ -1,74 +1,14 @@
 """``steer.generate``: resolve names, validate, dispatch. No algorithm lives here."""
 from __future__ import annotations
 
-import difflib
-import importlib
-import inspect
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 from steer.budget import Budget
+from steer.catalog import ALIASES, METHODS, check_options, method_options, resolve_method  # noqa: F401
+from steer.errors import SteerError, suggest  # noqa: F401
 from steer.types import Result
-
-# public method name -> "module:function"
-METHODS: dict[str, str] = {
-    "best_of_n": "steer.samplers.best_of_n:best_of_n",
-    "fk": "steer.samplers.fk:fk",
-    "reno": "steer.samplers.reno:reno",
-    "dts": "steer.search.dts:dts",
-    "dts_star": "steer.search.dts:dts_star",
-    "beam": "steer.search.beam:beam",
-    "zero_order": "steer.search.zero_order:zero_order",
-    "path_search": "steer.search.zero_order:path_search",
-}
-ALIASES: dict[str, str] = {"bon": "best_of_n", "best-of-n": "best_of_n", "dts*": "dts_star",
-                           "dts-star": "dts_star", "zero-order": "zero_order", "smc": "fk",
-                           "path-search": "path_search"}
-# options of the process (pipeline adapter) rather than of the method
-PROCESS_OPTIONS = ("num_inference_steps", "guidance_scale", "height", "width", "negative_prompt", "batch_size")
-
-
-class SteerError(ValueError):
-    """Bad input at the public boundary; the message names the fix."""
-
-
-def suggest(name: str, choices: Sequence[str]) -> str:
-    """' (did you mean X?)' for the nearest choice, or ''."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def resolve_method(method: Union[str, Callable]) -> Callable:
-    """A method function from its name (or the function itself)."""
-    if callable(method):
-        return method
-    key = ALIASES.get(str(method).lower(), str(method).lower())
-    if key not in METHODS:
-        names = sorted(set(METHODS) | set(ALIASES))
-        raise SteerError(f"unknown method {method!r}{suggest(str(method), names)}; choose from {', '.join(sorted(METHODS))}")
-    module, fn = METHODS[key].split(":")
-    try:
-        return getattr(importlib.import_module(module), fn)
-    except (ImportError, AttributeError) as e:
-        raise SteerError(f"method {key!r} is not available in this installation ({e})") from None
-
-
-def method_options(fn: Callable) -> dict[str, Any]:
-    """Keyword-only options of a method with their defaults."""
-    sig = inspect.signature(fn)
-    return {p.name: p.default for p in sig.parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("generator", "budget", "callback")}
-
-
-def check_options(fn: Callable, options: dict[str, Any], method_name: str) -> None:
-    """Options the method does not take -> error listing the ones it does."""
-    known = method_options(fn)
-    for k in options:
-        if k not in known:
-            raise SteerError(f"method {method_name!r} takes no option {k!r}{suggest(k, list(known))}; "
-                             f"its options: {', '.join(sorted(known)) or 'none'}")
-
 
 def resolve_reward(reward, device=None, dtype=None):
     """A ``Reward`` from a spec string, a ``Reward``, or a callable (images, prompts) -> Tensor."""

@@ -4,7 +4,7 @@ RAFT (Dong et al. 2023, "RAFT: Reward rAnked FineTuning for Generative Foundatio
 Alignment"): draw samples, keep the best by reward, fine-tune on them with the model's ordinary
 likelihood loss, optionally repeat with the updated model (online rounds). Here the samples are
 drawn with any steering method by name (``fk``, ``dts_star``, ``best_of_n``, ``reno``, resolved by
-``steer.api.resolve_method``), so the LoRA learns to produce what steering finds without the search
+``steer.catalog.resolve_method``), so the LoRA learns to produce what steering finds without the search
 cost. The loss is the model's own denoising objective: x_i = ``kernels.add_noise``(x0, ε) at a random
 chain step i, ‖f_θ(x_i, i, c) − ``kernels.training_target``‖² (ε, v or flow velocity), on the
 conditional branch (no guidance).
@@ -38,7 +38,7 @@ from steer.types import Cond
 def distill(process, reward, prompts: Sequence[str], config: Optional[DistillConfig] = None, *, out_dir,
             resume: bool = False, callback: Optional[Callable] = None, accelerator=None) -> TrainResult:
     """Steer, keep the top samples, fine-tune a LoRA on them with the denoising loss; returns the LoRA."""
-    from steer.api import check_options, resolve_method
+    from steer.catalog import check_options, resolve_method
 
     config = config or DistillConfig()
     method = resolve_method(config.steer_method)

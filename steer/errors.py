@@ -1,0 +1,16 @@
+"""The one error type of the public boundary, and the 'did you mean' hint its messages use."""
+from __future__ import annotations
+
+import difflib
+from typing import Sequence
+
+
+class SteerError(ValueError):
+    """Bad input at the public boundary (``steer.generate``, the CLI, ``steer finetune``); the
+    message is one line that names the fix."""
+
+
+def suggest(name: str, choices: Sequence[str]) -> str:
+    """' (did you mean X?)' for the nearest choice, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
