@@ -10,6 +10,7 @@ from steer.catalog import ALIASES, METHODS, check_options, method_options, resol
 from steer.errors import SteerError, suggest  # noqa: F401
 from steer.types import Result
 
+
 def resolve_reward(reward, device=None, dtype=None):
     """A ``Reward`` from a spec string, a ``Reward``, or a callable (images, prompts) -> Tensor."""
     from steer.rewards.base import Reward
