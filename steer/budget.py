@@ -85,15 +85,6 @@ class Trace:
         self.seconds = time.perf_counter() - self._t0
         return self
 
-    def can_spend(self, nfe: int = 0, reward_calls: int = 0) -> bool:
-        """Whether ``nfe`` more denoiser evaluations and ``reward_calls`` more scores fit the budget."""
-        b = self.budget
-        if b is None:
-            return True
-        ok_nfe = b.nfe is None or self.nfe + nfe <= b.nfe * self.num_prompts
-        ok_r = b.reward_calls is None or self.reward_calls + reward_calls <= b.reward_calls * self.num_prompts
-        return ok_nfe and ok_r
-
     def _check(self, name: str, total: int) -> None:
         cap = None if self.budget is None else getattr(self.budget, name)
         if cap is not None and total > cap * self.num_prompts:
@@ -101,18 +92,6 @@ class Trace:
                 f"{name} budget exceeded: {total / self.num_prompts:g} per prompt > {cap}; "
                 f"raise the budget or lower the method's size options"
             )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "nfe": self.nfe,
-            "nfe_per_prompt": self.nfe_per_prompt,
-            "reward_calls": self.reward_calls,
-            "backward_calls": self.backward_calls,
-            "seconds": self.seconds,
-            "timings": dict(self.timings),
-            "num_prompts": self.num_prompts,
-            "steps": self.steps,
-        }
 
 
 def _sync() -> None:

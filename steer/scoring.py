@@ -45,9 +45,22 @@ def decode(process, x0: Tensor, trace=None) -> Tensor:
         return process.decode(x0)
 
 
+def decode_and_score(process, reward, x0: Tensor, prompts: Sequence[str], *, trace=None, method: str = "?",
+                     step: Optional[int] = None, grad: bool = False) -> tuple[Tensor, Tensor]:
+    """Decode x̂0 (or final latents) (B, ...) and score them, in chunks of the process' ``batch_size``
+    (its latents per call); without gradients unless ``grad``. Returns images (B, 3, H, W) float32
+    and rewards (B,)."""
+    chunk = getattr(process, "batch_size", None) or x0.shape[0]
+    images, rewards = [], []
+    with torch.set_grad_enabled(grad):
+        for s in range(0, x0.shape[0], chunk):
+            img = decode(process, x0[s:s + chunk], trace)  # (b, 3, H, W)
+            rewards.append(score_images(reward, img, prompts[s:s + chunk], trace=trace, method=method, step=step))
+            images.append(img.float())
+    return torch.cat(images), torch.cat(rewards)
+
+
 def score_latents(process, reward, x0: Tensor, prompts: Sequence[str], *, trace=None, method: str = "?",
                   step: Optional[int] = None, grad: bool = False) -> Tensor:
-    """Decode x̂0 (or final latents) and score them; without gradients unless ``grad``."""
-    with torch.set_grad_enabled(grad):
-        images = decode(process, x0, trace)  # (B, 3, H, W)
-        return score_images(reward, images, prompts, trace=trace, method=method, step=step)
+    """The rewards (B,) of ``decode_and_score``."""
+    return decode_and_score(process, reward, x0, prompts, trace=trace, method=method, step=step, grad=grad)[1]

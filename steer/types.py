@@ -97,16 +97,18 @@ class StepInfo:
 
 @dataclass
 class Result:
-    """What every method returns. ``images`` is one selected image per prompt, [P,3,H,W] in [0,1]."""
+    """What every method returns. ``images`` is one selected image per prompt, [P,3,H,W] in [0,1],
+    decoded from ``latents``."""
 
     images: Tensor
     rewards: Tensor  # (P,)
     trace: "object"
-    latents: Optional[Tensor] = None  # (P, ...) the selected final latents
+    latents: Optional[Tensor] = None  # (P, ...) the selected final latents: process.decode(latents) == images
     candidates: Optional[Tensor] = None  # (P, K, 3, H, W) every particle/candidate, when kept
     candidate_rewards: Optional[Tensor] = None  # (P, K)
     log_weights: Optional[Tensor] = None  # (P, K) where the method has weights
     prompts: tuple[str, ...] = ()
+    initial_noise: Optional[Tensor] = None  # (P, ...) x_T of the selected samples, where a method optimizes it (ReNO)
 
     def pil(self):
         """The selected images as PIL images."""

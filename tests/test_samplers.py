@@ -193,8 +193,10 @@ def test_bad_inputs_raise_clear_errors():
         fk(proc, reward, ["a"], potential="maximum")
     with pytest.raises(ValueError, match="unknown resampling scheme 'fancy'"):
         fk(proc, reward, ["a"], scheme="fancy")
-    with pytest.raises(ValueError, match="noise_level applies to flow.*pass eta="):
-        fk(proc, reward, ["a"], noise_level=0.5)
+    with pytest.raises(ValueError, match="eta is an alias of noise_level"):
+        fk(proc, reward, ["a"], noise_level=0.5, eta=0.5)
+    with pytest.raises(ValueError, match="eta applies to diffusion.*pass noise_level="):
+        fk(GMMProcess(kind="flow", num_inference_steps=10), reward, ["a"], eta=0.5)
     with pytest.raises(ValueError, match="stochastic kernel"):
         fk(proc, reward, ["a"], eta=0.0)
     with pytest.raises(ValueError, match="t_start=8 is after t_end=4"):

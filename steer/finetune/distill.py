@@ -17,9 +17,7 @@ instead, which for ε-prediction weights step i by (1−ᾱ_i)/ᾱ_i = 1/SNR: me
 +0.04 / −0.04 for the reward / its negation with ``x0`` and about 0 with ``model``, because what the
 selection changes (global brightness, layout) is decided at the noisiest steps, which the ε-loss
 barely weights. Deviations: training timesteps are the chain's S steps (where the sampler uses the model), one step
-index per micro-batch (``Process.denoise`` takes one index per call). For ``reno``, whose
-``Result.latents`` are optimized initial noises, the final latents are recomputed by the process'
-deterministic chain from them.
+index per micro-batch (``Process.denoise`` takes one index per call).
 """
 from __future__ import annotations
 
@@ -29,7 +27,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from steer import chain, kernels
+from steer import kernels
 from steer.finetune.config import DistillConfig
 from steer.finetune.trainer import Trainer, TrainResult, step_generator
 from steer.types import Cond
@@ -62,7 +60,7 @@ def steered_samples(trainer: Trainer, round_index: int) -> dict:
             chunk = list(range(start, min(start + config.prompts_per_step, len(trainer.prompts))))
             result = trainer.steer_fn(process, trainer.reward, [trainer.prompts[i] for i in chunk],
                                       generator=generator, **dict(config.steer_options))
-            latents.append(final_latents(trainer, result, chunk))
+            latents.append(final_latents(trainer, result))
             rewards.append(result.rewards.float().cpu())
             owners += chunk
             trainer.trace.add_nfe(result.trace.nfe)
@@ -70,15 +68,12 @@ def steered_samples(trainer: Trainer, round_index: int) -> dict:
     return keep_top(torch.cat(latents), torch.cat(rewards), torch.tensor(owners), config.top_fraction)
 
 
-def final_latents(trainer: Trainer, result, chunk: list[int]) -> torch.Tensor:
+def final_latents(trainer: Trainer, result) -> torch.Tensor:
+    """The final latents the steering method selected (``Result.latents`` decode to its images)."""
     if result.latents is None:
         raise ValueError(f"steering method {trainer.config.steer_method!r} returned no latents to distil; "
                          f"use fk, dts_star, best_of_n or reno")
-    x = result.latents.detach()
-    if getattr(trainer.steer_fn, "__name__", "") == "reno":  # ReNO returns the optimized initial noise
-        with torch.no_grad():
-            x = chain.run(trainer.process, x.to(trainer.process.device), trainer.cond(chunk))
-    return x.float()
+    return result.latents.detach().float()
 
 
 def keep_top(latents: torch.Tensor, rewards: torch.Tensor, owners: torch.Tensor, fraction: float) -> dict:

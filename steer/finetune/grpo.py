@@ -33,7 +33,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from steer import chain, kernels
+from steer import chain, kernels, toolkit
 from steer.finetune import lora
 from steer.finetune.config import GRPOConfig
 from steer.finetune.trainer import Trainer, TrainResult
@@ -50,10 +50,8 @@ def grpo(process, reward, prompts: Sequence[str], config: Optional[GRPOConfig] =
 
 
 def noise_level(process, config: GRPOConfig) -> float:
-    """η = 1 (DDPO) for diffusion, a = 0.7 (Flow-GRPO) for flow, unless set."""
-    if config.noise_level is not None:
-        return config.noise_level
-    return 0.7 if process.schedule.kind == "flow" else 1.0
+    """η = 1 (DDPO) for diffusion, a = 0.7 (Flow-GRPO) for flow (``toolkit.STOCHASTIC``), unless set."""
+    return toolkit.noise_level(process, "grpo", toolkit.STOCHASTIC if config.noise_level is None else config.noise_level)
 
 
 def group_advantages(rewards: Tensor, group_size: int, clip: float = 5.0, eps: float = 1e-4) -> Tensor:
@@ -96,8 +94,7 @@ def policy_loss(trainer: Trainer, batch: dict, i: int, cond) -> tuple[Tensor, di
     process, config = trainer.process, trainer.config
     a = noise_level(process, config)
     x, x_next = batch["states"][i], batch["states"][i + 1]
-    pred = process.predict(x, i, cond, trace=trainer.trace)
-    g = kernels.transition(process.schedule, i, x.float(), pred, a)
+    g = chain.propose(process, x, i, cond, noise_level=a, trace=trainer.trace).kernel
     ratio = torch.exp(kernels.log_prob(g, x_next, reduce="mean") - batch["log_probs"][i])  # (B,)
     adv = batch["advantages"].to(ratio.device)
     eps = config.clip_range
@@ -115,7 +112,7 @@ def kl_to_reference(trainer: Trainer, x: Tensor, i: int, cond, g, a: float) -> T
     ‖μ_θ − μ_ref‖² / (2σ²) (as Flow-GRPO). The reference is the model with the LoRA disabled."""
     process = trainer.process
     with torch.no_grad(), lora.lora_disabled(process):
-        ref = kernels.transition(process.schedule, i, x.float(), process.predict(x, i, cond), a)
+        ref = chain.propose(process, x, i, cond, noise_level=a).kernel
     return ((g.mean - ref.mean) ** 2).flatten(1).mean(dim=1) / (2 * g.std.float() ** 2)  # (B,)
 
 

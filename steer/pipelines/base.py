@@ -6,7 +6,8 @@ batched, guided denoiser call), ``decode`` (latents -> images in [0, 1], differe
 conversion to x̂0/ε̂) and ``init_noise``.
 
 A user's own denoiser: subclass ``Process`` and implement the same four pieces; every steering
-method then works on it unchanged (see ``tests/harness.py`` for a complete 2-D example).
+method then works on it unchanged (``steer/zoo/gmm.py`` is a complete 2-D example with an exact
+target).
 """
 from __future__ import annotations
 

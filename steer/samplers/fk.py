@@ -25,63 +25,112 @@ scores every step (one backward per step).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
+from torch import Tensor
 
-from steer import kernels
+from steer import chain, kernels, toolkit
 from steer.budget import Budget
-from steer.samplers import common, potentials
+from steer.samplers import potentials
 from steer.samplers import resampling as rs
-from steer.scoring import decode, score_images
+from steer.scoring import decode, decode_and_score, score_images
 from steer.types import Prediction, Result, StepInfo
 
 METHOD = "fk"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """FK's resolved knobs: K ``particles``, λ ``lam``, G_s by ``potential``, the scored ``steps``,
+    resampling by ``resample`` when ESS < ``ess_threshold``·K, the kernel's ``noise_level`` and the
+    proposal's gradient ``guidance`` γ."""
+
+    particles: int
+    potential: str
+    lam: float
+    steps: frozenset
+    ess_threshold: float
+    resample: Callable
+    noise_level: float
+    guidance: float
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The particles' log-weights log w_s (P, K) and the potential's running state."""
+
+    log_w: Tensor
+    state: potentials.PotentialState
+
+
+@dataclass(frozen=True)
+class Move:
+    """What step s knows about each particle (P·K rows): x_s, the kernel's proposal, and with guidance
+    the reward of x̂0(x_s) and its gradient in x_s."""
+
+    x: Tensor
+    prop: chain.Proposal
+    reward: Optional[Tensor] = None
+    grad: Optional[Tensor] = None
+
+    def take(self, flat: Tensor) -> "Move":
+        x, r, grad = rs.reindex(flat, self.x, self.reward, self.grad)
+        return Move(x=x, prop=self.prop.take(flat), reward=r, grad=grad)
 
 
 def fk(process, reward, prompts: Sequence[str] | str, *, generator: Optional[torch.Generator] = None,
        budget: Optional[Budget] = None, callback: Optional[Callable[[StepInfo], object]] = None,
        particles: int = 4, potential: str = "max", lam: float = 10.0, every: Optional[int] = None,
        t_start: Optional[int] = None, t_end: Optional[int] = None, ess_threshold: float = 0.5,
-       scheme: str = "systematic", eta: Optional[float] = None, noise_level: Optional[float] = None,
-       guidance: float = 0.0, batch_size: Optional[int] = None) -> Result:
+       scheme: str = "systematic", noise_level=toolkit.STOCHASTIC, eta: Optional[float] = None,
+       guidance: float = 0.0) -> Result:
     """FK steering with ``particles`` per prompt; returns the highest-reward particle per prompt.
 
     ``potential``: ``max`` | ``difference`` | ``sum`` | ``immediate``; ``lam``: λ ≥ 0; rewards are
     evaluated at steps ``t_start, t_start+every, ... <= t_end`` (0-based step indices; defaults
     S/5, S/5, 4S/5) and at the end; a prompt's particles are resampled with ``scheme``
     (``systematic`` | ``stratified`` | ``multinomial`` | ``residual``) when ESS < ``ess_threshold``·K
-    (``ess_threshold=1`` resamples at every scheduled step). ``eta`` (diffusion, default 1) or
-    ``noise_level`` (flow, default 0.7) sets the kernel's noise. NFE per prompt: K·S.
+    (``ess_threshold=1`` resamples at every scheduled step). ``noise_level`` (alias ``eta`` on
+    diffusion; default η = 1 / flow a = 0.7) sets the kernel's noise. NFE per prompt: K·S.
     ``Result.candidates``/``candidate_rewards``/``log_weights`` hold the final weighted particles
     (P, K, ...): resampling them by ``log_weights`` gives samples of the tilted target.
     """
-    prompts = common.prompt_list(METHOD, prompts)
-    K = common.positive_int(METHOD, "particles", particles)
-    lam = common.non_negative(METHOD, "lam", lam)
+    prompts = toolkit.prompt_list(METHOD, prompts)
+    settings = _settings(process, reward, particles, potential, lam, every, t_start, t_end, ess_threshold,
+                         scheme, noise_level, eta, guidance)
+    K, S = settings.particles, process.num_steps
+    scored = S if settings.guidance > 0 else len(settings.steps)
+    trace = toolkit.plan(METHOD, len(prompts), budget, unit_nfe=S, nfe=K * S, reward_calls=K * (scored + 1),
+                         hint="use fewer particles")
+    images, rewards, latents, log_w = toolkit.drain(_fk_steps(process, reward, prompts, settings, generator, trace),
+                                                    callback)
+    return toolkit.from_candidates(process, prompts, trace, images, rewards, latents, log_weights=log_w)
+
+
+def _settings(process, reward, particles, potential, lam, every, t_start, t_end, ess_threshold, scheme,
+              noise_level, eta, guidance) -> Settings:
+    K = toolkit.integer(METHOD, "particles", particles)
+    lam = toolkit.number(METHOD, "lam", lam)
     potentials.check_potential(potential)
     resample = rs.get_scheme(scheme)
-    thr = _threshold(ess_threshold)
-    gamma = common.non_negative(METHOD, "guidance", guidance)
-    common.check_reward(METHOD, reward, differentiable=gamma > 0)
-    level = common.noise_level(process, METHOD, eta, noise_level, default_eta=1.0, default_level=0.7)
+    thr = toolkit.number(METHOD, "ess_threshold", ess_threshold)
+    if thr > 1:
+        raise ValueError(f"{METHOD}: ess_threshold is a fraction of the particles in [0, 1], got {ess_threshold}")
+    gamma = toolkit.number(METHOD, "guidance", guidance)
+    toolkit.check_reward(METHOD, reward, differentiable=gamma > 0)
+    level = toolkit.noise_level(process, METHOD, noise_level, eta)
     if level == 0:
         raise ValueError(f"{METHOD}: resampled particles need a stochastic kernel; eta/noise_level=0 keeps copies "
                          f"identical. Use eta>0 (diffusion) or noise_level>0 (flow), e.g. the defaults 1.0 / 0.7")
-    S = process.num_steps
-    steps = resampling_steps(S, every, t_start, t_end)
-    scored = S if gamma > 0 else len(steps)
-    trace = common.new_trace(METHOD, len(prompts), budget, nfe=K * S, reward_calls=K * (scored + 1),
-                             chain_nfe=S, size_hint="use fewer particles")
-    core = _fk_steps(process, reward, prompts, K, potential, lam, steps, thr, resample, level, gamma,
-                     batch_size, generator, trace)
-    images, rewards, latents, log_w = common.drain(core, callback)
-    return common.make_result(prompts, images, rewards, latents, trace, log_weights=log_w)
+    steps = frozenset(resampling_steps(process.num_steps, every, t_start, t_end))
+    return Settings(K, potential, lam, steps, thr, resample, level, gamma)
 
 
 def resampling_steps(S: int, every: Optional[int], t_start: Optional[int], t_end: Optional[int]) -> list[int]:
     """The 0-based steps where rewards are evaluated: t_start, t_start + every, ..., <= t_end."""
-    every = max(1, round(S / 5)) if every is None else common.positive_int(METHOD, "every", every)
+    every = max(1, round(S / 5)) if every is None else toolkit.integer(METHOD, "every", every)
     t_start = round(S / 5) if t_start is None else t_start
     t_end = round(4 * S / 5) if t_end is None else t_end
     for name, v in (("t_start", t_start), ("t_end", t_end)):
@@ -92,69 +141,57 @@ def resampling_steps(S: int, every: Optional[int], t_start: Optional[int], t_end
     return list(range(t_start, t_end + 1, every))
 
 
-def _threshold(ess_threshold) -> float:
-    thr = common.non_negative(METHOD, "ess_threshold", ess_threshold)
-    if thr > 1:
-        raise ValueError(f"{METHOD}: ess_threshold is a fraction of the particles in [0, 1], got {ess_threshold}")
-    return thr
-
-
-def _fk_steps(process, reward, prompts, K, potential, lam, steps, thr, resample, level, gamma, batch_size,
-              generator, trace) -> Iterator[StepInfo]:
+def _fk_steps(process, reward, prompts, fk: Settings, generator, trace) -> Iterator[StepInfo]:
     """Core generator: yields after every step; returns (images, rewards, latents) flat and log_w (P, K)."""
-    P, scheduled = len(prompts), set(steps)
+    P, K = len(prompts), fk.particles
     cond = process.prepare(prompts).repeat(K)
     x = process.init_noise(P * K, generator)  # (P·K, *latent)
-    log_w = torch.zeros(P, K, device=x.device)  # (P, K)
-    state = potentials.PotentialState()
+    w = Weights(torch.zeros(P, K, device=x.device), potentials.PotentialState())
     for i in range(process.num_steps):
-        pred, r, grad = _predict(process, reward, x, i, cond, trace, batch_size, gamma > 0, lam)
+        move = _propose(process, reward, x, i, cond, fk, trace)
         info = {"step": i}
-        if i in scheduled:
+        if i in fk.steps:
+            r = move.reward
             if r is None:
-                _, r = common.decode_and_score(process, reward, pred.x0, cond.prompts, trace=trace, method=METHOD,
-                                               step=i, batch_size=batch_size)
-            log_g, state = potentials.intermediate(potential, lam, r.reshape(P, K).to(log_w.device), state)
-            log_w = log_w + log_g
-            x, pred, grad, log_w, state, info = _maybe_resample(x, pred, grad, log_w, state, thr, resample,
-                                                                generator, info)
+                _, r = decode_and_score(process, reward, move.prop.pred.x0, cond.prompts, trace=trace,
+                                        method=METHOD, step=i)
+            log_g, state = potentials.intermediate(fk.potential, fk.lam, r.reshape(P, K).to(w.log_w.device), w.state)
+            move, w = _maybe_resample(move, Weights(w.log_w + log_g, state), fk, generator, info)
             info["best_reward"] = r.reshape(P, K).max(1).values.tolist()
-        x, log_w = _move(process, i, x, pred, grad, log_w, level, gamma * lam, generator)
-        info["ess"] = rs.ess(log_w).tolist()
+        x, w = _move(move, w, fk.guidance * fk.lam, generator)
+        info["ess"] = rs.ess(w.log_w).tolist()
         trace.record(**info)
-        yield StepInfo(step=i, x=x, nfe=trace.nfe, extra={"x0": pred.x0, "log_w": log_w, **info})
-    images, rewards = common.decode_and_score(process, reward, x, cond.prompts, trace=trace, method=METHOD,
-                                              step=None, batch_size=batch_size)
-    log_w = rs.normalize(log_w + potentials.final(lam, rewards.reshape(P, K).to(log_w.device), state))
+        yield StepInfo(step=i, x=x, nfe=trace.nfe, extra={"x0": move.prop.pred.x0, "log_w": w.log_w, **info})
+    images, rewards = decode_and_score(process, reward, x, cond.prompts, trace=trace, method=METHOD)
+    log_w = rs.normalize(w.log_w + potentials.final(fk.lam, rewards.reshape(P, K).to(w.log_w.device), w.state))
     trace.record(step=process.num_steps, ess=rs.ess(log_w).tolist(),
                  best_reward=rewards.reshape(P, K).max(1).values.tolist())
     return images, rewards, x, log_w
 
 
-def _maybe_resample(x, pred, grad, log_w, state, thr, resample, generator, info):
-    """Resample the prompts whose ESS < thr·K (all of them when thr = 1); the others keep their weights."""
-    P, K = log_w.shape
-    ess = rs.ess(log_w)  # (P,)
-    need = torch.ones_like(ess, dtype=torch.bool) if thr >= 1 else ess < thr * K  # (P,)
+def _maybe_resample(move: Move, w: Weights, fk: Settings, generator, info: dict) -> tuple[Move, Weights]:
+    """Resample the prompts whose ESS < threshold·K (all of them when the threshold is 1); the others
+    keep their weights."""
+    P, K = w.log_w.shape
+    ess = rs.ess(w.log_w)  # (P,)
+    need = torch.ones_like(ess, dtype=torch.bool) if fk.ess_threshold >= 1 else ess < fk.ess_threshold * K  # (P,)
     info.update(ess_before=ess.tolist(), resampled=need.tolist())
     if not bool(need.any()):
-        return x, pred, grad, log_w, state, info
-    keep = torch.arange(K, device=log_w.device).expand(P, K)
-    ancestors = torch.where(need[:, None], resample(log_w, K, generator), keep)  # (P, K)
-    flat = rs.flat_ancestors(ancestors)  # (P·K,)
-    x, x0, eps, out, grad = rs.reindex(flat, x, pred.x0, pred.eps, pred.output, grad)
-    log_w = torch.where(need[:, None], torch.zeros_like(log_w), log_w)
-    return x, Prediction(output=out, x0=x0, eps=eps), grad, log_w, state.take(ancestors), info
+        return move, w
+    keep = torch.arange(K, device=w.log_w.device).expand(P, K)
+    ancestors = torch.where(need[:, None], fk.resample(w.log_w, K, generator), keep)  # (P, K)
+    log_w = torch.where(need[:, None], torch.zeros_like(w.log_w), w.log_w)
+    return move.take(rs.flat_ancestors(ancestors)), Weights(log_w, w.state.take(ancestors))
 
 
-def _predict(process, reward, x, i, cond, trace, batch_size, guided: bool, lam: float):
-    """The step's prediction; with guidance also the reward of x̂0 (B,) and its gradient in x (B, ...)."""
-    if not guided:
+def _propose(process, reward, x, i, cond, fk: Settings, trace) -> Move:
+    """The step's proposal; with guidance also the reward of x̂0 (B,) and its gradient in x (B, ...)."""
+    if fk.guidance == 0:
         with torch.no_grad():
-            return common.predict(process, x, i, cond, trace, batch_size), None, None
+            return Move(x=x, prop=chain.propose(process, x, i, cond, noise_level=fk.noise_level, trace=trace))
     x_in = x.detach().float().requires_grad_(True)
     with torch.enable_grad():
-        pred = common.predict(process, x_in, i, cond, trace, batch_size)
+        pred = process.predict(x_in, i, cond, trace=trace)
         r = score_images(reward, decode(process, pred.x0, trace), cond.prompts, trace=trace, method=METHOD, step=i)
         if not r.requires_grad:
             raise RuntimeError(f"{METHOD}: guidance needs gradients through {getattr(process, 'name', 'the process')}'s "
@@ -162,15 +199,16 @@ def _predict(process, reward, x, i, cond, trace, batch_size, guided: bool, lam: 
         (grad,) = torch.autograd.grad(r.sum(), x_in)
     trace.add_backward(1)
     detached = Prediction(output=pred.output.detach(), x0=pred.x0.detach(), eps=pred.eps.detach())
-    return detached, r.detach(), grad.detach()
+    prop = chain.Proposal(detached, chain.transition(process, i, x, detached, fk.noise_level))
+    return Move(x=x, prop=prop, reward=r.detach(), grad=grad.detach())
 
 
-def _move(process, i, x, pred, grad, log_w, level, shift_scale, generator):
+def _move(move: Move, w: Weights, shift_scale: float, generator) -> tuple[Tensor, Weights]:
     """x_{s+1} from the kernel M_s, or from the guided proposal with the density ratio in the weights."""
-    g = kernels.transition(process.schedule, i, x.float(), pred, level)
-    if grad is None or g.deterministic:
-        return kernels.sample(g, generator), log_w
-    proposal = kernels.Gaussian(mean=g.mean + shift_scale * g.std**2 * grad, std=g.std)
-    x_next = kernels.sample(proposal, generator)
+    g = move.prop.kernel
+    if move.grad is None or g.deterministic:
+        return chain.sample(g, generator), w
+    proposal = kernels.Gaussian(mean=g.mean + shift_scale * g.std**2 * move.grad, std=g.std)
+    x_next = chain.sample(proposal, generator)
     ratio = kernels.log_prob(g, x_next, reduce="sum") - kernels.log_prob(proposal, x_next, reduce="sum")  # (P·K,)
-    return x_next, log_w + ratio.reshape(log_w.shape).to(log_w.device)
+    return x_next, replace(w, log_w=w.log_w + ratio.reshape(w.log_w.shape).to(w.log_w.device))

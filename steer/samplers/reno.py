@@ -22,15 +22,15 @@ forward denoiser calls (iterations·S per prompt); backward passes are counted i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from steer import kernels
+from steer import chain, toolkit
 from steer.budget import Budget
-from steer.samplers import common
 from steer.scoring import score_images
 from steer.types import Result, StepInfo
 
@@ -45,22 +45,41 @@ def reno(process, reward, prompts: Sequence[str] | str, *, generator: Optional[t
 
     ``reward``: a differentiable ``Reward`` or a sequence of ``(Reward, weight)`` pairs. Meant for
     one-step / few-step processes (``num_inference_steps`` 1–4): every iteration runs and
-    differentiates the whole chain. ``Result.candidate_rewards`` (P, iterations) holds the reward of
-    every iteration.
+    differentiates the whole chain. ``Result.latents`` are the final latents of each prompt's best
+    iteration, ``Result.initial_noise`` its optimized z, and ``Result.candidate_rewards``
+    (P, iterations) the reward of every iteration.
     """
-    prompts = common.prompt_list(METHOD, prompts)
+    prompts = toolkit.prompt_list(METHOD, prompts)
     terms = _reward_terms(reward)
-    iterations = common.positive_int(METHOD, "iterations", iterations)
+    iterations = toolkit.integer(METHOD, "iterations", iterations)
     for name, v in (("lr", lr), ("momentum", momentum), ("grad_clip", grad_clip), ("reg_weight", reg_weight)):
-        common.non_negative(METHOD, name, v)
+        toolkit.number(METHOD, name, v)
     S, P = process.num_steps, len(prompts)
-    trace = common.new_trace(METHOD, P, budget, nfe=iterations * S, reward_calls=iterations * len(terms),
-                             chain_nfe=S, size_hint="use fewer iterations")
+    trace = toolkit.plan(METHOD, P, budget, unit_nfe=S, nfe=iterations * S, reward_calls=iterations * len(terms),
+                         hint="use fewer iterations")
     opt = dict(lr=float(lr), momentum=float(momentum), grad_clip=float(grad_clip), reg_weight=float(reg_weight))
     core = _reno_steps(process, terms, prompts, iterations, opt, bool(checkpointing), generator, trace)
-    best_images, best_rewards, best_z, history = common.drain(core, callback)
-    return Result(images=best_images, rewards=best_rewards, trace=trace.stop_clock(), latents=best_z,
-                  candidate_rewards=history, prompts=tuple(prompts))
+    best = toolkit.drain(core, callback)
+    return toolkit.result(process, prompts, trace, best.latents, best.rewards, images=best.images,
+                          initial_noise=best.z, candidate_rewards=best.history)
+
+
+@dataclass(frozen=True)
+class Best:
+    """Per prompt, the best iteration so far: its reward (P,), image, final latents and initial noise z."""
+
+    rewards: Tensor
+    z: Tensor
+    images: Optional[Tensor] = None
+    latents: Optional[Tensor] = None
+    history: Optional[Tensor] = None  # (P, iterations) the reward of every iteration
+
+    def update(self, better: Tensor, r: Tensor, images: Tensor, latents: Tensor, z: Tensor) -> "Best":
+        def pick(new, old):
+            return new.clone() if old is None else torch.where(better.to(new.device).view(-1, *[1] * (new.dim() - 1)),
+                                                               new, old)
+        return Best(rewards=torch.where(better, r, self.rewards), z=pick(z, self.z), images=pick(images, self.images),
+                    latents=pick(latents, self.latents))
 
 
 def norm_regularizer(z: Tensor) -> Tensor:
@@ -80,8 +99,8 @@ def _reward_terms(reward) -> list[tuple[object, float]]:
         if not (isinstance(item, tuple) and len(item) == 2):
             raise ValueError(f"{METHOD}: a reward list holds (Reward, weight) pairs, got {item!r}")
         r, w = item
-        common.check_reward(METHOD, r, differentiable=True)
-        out.append((r, common.non_negative(METHOD, "reward weight", w)))
+        toolkit.check_reward(METHOD, r, differentiable=True)
+        out.append((r, toolkit.number(METHOD, "reward weight", w)))
     return out
 
 
@@ -90,27 +109,25 @@ def _reno_steps(process, terms, prompts, iterations, opt, use_ckpt, generator, t
     cond = process.prepare(prompts)
     z = process.init_noise(len(prompts), generator).requires_grad_(True)  # (P, *latent)
     sgd = torch.optim.SGD([z], lr=opt["lr"], momentum=opt["momentum"], nesterov=opt["momentum"] > 0)
-    best_r = torch.full((len(prompts),), -math.inf)
-    best_img, best_z, history = None, z.detach().clone(), []
+    best = Best(rewards=torch.full((len(prompts),), -math.inf), z=z.detach().clone())
+    history = []
     for it in range(iterations):
-        images, total = _forward(process, terms, z, cond, trace, use_ckpt, it)  # (P,3,H,W), (P,)
+        images, x0, total = _forward(process, terms, z, cond, trace, use_ckpt, it)  # (P,3,H,W), (P,...), (P,)
         r = total.detach().cpu()
-        better = r > best_r
-        best_img = images.detach().float().clone() if best_img is None else torch.where(
-            better.to(images.device)[:, None, None, None], images.detach().float(), best_img)
-        best_z = torch.where(better.to(z.device).view(-1, *[1] * (z.dim() - 1)), z.detach(), best_z)
-        best_r = torch.where(better, r, best_r)
+        best = best.update(r > best.rewards, r, images.detach().float(), x0.detach().float(), z.detach())
+        best_r = best.rewards
         history.append(r)
         if it < iterations - 1:  # the last update would never be evaluated
             _update(sgd, z, total, opt, trace)
         trace.record(step=it, reward=r.tolist(), best_reward=best_r.tolist(),
                      z_norm=z.detach().flatten(1).norm(dim=1).tolist())
         yield StepInfo(step=it, x=z.detach(), nfe=trace.nfe, extra={"reward": r, "best_reward": best_r.clone()})
-    return best_img, best_r, best_z, torch.stack(history, dim=1)
+    return replace(best, history=torch.stack(history, dim=1))
 
 
 def _forward(process, terms, z, cond, trace, use_ckpt, it):
-    """images = decode(chain(z)) (P, 3, H, W) and the weighted reward Σ w_k r_k (P,), differentiable."""
+    """images = decode(chain(z)) (P, 3, H, W), the final latents chain(z) and the weighted reward
+    Σ w_k r_k (P,), differentiable."""
     x = z
     for i in range(process.num_steps):
         trace.add_nfe(x.shape[0])  # counted here: a checkpointed step re-runs in the backward pass
@@ -125,13 +142,12 @@ def _forward(process, terms, z, cond, trace, use_ckpt, it):
         raise RuntimeError(f"{METHOD}: no gradient reaches the initial noise through "
                            f"{getattr(process, 'name', 'the process')}'s denoiser, decode and reward; ReNO needs "
                            f"all three differentiable (no torch.no_grad inside them)")
-    return images, total
+    return images, x, total
 
 
 def _step(process, x: Tensor, i: int, cond) -> Tensor:
     """The deterministic transition x_i -> x_{i+1} (DDIM η = 0 / Euler), differentiable in x."""
-    pred = process.predict(x, i, cond)
-    return kernels.transition(process.schedule, i, x.float(), pred, 0.0).mean
+    return chain.propose(process, x, i, cond).kernel.mean
 
 
 def _update(sgd, z: Tensor, total: Tensor, opt, trace) -> None:

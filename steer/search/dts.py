@@ -20,17 +20,16 @@ selection, so widening sees them) and rolled out in one batch — the paper's lo
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from steer import toolkit
 from steer.budget import Budget, Trace
 from steer.scoring import decode, score_latents
 from steer.search import tree as T
-from steer.search._common import as_prompts, check_budget, check_int, check_positive, make_result, noise_level_for
 from steer.search.rollout import rollout
 from steer.types import Result, StepInfo
 
@@ -58,7 +57,7 @@ def branching_levels(num_steps: int, branch_every, branch_steps, method: str) ->
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < num_steps:
                 raise ValueError(f"{method}: branch_steps must hold integers in 0..{num_steps - 1}, got {s!r}")
     else:
-        check_int(method, "branch_every", branch_every)
+        toolkit.integer(method, "branch_every", branch_every)
         steps = list(range(branch_every, num_steps, branch_every))
         if not steps and num_steps > 1:
             raise ValueError(f"{method}: branch_every={branch_every} leaves an empty branching schedule for "
@@ -68,7 +67,7 @@ def branching_levels(num_steps: int, branch_every, branch_steps, method: str) ->
 
 def _default_rollouts(rollouts, budget: Optional[Budget], method: str) -> Optional[int]:
     if rollouts is not None:
-        return check_int(method, "rollouts", rollouts)
+        return toolkit.integer(method, "rollouts", rollouts)
     if budget is not None and (budget.nfe is not None or budget.reward_calls is not None):
         return None  # run until the budget is spent
     return DEFAULT_ROLLOUTS
@@ -96,30 +95,23 @@ def _unvisit(node: T.Node) -> None:
 
 
 class _Spend:
-    """Per-prompt spending of this call against the budget and the rollout target."""
+    """This call's rollouts per prompt: booked against the budget at selection (one reward call each),
+    counted against the ``rollouts`` target, stopped for a prompt once its budget runs out."""
 
     def __init__(self, num_prompts: int, budget: Optional[Budget], rollouts: Optional[int]):
-        self.budget, self.rollouts = budget, rollouts
-        self.nfe, self.done_rollouts = [0] * num_prompts, [0] * num_prompts
+        self.allowance, self.rollouts = toolkit.Allowance(num_prompts, budget), rollouts
         self.stopped = [False] * num_prompts
 
-    def wants_more(self, k: int, pending: int) -> bool:
-        return not self.stopped[k] and (self.rollouts is None or self.done_rollouts[k] + pending < self.rollouts)
-
-    def affords(self, k: int, cost: int, pending: int) -> bool:
-        b = self.budget
-        if b is None:
-            return True
-        ok_nfe = b.nfe is None or self.nfe[k] + cost <= b.nfe
-        ok_r = b.reward_calls is None or self.done_rollouts[k] + pending + 1 <= b.reward_calls
-        return ok_nfe and ok_r
+    def wants_more(self, k: int) -> bool:
+        booked = self.allowance.reward_calls[k]
+        return not self.stopped[k] and (self.rollouts is None or booked < self.rollouts)
 
 
 def _select(state: T.SearchTree, k: int, choose, spend: _Spend, per_round: int, widen) -> list[T.Node]:
     """Up to ``per_round`` parents to expand in tree ``k`` (each traversal counts its visits)."""
     parents: list[T.Node] = []
     revisits = 0
-    while len(parents) < per_round and spend.wants_more(k, len(parents)):
+    while len(parents) < per_round and spend.wants_more(k):
         node = T.descend(state.roots[k], state.last_step, choose, *widen)
         if node.step == state.last_step:  # an existing leaf: the visit counts, no rollout
             revisits += 1
@@ -127,11 +119,11 @@ def _select(state: T.SearchTree, k: int, choose, spend: _Spend, per_round: int, 
                 break
             continue
         cost = state.last_step - max(node.step, 0)
-        if not spend.affords(k, cost, len(parents)):
+        if not spend.allowance.affords(k, nfe=cost, reward_calls=1):
             _unvisit(node)
             spend.stopped[k] = True
             break
-        spend.nfe[k] += cost
+        spend.allowance.spend(k, nfe=cost, reward_calls=1)
         parents.append(node)
     return parents
 
@@ -173,8 +165,6 @@ def search_rounds(process, reward, cond, state: T.SearchTree, *, choose: Callabl
         if not picks:
             return
         leaves, r = _expand(process, cond, state, picks, reward, generator=generator, trace=trace, method=method)
-        for k, _ in picks:
-            spend.done_rollouts[k] += 1
         best = [None if b is None else b.value for b in state.best]
         trace.record(round=rnd, nfe=trace.nfe, tree_nfe=list(state.nfe), rollouts=list(state.rollouts),
                      best_reward=best, new_rewards=r.tolist())
@@ -187,20 +177,20 @@ def search_rounds(process, reward, cond, state: T.SearchTree, *, choose: Callabl
 # ---- public methods -----------------------------------------------------------------------------
 
 def _run(process, reward, prompts, *, select_rule: str, generator, budget, callback, lam, rollouts, rollouts_per_round,
-         branch_every, branch_steps, widen_c, widen_alpha, noise_level, tree, exploration, method):
-    prompts = as_prompts(prompts)
-    lam = check_positive(method, "lam", lam, allow_inf=(select_rule == "uct"))
-    widen = (check_positive(method, "widen_c", widen_c), check_positive(method, "widen_alpha", widen_alpha))
-    per_round = check_int(method, "rollouts_per_round", rollouts_per_round)
+         branch_every, branch_steps, widen_c, widen_alpha, noise_level, eta, tree, exploration, method):
+    prompts = toolkit.prompt_list(method, prompts)
+    lam = toolkit.number(method, "lam", lam, positive=True, allow_inf=(select_rule == "uct"))
+    widen = (toolkit.number(method, "widen_c", widen_c, positive=True),
+             toolkit.number(method, "widen_alpha", widen_alpha, positive=True))
+    per_round = toolkit.integer(method, "rollouts_per_round", rollouts_per_round)
     levels = branching_levels(process.num_steps, branch_every, branch_steps, method)
-    check_budget(method, budget, process.num_steps, "one rollout")
+    trace = toolkit.plan(method, len(prompts), budget, unit_nfe=process.num_steps, unit="one rollout")
     n_rollouts = _default_rollouts(rollouts, budget, method)
-    eta = noise_level_for(process, noise_level, method)
-    if eta == 0:
+    level = toolkit.noise_level(process, method, noise_level, eta)
+    if level == 0:
         raise ValueError(f"{method}: noise_level=0 makes the kernel deterministic, so a node can have only one "
                          f"distinct child; use noise_level > 0 (default: η=1 diffusion, a=0.7 flow)")
-    state = _state_for(tree, prompts, levels, lam, eta, method)
-    trace = Trace(num_prompts=len(prompts), budget=budget)
+    state = _state_for(tree, prompts, levels, lam, level, method)
     spend = _Spend(len(prompts), budget, n_rollouts)
     if select_rule == "boltzmann":
         def choose(k):
@@ -209,10 +199,8 @@ def _run(process, reward, prompts, *, select_rule: str, generator, budget, callb
         def choose(k):
             return lambda node: T.uct_child(node, exploration)
     cond = process.prepare(prompts)
-    for info in search_rounds(process, reward, cond, state, choose=choose, spend=spend, per_round=per_round,
-                              widen=widen, generator=generator, trace=trace, method=method):
-        if callback is not None:
-            callback(info)
+    toolkit.drain(search_rounds(process, reward, cond, state, choose=choose, spend=spend, per_round=per_round,
+                                widen=widen, generator=generator, trace=trace, method=method), callback)
     if any(b is None for b in state.best):
         raise ValueError(f"{method}: no rollout fitted the budget; raise Budget(nfe=...) to at least "
                          f"{process.num_steps} per prompt")
@@ -222,7 +210,7 @@ def _run(process, reward, prompts, *, select_rule: str, generator, budget, callb
 def dts(process, reward, prompts, *, generator: Optional[torch.Generator] = None, budget: Optional[Budget] = None,
         callback=None, lam: float = 1.0, rollouts: Optional[int] = None, rollouts_per_round: int = 1,
         num_samples: int = 1, branch_every: int = 1, branch_steps: Optional[Sequence[int]] = None,
-        widen_c: float = 2.0, widen_alpha: float = 0.8, noise_level: Optional[float] = None,
+        widen_c: float = 2.0, widen_alpha: float = 0.8, noise_level=toolkit.STOCHASTIC, eta: Optional[float] = None,
         tree: Optional[T.SearchTree] = None) -> SearchResult:
     """Diffusion Tree Sampling (Jain et al. 2025): grow the tree with Boltzmann selection, then draw
     ``num_samples`` samples per prompt from its policy, targeting p_θ(x_0)·exp(λ·r(x_0)).
@@ -232,39 +220,42 @@ def dts(process, reward, prompts, *, generator: Optional[torch.Generator] = None
     all of them; ``tree`` the state to continue from.
     """
     method = "dts"
-    check_int(method, "num_samples", num_samples)
+    toolkit.integer(method, "num_samples", num_samples)
     state, trace = _run(process, reward, prompts, select_rule="boltzmann", generator=generator, budget=budget,
                         callback=callback, lam=lam, rollouts=rollouts, rollouts_per_round=rollouts_per_round,
                         branch_every=branch_every, branch_steps=branch_steps, widen_c=widen_c,
-                        widen_alpha=widen_alpha, noise_level=noise_level, tree=tree, exploration=0.0, method=method)
+                        widen_alpha=widen_alpha, noise_level=noise_level, eta=eta, tree=tree, exploration=0.0,
+                        method=method)
     picked = [T.sample_leaves(root, state.last_step, state.lam, num_samples, generator) for root in state.roots]
     lat = torch.stack([leaf.x for row in picked for leaf in row])  # (P*K, *latent_shape)
     rew = torch.tensor([[leaf.value for leaf in row] for row in picked], dtype=torch.float32)  # (P, K)
     with torch.no_grad():
         imgs = decode(process, lat, trace).float()  # (P*K, 3, H, W)
-    cands = imgs.reshape(len(state.prompts), num_samples, *imgs.shape[1:])
-    return make_result(process, state.prompts, lat.reshape(len(state.prompts), num_samples, *lat.shape[1:])[:, 0],
-                       rew[:, 0], trace, candidates=cands, candidate_rewards=rew, result_cls=SearchResult, tree=state)
+    P = len(state.prompts)
+    cands = imgs.reshape(P, num_samples, *imgs.shape[1:])
+    return toolkit.result(process, state.prompts, trace, lat.reshape(P, num_samples, *lat.shape[1:])[:, 0], rew[:, 0],
+                          images=cands[:, 0], candidates=cands, candidate_rewards=rew, result_cls=SearchResult,
+                          tree=state)
 
 
 def dts_star(process, reward, prompts, *, generator: Optional[torch.Generator] = None,
              budget: Optional[Budget] = None, callback=None, lam: float = 1.0, exploration: float = 1.0,
              rollouts: Optional[int] = None, rollouts_per_round: int = 1, branch_every: int = 1,
              branch_steps: Optional[Sequence[int]] = None, widen_c: float = 2.0, widen_alpha: float = 0.8,
-             noise_level: Optional[float] = None, tree: Optional[T.SearchTree] = None) -> SearchResult:
+             noise_level=toolkit.STOCHASTIC, eta: Optional[float] = None,
+             tree: Optional[T.SearchTree] = None) -> SearchResult:
     """Diffusion Tree Search, DTS* (Jain et al. 2025): the same tree with UCT selection
     argmax v̂ + c·sqrt(log N_parent / N_child) (c = ``exploration``; ``lam`` may be ``inf`` for a max
     backup); returns the best leaf found per prompt. Continuing with ``tree=result.tree`` and more
     budget never returns a worse reward.
     """
     method = "dts_star"
-    if not (isinstance(exploration, (int, float)) and math.isfinite(exploration) and exploration >= 0):
-        raise ValueError(f"{method}: option exploration (UCT constant c) must be a finite number >= 0, got {exploration!r}")
+    exploration = toolkit.number(method, "exploration (UCT constant c)", exploration)
     state, trace = _run(process, reward, prompts, select_rule="uct", generator=generator, budget=budget,
                         callback=callback, lam=lam, rollouts=rollouts, rollouts_per_round=rollouts_per_round,
                         branch_every=branch_every, branch_steps=branch_steps, widen_c=widen_c,
-                        widen_alpha=widen_alpha, noise_level=noise_level, tree=tree, exploration=exploration,
-                        method=method)
+                        widen_alpha=widen_alpha, noise_level=noise_level, eta=eta, tree=tree,
+                        exploration=exploration, method=method)
     lat = torch.stack([b.x for b in state.best])  # (P, *latent_shape)
     rew = torch.tensor([b.value for b in state.best], dtype=torch.float32)  # (P,)
-    return make_result(process, state.prompts, lat, rew, trace, result_cls=SearchResult, tree=state)
+    return toolkit.result(process, state.prompts, trace, lat, rew, result_cls=SearchResult, tree=state)

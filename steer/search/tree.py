@@ -184,22 +184,8 @@ class SearchTree:
     def last_step(self) -> int:
         return self.levels[-1]
 
-    def next_level(self, step: int) -> int:
-        """The chain step of the children of a node at ``step`` (the root's children are at step 0)."""
-        if step == ROOT_STEP:
-            return self.levels[0]
-        return self.levels[self.levels.index(step) + 1]
-
     def record_leaf(self, k: int, leaf: Node) -> None:
         """Count a finished rollout of tree ``k`` and keep its best leaf."""
         self.rollouts[k] += 1
         if self.best[k] is None or leaf.value > self.best[k].value:
             self.best[k] = leaf
-
-    def num_nodes(self, k: int) -> int:
-        count, stack = 0, [self.roots[k]]
-        while stack:
-            n = stack.pop()
-            count += 1
-            stack.extend(n.children)
-        return count

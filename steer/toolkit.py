@@ -1,0 +1,233 @@
+"""The method toolkit: everything a steering method needs besides its algorithm.
+
+A method is ``name(process, reward, prompts, *, generator=None, budget=None, callback=None,
+**knobs) -> Result``. Its public function checks its knobs with the checks here, resolves its
+kernel's stochasticity with ``noise_level``, plans its spending with ``plan`` (or an ``Allowance``
+for anytime methods), writes its core as a generator of ``StepInfo`` drained by ``drain``, and
+packages the outcome with ``result`` / ``from_candidates``. Denoising steps are taken by
+``steer.chain``; scoring by ``steer.scoring``.
+
+Layout: the particles of P prompts are flat and prompt-major, (P·K, ...); ``by_prompt`` views them
+as (P, K, ...). Selection never mixes prompts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Generator, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from steer.budget import Budget, Trace
+from steer.scoring import decode
+from steer.types import Result, StepInfo
+
+# ---- the kernel's noise: one knob, one defaults table ------------------------------------------
+
+# DDPM-like DDIM (η = 1) for diffusion; the Flow-GRPO SDE noise level a = 0.7 (Liu et al. 2025) for
+# flow matching. "deterministic" is the process' ordinary sampler (DDIM η = 0 / the Euler ODE).
+NOISE_DEFAULTS = {"stochastic": {"diffusion": 1.0, "flow": 0.7},
+                  "deterministic": {"diffusion": 0.0, "flow": 0.0}}
+
+
+@dataclass(frozen=True)
+class NoiseDefault:
+    """The default of a method's ``noise_level`` knob, resolved by the process' kind."""
+
+    name: str  # a key of NOISE_DEFAULTS
+
+    def level(self, kind: str) -> float:
+        return NOISE_DEFAULTS[self.name][kind]
+
+    def __repr__(self) -> str:
+        d = NOISE_DEFAULTS[self.name]
+        return f"{self.name} (eta={d['diffusion']:g} diffusion, a={d['flow']:g} flow)"
+
+
+STOCHASTIC, DETERMINISTIC = NoiseDefault("stochastic"), NoiseDefault("deterministic")
+
+
+def noise_level(process, method: str, level, eta: Optional[float] = None) -> float:
+    """The kernel's stochasticity: DDIM η for diffusion, the Flow-GRPO SDE level a for flow.
+    ``level`` is the method's ``noise_level`` (a ``NoiseDefault`` when not set); ``eta`` is its alias
+    on diffusion processes."""
+    kind = process.schedule.kind
+    if eta is not None:
+        if kind != "diffusion":
+            raise ValueError(f"{method}: eta applies to diffusion processes; this process is flow matching, "
+                             f"pass noise_level= (the Flow-GRPO SDE level a) instead")
+        if not isinstance(level, NoiseDefault):
+            raise ValueError(f"{method}: eta is an alias of noise_level; pass one of them, not both")
+        level = eta
+    if isinstance(level, NoiseDefault):
+        return level.level(kind)
+    return number(method, "noise_level" if eta is None else "eta", level)
+
+
+# ---- option checks -----------------------------------------------------------------------------
+
+def prompt_list(method: str, prompts) -> list[str]:
+    """A prompt or a list of prompts as a non-empty list of strings."""
+    if isinstance(prompts, str):
+        return [prompts]
+    prompts = list(prompts) if isinstance(prompts, (list, tuple)) else prompts
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"{method}: prompts must be a string or a non-empty list of strings, got {prompts!r}")
+    return prompts
+
+
+def integer(method: str, name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, or a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def number(method: str, name: str, value, *, positive: bool = False, allow_inf: bool = False) -> float:
+    """``value`` as a float >= 0 (> 0 if ``positive``), finite unless ``allow_inf``, or a ValueError
+    naming the option."""
+    bound = "> 0" if positive else ">= 0"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{method}: {name} must be a number {bound}, got {value!r}") from None
+    if math.isnan(v) or (math.isinf(v) and not allow_inf) or v < 0 or (positive and v == 0):
+        raise ValueError(f"{method}: {name} must be a {'' if allow_inf else 'finite '}number {bound}, got {value!r}")
+    return v
+
+
+def check_reward(method: str, reward, *, differentiable: bool = False) -> None:
+    if not callable(reward):
+        raise TypeError(f"{method}: reward must be a steer.rewards.Reward (or callable images, prompts -> scores), "
+                        f"got {type(reward).__name__}")
+    if differentiable and not getattr(reward, "differentiable", False):
+        raise ValueError(f"{method}: reward {getattr(reward, 'name', reward)!r} is not differentiable; this option "
+                         f"needs gradients of the reward (use a differentiable reward or turn the option off)")
+
+
+# ---- budget planning ---------------------------------------------------------------------------
+
+def plan(method: str, num_prompts: int, budget: Optional[Budget], *, unit_nfe: int, unit: str = "one chain",
+         nfe: Optional[int] = None, reward_calls: Optional[int] = None, hint: str = "lower the method's size options"
+         ) -> Trace:
+    """The run's ``Trace``, after checking that ``budget`` pays for the smallest unit of work
+    (``unit_nfe`` denoiser calls per prompt) and, for a method with a fixed plan, for its planned
+    ``nfe`` and ``reward_calls`` per prompt (None: an anytime method, stopped by an ``Allowance``)."""
+    if budget is not None and not isinstance(budget, Budget):
+        raise TypeError(f"{method}: budget must be a steer.Budget, got {type(budget).__name__}")
+    cap_nfe = None if budget is None else budget.nfe
+    cap_r = None if budget is None else budget.reward_calls
+    if cap_nfe is not None and cap_nfe < unit_nfe:
+        raise ValueError(f"{method}: budget.nfe={cap_nfe} per prompt is too small for {unit} of {unit_nfe} "
+                         f"denoiser calls; raise Budget(nfe=...) to at least {unit_nfe} or use fewer "
+                         f"num_inference_steps")
+    if cap_nfe is not None and nfe is not None and nfe > cap_nfe:
+        raise ValueError(f"{method}: needs {nfe} denoiser calls per prompt but the budget allows {cap_nfe}; "
+                         f"{hint} or raise the budget")
+    if cap_r is not None and reward_calls is not None and reward_calls > cap_r:
+        raise ValueError(f"{method}: needs {reward_calls} reward calls per prompt but the budget allows "
+                         f"{cap_r}; {hint} or raise the budget")
+    return Trace(num_prompts=num_prompts, budget=budget)
+
+
+@dataclass
+class Allowance:
+    """Per-prompt spending of an anytime method against its budget: ``affords`` asks, ``spend``
+    books (booking before the work lets a method plan a batch of it)."""
+
+    num_prompts: int
+    budget: Optional[Budget]
+    nfe: list[int] = field(default_factory=list)
+    reward_calls: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.nfe = self.nfe or [0] * self.num_prompts
+        self.reward_calls = self.reward_calls or [0] * self.num_prompts
+
+    def affords(self, k: int, nfe: int = 0, reward_calls: int = 0) -> bool:
+        b = self.budget
+        if b is None:
+            return True
+        return ((b.nfe is None or self.nfe[k] + nfe <= b.nfe)
+                and (b.reward_calls is None or self.reward_calls[k] + reward_calls <= b.reward_calls))
+
+    def spend(self, k: int, nfe: int = 0, reward_calls: int = 0) -> None:
+        self.nfe[k] += nfe
+        self.reward_calls[k] += reward_calls
+
+    def affords_all(self, nfe: int = 0, reward_calls: int = 0) -> bool:
+        return all(self.affords(k, nfe, reward_calls) for k in range(self.num_prompts))
+
+    def spend_all(self, nfe: int = 0, reward_calls: int = 0) -> None:
+        for k in range(self.num_prompts):
+            self.spend(k, nfe, reward_calls)
+
+
+# ---- running a core and packaging its outcome --------------------------------------------------
+
+def drain(core: Generator[StepInfo, None, object], callback: Optional[Callable[[StepInfo], object]]):
+    """Run a method's core generator to the end, calling ``callback`` on every ``StepInfo``;
+    returns the generator's return value."""
+    while True:
+        try:
+            info = next(core)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(info)
+
+
+def by_prompt(t: Optional[Tensor], num_prompts: int) -> Optional[Tensor]:
+    """Flat prompt-major (P·K, ...) -> (P, K, ...)."""
+    return None if t is None else t.reshape(num_prompts, -1, *t.shape[1:])
+
+
+def prompt_rows(num_prompts: int, k: int) -> Tensor:
+    """Prompt index of each of ``k`` rows per prompt, prompt-major: [0]*k + [1]*k + ..."""
+    return torch.arange(num_prompts).repeat_interleave(k)  # (P·k,)
+
+
+def top_rows(r: Tensor, num_prompts: int, keep: int) -> Tensor:
+    """Flat indices of the ``keep`` best rows of each prompt's group, best first: (P·keep,)."""
+    per = r.numel() // num_prompts
+    top = r.view(num_prompts, per).topk(keep, dim=1).indices  # (P, keep)
+    return (top + per * torch.arange(num_prompts, device=top.device)[:, None]).flatten()
+
+
+def best_rows(r: Tensor, num_prompts: int) -> Tensor:
+    """Flat index of the best row of each prompt's group (the first on ties): (P,)."""
+    per = r.numel() // num_prompts
+    return r.view(num_prompts, per).argmax(dim=1) + per * torch.arange(num_prompts, device=r.device)
+
+
+def result(process, prompts: Sequence[str], trace: Trace, latents: Tensor, rewards: Tensor, *,
+           images: Optional[Tensor] = None, result_cls=Result, **fields) -> Result:
+    """A ``Result`` for the selected final ``latents`` (P, ...) and their ``rewards`` (P,); the
+    images are ``images`` when the caller already decoded them, else decoded here (no reward call)."""
+    if images is None:
+        with torch.no_grad():
+            images = decode(process, latents, trace).float()  # (P, 3, H, W)
+    return result_cls(images=images, rewards=rewards.float(), trace=trace.stop_clock(), latents=latents,
+                      prompts=tuple(prompts), **fields)
+
+
+def from_candidates(process, prompts: Sequence[str], trace: Trace, images: Tensor, rewards: Tensor,
+                    latents: Tensor, **fields) -> Result:
+    """A ``Result`` from flat decoded candidates (P·K, ...): the best of each prompt selected, all
+    kept as ``candidates`` (P, K, ...)."""
+    P = len(prompts)
+    best = best_rows(rewards, P)  # (P,)
+    return result(process, prompts, trace, latents[best.to(latents.device)], rewards[best],
+                  images=images[best.to(images.device)], candidates=by_prompt(images, P),
+                  candidate_rewards=by_prompt(rewards, P), **fields)
+
+
+def from_ranked(process, prompts: Sequence[str], trace: Trace, latents: Tensor, rewards: Tensor, **fields) -> Result:
+    """A ``Result`` from final latents (P·K, ...) ranked best-first within each prompt, with their
+    rewards (P, K): the first of each prompt selected, all decoded into ``candidates``."""
+    P = len(prompts)
+    with torch.no_grad():
+        images = by_prompt(decode(process, latents, trace).float(), P)  # (P, K, 3, H, W)
+    return result(process, prompts, trace, by_prompt(latents, P)[:, 0], rewards[:, 0], images=images[:, 0],
+                  candidates=images, candidate_rewards=rewards, **fields)
