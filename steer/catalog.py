@@ -59,3 +59,14 @@ def check_options(fn: Callable, options: dict[str, Any], method_name: str) -> No
         if k not in known:
             raise SteerError(f"method {method_name!r} takes no option {k!r}{suggest(k, list(known))}; "
                              f"its options: {', '.join(sorted(known)) or 'none'}")
+
+
+def options_text(fn: Callable) -> str:
+    """A method's options with their defaults, one line as ``steer methods`` shows them; the noise
+    knob reads the same for every method (``eta`` is its alias on diffusion, not a second knob)."""
+    out = []
+    for name, default in method_options(fn).items():
+        if name == "eta":
+            continue
+        out.append(f"{'noise_level|eta' if name == 'noise_level' else name}={default!r}")
+    return ", ".join(out)

@@ -12,69 +12,30 @@ from typing import List, Optional
 
 import typer
 
+from steer import io
+from steer.errors import SteerError
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reward steering for diffusers pipelines.")
 
 
-class CLIError(Exception):
-    """An error the user can fix; printed as one line, exit code 2."""
-
-
 def _fail(message: str, debug: bool, exc: Optional[BaseException] = None) -> None:
+    """What ``steer methods`` does with an error (the other commands run inside ``io.boundary``)."""
     if debug and exc is not None:
         raise exc
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
 
 
-def _parse_value(raw: str, default):
-    """Parse an option value by the type of the method's default."""
-    if isinstance(default, bool):
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise CLIError(f"expected true/false, got {raw!r}")
-    for cast in ((int,) if isinstance(default, int) else (float,) if isinstance(default, float) else (int, float)):
-        try:
-            return cast(raw)
-        except ValueError:
-            if isinstance(default, (int, float)):
-                raise CLIError(f"expected a {cast.__name__}, got {raw!r}") from None
-    return None if raw.lower() == "none" else raw
-
-
 def _method_kwargs(method: str, explicit: dict, extra: List[str]) -> dict:
-    from steer.api import check_options, method_options, resolve_method
+    """The method's options: the explicit flags, then ``--option KEY=VALUE`` typed by its defaults."""
+    from steer.catalog import check_options, method_options, resolve_method
 
     fn = resolve_method(method)
-    defaults = method_options(fn)
     kwargs = {k: v for k, v in explicit.items() if v is not None}
-    for item in extra:
-        if "=" not in item:
-            raise CLIError(f"--option takes KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        check_options(fn, {key: None}, method)
-        try:
-            kwargs[key] = _parse_value(raw.strip(), defaults.get(key))
-        except CLIError as e:
-            raise CLIError(f"option {key}: {e}") from None
+    kwargs.update(io.parse_options(extra, method_options(fn), "--option"))
     check_options(fn, kwargs, method)
     return kwargs
-
-
-def _read_prompts(prompt: List[str], prompts_file: Optional[Path]) -> List[str]:
-    prompts = list(prompt or [])
-    if prompts_file is not None:
-        try:
-            text = Path(prompts_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise CLIError(f"cannot read prompts file {str(prompts_file)!r}: {e.__class__.__name__}: {e}") from None
-        prompts += [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise CLIError("no prompts: give --prompt TEXT (repeatable) or --prompts FILE with one prompt per line")
-    return prompts
 
 
 def _check_device(device: Optional[str]) -> None:
@@ -83,31 +44,9 @@ def _check_device(device: Optional[str]) -> None:
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {device} asked for, but no CUDA device is available here; use --device cpu")
+        raise SteerError(f"--device {device} asked for, but no CUDA device is available here; use --device cpu")
     if device.startswith("mps") and not torch.backends.mps.is_available():
-        raise CLIError(f"--device {device} asked for, but MPS is not available here; use --device cpu")
-
-
-def _prepare_out(out: Path) -> Path:
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {str(out)!r} is a file, not a folder; choose another path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CLIError(f"cannot create output folder {str(out)!r}: {e}") from None
-    return out
-
-
-def _dtype(name: Optional[str]):
-    if name is None:
-        return None
-    import torch
-
-    table = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
-    if name not in table:
-        raise CLIError(f"--dtype must be one of float16, bfloat16, float32; got {name!r}")
-    return table[name]
+        raise SteerError(f"--device {device} asked for, but MPS is not available here; use --device cpu")
 
 
 def _scalar(value) -> Optional[float]:
@@ -214,77 +153,65 @@ def generate(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """Generate one reward-steered image per prompt into --out (NNN.png, grid.png, trace.json)."""
-    try:
+    with io.boundary(debug, interrupted="interrupted: finished images and trace.json were kept"):
         from steer.run import run_generate
 
         if particles is not None and particles < 1:
-            raise CLIError("--particles must be >= 1")
+            raise SteerError("--particles must be >= 1")
         if n is not None and n < 1:
-            raise CLIError("--n must be >= 1")
-        prompts = _read_prompts(prompt, prompts_file)
+            raise SteerError("--n must be >= 1")
+        prompts = io.read_prompts(prompts_file, given=prompt)
         _check_device(device)
         kwargs = _method_kwargs(method, dict(particles=particles, n=n, lam=lam, potential=potential,
                                              iterations=iterations, rollouts=rollouts), option or [])
-        out_dir = _prepare_out(out)
+        out_dir = io.output_dir(out)
         with _Progress(enabled=True) as progress:
             summary = run_generate(prompts, out_dir, method=method, reward=reward, model=model, seed=seed,
                                    steps=steps, guidance_scale=guidance, height=height, width=width,
                                    negative_prompt=negative_prompt, nfe_budget=nfe_budget, save_all=save_all,
-                                   device=device, dtype=_dtype(dtype), options=kwargs, progress=progress)
+                                   device=device, dtype=io.parse_dtype(dtype), options=kwargs, progress=progress)
         if summary is not None:
             typer.echo(f"wrote {summary['written']} image(s) to {out_dir}  "
                        f"(NFE/prompt {summary['nfe_per_prompt']:.0f}, {summary['seconds']:.1f}s)")
             if verbose:
                 typer.echo(_breakdown(summary["timing"]))
-    except typer.Exit:
-        raise
-    except KeyboardInterrupt:
-        typer.echo("interrupted: finished images and trace.json were kept", err=True)
-        raise typer.Exit(code=130)
-    except Exception as e:  # noqa: BLE001 - the boundary: one line, exit 2
-        _fail(str(e).splitlines()[0] if str(e) else e.__class__.__name__, debug, e)
 
 
 @app.command()
 def rewards(debug: bool = typer.Option(False, "--debug")):
     """The table of rewards: differentiable or not, weights needed, where to get them."""
-    try:
+    with io.boundary(debug):
         from rich.console import Console
         from rich.table import Table
 
         from steer.rewards.registry import table as reward_table
 
-        rows = reward_table()
-        t = Table("name", "differentiable", "weights", "where to get them", "point at them with")
-        for row in rows:
-            t.add_row(str(row["name"]), "yes" if row["differentiable"] else "no", str(row.get("weights") or "-"),
-                      str(row.get("source") or "-"), str(row.get("point_at") or "-"))
+        t = Table()
+        for header in ("name", "differentiable", "weights", "where to get them", "point at them with"):
+            t.add_column(header, overflow="fold")  # long paths and URLs wrap, never end in "…"
+        for row in reward_table():
+            t.add_row(row["name"], "yes" if row["differentiable"] else "no", row["weights"] or "-",
+                      row["source"] or "-", row["point_at"] or "-")
         Console(width=200).print(t)
-    except Exception as e:  # noqa: BLE001
-        _fail(str(e), debug, e)
 
 
 @app.command()
 def methods(debug: bool = typer.Option(False, "--debug")):
-    """The methods with their options and defaults."""
+    """The methods with their options and defaults: one block per method (name, aliases, the first
+    line of its docstring, then its options on one unwrapped line)."""
     try:
-        from rich.console import Console
-        from rich.table import Table
+        from steer.catalog import ALIASES, METHODS, options_text, resolve_method
 
-        from steer.api import ALIASES, METHODS, method_options, resolve_method
-
-        t = Table("method", "aliases", "options (defaults)", "paper")
         for name in METHODS:
+            aliases = ", ".join(a for a, m in ALIASES.items() if m == name)
+            head = f"{name}" + (f" ({aliases})" if aliases else "")
             try:
                 fn = resolve_method(name)
             except Exception as e:  # noqa: BLE001 - a method not installed is listed as such
-                t.add_row(name, "", f"unavailable: {e}", "")
+                typer.echo(f"{head}: unavailable: {e}")
                 continue
-            opts = ", ".join(f"{k}={v!r}" for k, v in method_options(fn).items())
-            aliases = ", ".join(a for a, m in ALIASES.items() if m == name)
-            doc = (fn.__doc__ or "").strip().splitlines()
-            t.add_row(name, aliases, opts, doc[0] if doc else "")
-        Console(width=200).print(t)
+            summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
+            typer.echo(f"{head}: {summary}\n    {options_text(fn)}")
     except Exception as e:  # noqa: BLE001
         _fail(str(e), debug, e)
 

@@ -42,7 +42,7 @@ class NoiseDefault:
 
     def __repr__(self) -> str:
         d = NOISE_DEFAULTS[self.name]
-        return f"{self.name} (eta={d['diffusion']:g} diffusion, a={d['flow']:g} flow)"
+        return f"{self.name} (diffusion eta={d['diffusion']:g} | flow a={d['flow']:g})"
 
 
 STOCHASTIC, DETERMINISTIC = NoiseDefault("stochastic"), NoiseDefault("deterministic")

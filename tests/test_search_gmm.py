@@ -105,7 +105,7 @@ def test_beam_and_noise_searches_improve_on_plain_sampling(kind):
     assert zo.trace.nfe_per_prompt == S * (1 + 4 * 5) and len(moves) == 5
     bests = torch.stack([m.extra["rewards"] for m in moves])  # (iterations, P)
     assert (bests[1:] >= bests[:-1]).all() and zo.rewards.mean() > plain
-    ps = path_search(proc, reward, prompts, generator=_gen(7), paths=2, width=4, delta_f=2, delta_b=4)
+    ps = path_search(proc, reward, prompts, generator=_gen(7), paths=2, candidates=4, delta_f=2, delta_b=4)
     assert ps.rewards.mean() > plain
     # 2 paths to step 4, then 8 rounds (j = 4, 6, ..., 18) of 2·4 copies denoised 4 steps
     assert ps.trace.nfe_per_prompt == 2 * 4 + 8 * 2 * 4 * 4

@@ -5,7 +5,7 @@ import torch
 from steer.pipelines import from_pipe
 from steer.rewards.base import Reward
 from steer.search import beam, dts, dts_star, path_search, zero_order
-from steer.zoo import tiny
+from tests.fixtures import tiny
 
 S = 4
 
@@ -37,6 +37,6 @@ def test_all_search_methods_run_with_exact_nfe(process):
     assert res.trace.nfe_per_prompt == 2 * S and torch.isfinite(res.rewards).all()
     res = zero_order(process, reward, prompts, generator=g, neighbors=2, iterations=1)
     assert res.trace.nfe_per_prompt == S * (1 + 2)
-    res = path_search(process, reward, prompts, generator=g, paths=1, width=2, delta_f=1, delta_b=2, start_step=2)
+    res = path_search(process, reward, prompts, generator=g, paths=1, candidates=2, delta_f=1, delta_b=2, start_step=2)
     assert res.trace.nfe_per_prompt == 2 + 2 * 2 * 2  # 2 steps to start, rounds j=2 -> 3 -> 4, 2 copies × 2 steps
     assert res.images.min() >= 0 and res.images.max() <= 1

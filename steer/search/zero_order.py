@@ -6,14 +6,16 @@ with z (z' = ‖z‖·(ρ·ẑ + sqrt(1−ρ²)·û⊥), û⊥ a random unit dir
 denoised to x_0 with the deterministic sampler (DDIM η = 0 / flow ODE by default, so the noise
 decides the sample) and scored; the pivot moves to the best neighbour when it beats the pivot, and
 the search repeats. Defaults: ρ = 0.95 (issue spec), N = 4, 8 iterations (ours); ``noise_level``
-deterministic (alias ``eta`` on diffusion). Deviation: the
-pivot is kept when no neighbour beats it, so the returned reward never decreases with iterations.
+deterministic (alias ``eta`` on diffusion). Deviation: the pivot is kept when no neighbour beats
+it, so the returned reward never decreases with iterations.
 
 ``path_search``: N paths per prompt are denoised to ``start_step``; each round every path is
 re-noised Δf steps back with the forward process q(x_{t+Δf} | x_t) into M copies, each copy is
 denoised Δb > Δf steps, scored on the decoded x̂0-prediction of its last step (the final sample
-at the end of the chain), and the N best of the N·M continue. Defaults: N = 2, M = 4, Δf = 2,
-Δb = 4 steps, start at step Δb (ours: the paper states Δf, Δb as noise levels per model).
+at the end of the chain), and the N best of the N·M continue. Code names: ``paths`` N,
+``candidates`` M (named like beam search's; ``width`` would collide with the image width of
+``steer.generate``), ``delta_f`` Δf, ``delta_b`` Δb. Defaults: N = 2, M = 4, Δf = 2, Δb = 4
+steps, start at step Δb (ours: the paper states Δf, Δb as noise levels per model).
 """
 from __future__ import annotations
 
@@ -102,9 +104,9 @@ def zero_order(process, reward, prompts, *, generator: Optional[torch.Generator]
 
 # ---- search over paths --------------------------------------------------------------------------
 
-def _check_path_options(S: int, paths, width, delta_f, delta_b, start_step) -> int:
+def _check_path_options(S: int, paths, candidates, delta_f, delta_b, start_step) -> int:
     method = "path_search"
-    for name, v in (("paths", paths), ("width", width), ("delta_f", delta_f), ("delta_b", delta_b)):
+    for name, v in (("paths", paths), ("candidates", candidates), ("delta_f", delta_f), ("delta_b", delta_b)):
         toolkit.integer(method, name, v)
     if delta_b <= delta_f:
         raise ValueError(f"path_search: delta_b={delta_b} must exceed delta_f={delta_f} so each round moves forward")
@@ -118,7 +120,7 @@ def _check_path_options(S: int, paths, width, delta_f, delta_b, start_step) -> i
 
 
 @torch.no_grad()
-def _path_steps(process, reward, prompts, cond, *, paths, width, delta_f, delta_b, start, level, generator,
+def _path_steps(process, reward, prompts, cond, *, paths, candidates, delta_f, delta_b, start, level, generator,
                 trace) -> Iterator[StepInfo]:
     """Core generator: one ``StepInfo`` per round; returns the final paths (P·N, ...), best first, and
     their rewards (P, N)."""
@@ -126,12 +128,12 @@ def _path_steps(process, reward, prompts, cond, *, paths, width, delta_f, delta_
     rows_n = toolkit.prompt_rows(P, paths)
     x = process.init_noise(P * paths, generator)  # (P*N, *latent)
     x = chain.run(process, x, cond.index(rows_n), end=start, noise_level=level, generator=generator, trace=trace)
-    rows = toolkit.prompt_rows(P, paths * width)
+    rows = toolkit.prompt_rows(P, paths * candidates)
     names = [prompts[k] for k in rows.tolist()]
     j, rnd = start, 0
     while j < S:
         i, k = j - delta_f, min(j - delta_f + delta_b, S)
-        copies = x.repeat_interleave(width, dim=0)  # (P*N*M, *latent)
+        copies = x.repeat_interleave(candidates, dim=0)  # (P*N*M, *latent)
         noise = process.init_noise(copies.shape[0], generator)
         y = kernels.renoise(process.schedule, copies, j, i, noise)
         x0_hat = None
@@ -149,22 +151,23 @@ def _path_steps(process, reward, prompts, cond, *, paths, width, delta_f, delta_
 
 
 def path_search(process, reward, prompts, *, generator: Optional[torch.Generator] = None,
-                budget: Optional[Budget] = None, callback=None, paths: int = 2, width: int = 4, delta_f: int = 2,
+                budget: Optional[Budget] = None, callback=None, paths: int = 2, candidates: int = 4, delta_f: int = 2,
                 delta_b: int = 4, start_step: Optional[int] = None, noise_level=toolkit.DETERMINISTIC,
                 eta: Optional[float] = None):
     """Search over paths (Ma et al. 2025): re-noise each of ``paths`` states ``delta_f`` steps back into
-    ``width`` copies, denoise ``delta_b`` steps, keep the best ``paths``; until x_0. Returns the best
+    ``candidates`` copies, denoise ``delta_b`` steps, keep the best ``paths``; until x_0. Returns the best
     final sample per prompt; ``candidates`` holds the final paths."""
     method = "path_search"
     prompts = toolkit.prompt_list(method, prompts)
     S = process.num_steps
-    start = _check_path_options(S, paths, width, delta_f, delta_b, start_step)
+    start = _check_path_options(S, paths, candidates, delta_f, delta_b, start_step)
     level = toolkit.noise_level(process, method, noise_level, eta)
     rounds = math.ceil((S - start) / (delta_b - delta_f))
-    need = paths * start + rounds * paths * width * delta_b  # upper bound per prompt
+    need = paths * start + rounds * paths * candidates * delta_b  # upper bound per prompt
     trace = toolkit.plan(method, len(prompts), budget, unit_nfe=need,
-                         unit="one path search (paths·start_step + rounds·paths·width·delta_b)")
-    core = _path_steps(process, reward, prompts, process.prepare(prompts), paths=paths, width=width, delta_f=delta_f,
+                         unit="one path search (paths·start_step + rounds·paths·candidates·delta_b)")
+    core = _path_steps(process, reward, prompts, process.prepare(prompts), paths=paths, candidates=candidates,
+                       delta_f=delta_f,
                        delta_b=delta_b, start=start, level=level, generator=generator, trace=trace)
     x, r = toolkit.drain(core, callback)
     return toolkit.from_ranked(process, prompts, trace, x, r)
