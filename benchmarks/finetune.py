@@ -1,5 +1,5 @@
 """Fine-tuning with a brightness reward: per method the reward before/after (fixed seeds) and seconds
-per step, on the tiny SD pipeline (random weights) and on the grey world (``steer.zoo.grey``, a tiny
+per step, on the tiny SD pipeline (random weights) and on the grey world (``tests.fixtures.grey``, a tiny
 pixel DDPM trained on grey images, where GRPO and distillation have something real to learn; each
 run there is repeated with the reward negated as a control); peak memory of draft with/without gradient checkpointing for K=1
 and K=all; the share of a GRPO step spent sampling vs updating.
@@ -19,7 +19,8 @@ from steer.finetune import DistillConfig, DraftConfig, GRPOConfig, distill, draf
 import importlib
 from steer.pipelines import from_pipe
 from steer.rewards.base import Reward
-from steer.zoo.tiny import build
+import _paths  # noqa: F401,E402  (repository root on sys.path: the fixtures live in tests/)
+from tests.fixtures.tiny import build  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square"]
 WIDE = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_out")
@@ -79,7 +80,7 @@ class Darkness(Brightness):
 def grey_table() -> None:
     """GRPO (η = 1 policy) and distillation (best-of-8, DDIM η = 0) on the grey world: fresh-sample
     brightness before and after, for the brightness reward and for its negation."""
-    from steer.zoo import grey
+    from tests.fixtures import grey
 
     pixel = ("to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_out")
     state = grey.train_state()

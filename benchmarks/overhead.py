@@ -1,6 +1,6 @@
 """Overhead of steer's chain abstraction over diffusers' own sampling loop, per family.
 
-For each tiny fixture in ``steer.zoo.tiny.FAMILIES`` (families whose builder module does not exist
+For each tiny fixture in ``tests.fixtures.tiny.FAMILIES`` (families whose builder module does not exist
 yet are skipped): wall time of steer's deterministic loop — ``process.prepare`` + ``chain.run``
 (DDIM η=0 / flow Euler ODE) + ``process.decode`` — divided by the pipeline's own ``pipe(...)`` for
 the same prompts, initial latents, steps and guidance (``output_type="pt"``). Both run under
@@ -21,6 +21,7 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a loaded CPU
 
 import torch  # noqa: E402
+import _paths  # noqa: F401,E402  (repository root on sys.path: the fixtures live in tests/)
 
 # family -> (guidance_scale or None for unconditional, options for both sides, options for pipe(...) only)
 SETTINGS = {
@@ -37,14 +38,14 @@ PROMPTS = ["a red circle above a blue square", "two green triangles", "a yellow 
 
 def available(family: str) -> bool:
     module = {"sd_v": "sd"}.get(family, family)
-    return importlib.util.find_spec(f"steer.zoo.tiny.{module}") is not None
+    return importlib.util.find_spec(f"tests.fixtures.tiny.{module}") is not None
 
 
 def make_runners(family: str, steps: int, num_prompts: int):
     """(steer_fn, diffusers_fn, pipeline class name): two closures producing the same images."""
     from steer import chain
     from steer.pipelines import from_pipe
-    from steer.zoo import tiny
+    from tests.fixtures import tiny
 
     guidance, shared, pipe_only = SETTINGS.get(family, (None, {}, {}))
     pipe = tiny.build(family)
@@ -96,10 +97,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--prompts", type=int, default=2, choices=range(1, len(PROMPTS) + 1))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--families", nargs="*", default=None, help="subset of steer.zoo.tiny.FAMILIES")
+    parser.add_argument("--families", nargs="*", default=None, help="subset of tests.fixtures.tiny.FAMILIES")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from steer.zoo.tiny import FAMILIES
+    from tests.fixtures.tiny import FAMILIES
 
     families = [f for f in (args.families or FAMILIES) if available(f)]
     skipped = [f for f in (args.families or FAMILIES) if f not in families]

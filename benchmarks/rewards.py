@@ -10,6 +10,8 @@ import time
 
 import torch
 
+import _paths  # noqa: F401,E402  (repository root on sys.path: the fixtures live in tests/)
+
 PROMPT = "a red circle above a blue square"
 
 
@@ -25,7 +27,7 @@ def best_time(fn, repeats: int) -> float:
 
 def plain_clip_forward(batch: int, repeats: int) -> float:
     """Seconds per image of a bare CLIP forward (224-px pixels already prepared, no reward)."""
-    from steer.rewards.tiny import tiny_transformers_clip
+    from tests.fixtures.rewards import tiny_transformers_clip
 
     model, tok = tiny_transformers_clip()
     pixels = torch.rand(batch, 3, 224, 224)
@@ -61,7 +63,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="input image side (resized to 224 inside)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from steer.rewards.tiny import tiny_rewards
+    from tests.fixtures.rewards import tiny_rewards
 
     with tempfile.TemporaryDirectory() as work:
         rewards = tiny_rewards(work)

@@ -20,7 +20,8 @@ from steer.rewards.base import Reward
 from steer.samplers import best_of_n, fk, reno
 from steer.samplers.reno import _forward
 from steer.budget import Trace
-from steer.zoo import tiny
+import _paths  # noqa: F401,E402  (repository root on sys.path: the fixtures live in tests/)
+from tests.fixtures import tiny  # noqa: E402
 
 
 class Brightness(Reward):

@@ -35,6 +35,11 @@ class Proposal:
         return Proposal(Prediction(output=p.output[idx], x0=p.x0[idx], eps=p.eps[idx]),
                         Gaussian(mean=g.mean[idx], std=std))
 
+    def detach(self) -> "Proposal":
+        p, g = self.pred, self.kernel
+        return Proposal(Prediction(output=p.output.detach(), x0=p.x0.detach(), eps=p.eps.detach()),
+                        Gaussian(mean=g.mean.detach(), std=g.std.detach()))
+
     def repeat(self, k: int) -> "Proposal":
         """Each row's proposal ``k`` times, row-major (k draws from every kernel)."""
         return self.take(torch.arange(self.kernel.mean.shape[0], device=self.kernel.mean.device).repeat_interleave(k))

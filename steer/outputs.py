@@ -1,14 +1,12 @@
 """Writing results people can use: PNGs with their provenance, a grid, and ``trace.json``.
 
-Every write goes to a temporary name in the same folder and is renamed into place, so an
-interrupted run never leaves a half-written file under a final name.
+Every write goes through ``steer.io.atomic_write`` (a temporary name in the same folder, fsync'd
+and renamed into place), so an interrupted run never leaves a half-written file under a final name.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -16,18 +14,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from steer.io import atomic_write, write_json  # noqa: F401  (write_json: trace.json, used by steer.run)
 
 
 def to_pil(image: Tensor):
@@ -40,16 +27,13 @@ def to_pil(image: Tensor):
 
 def save_png(path: Path, image: Tensor, info: Mapping[str, Any] | None = None) -> None:
     """Save one image atomically, with ``info`` as PNG text chunks (values JSON-encoded)."""
-    import io
-
     from PIL.PngImagePlugin import PngInfo
 
     meta = PngInfo()
     for k, v in (info or {}).items():
         meta.add_text(str(k), v if isinstance(v, str) else json.dumps(v, default=str))
-    buf = io.BytesIO()
-    to_pil(image).save(buf, format="PNG", pnginfo=meta)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    pil = to_pil(image)
+    atomic_write(Path(path), lambda f: pil.save(f, format="PNG", pnginfo=meta))
 
 
 def make_grid(images: Tensor, pad: int = 2) -> Tensor:
@@ -73,15 +57,3 @@ def versions(packages: Iterable[str] = ("steer", "torch", "diffusers", "transfor
         except metadata.PackageNotFoundError:
             found[p] = None
     return found
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(Path(path), json.dumps(obj, indent=2, default=_jsonable).encode())
-
-
-def _jsonable(v):
-    if isinstance(v, Tensor):
-        return v.detach().cpu().tolist()
-    if isinstance(v, Path):
-        return str(v)
-    return repr(v)

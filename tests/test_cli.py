@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from steer.zoo.tiny import build
+    from tests.fixtures.tiny import build
 
     path = tmp_path_factory.mktemp("tiny-sd")
     build("sd").save_pretrained(path)
@@ -107,6 +107,17 @@ def test_rewards_and_methods_tables():
     assert r.exit_code == 0 and "hps" in r.output and "jpeg" in r.output
     r = run("methods")
     assert r.exit_code == 0 and "particles" in r.output and "dts_star" in r.output
+
+
+def test_rewards_table_tells_which_are_differentiable():
+    r = run("rewards")
+    assert r.exit_code == 0, r.output
+    rows = [[cell.strip() for cell in line.strip().strip("│").split("│")]
+            for line in r.output.splitlines() if line.startswith("│")]
+    column = {cells[0]: cells[1] for cells in rows if cells[0]}  # wrapped lines leave the name blank
+    assert {name: column[name] for name in ("jpeg", "shapes-check", "hps", "clip", "shapes-clip")} == {
+        "jpeg": "no", "shapes-check": "no", "hps": "yes", "clip": "yes", "shapes-clip": "yes"}
+    assert "…" not in r.output  # long URLs wrap, they are not cut
 
 
 FLAGS = st.sampled_from([

@@ -14,8 +14,8 @@ from steer.finetune.grpo import group_advantages, policy_loss, sample_batch
 from steer.finetune.trainer import Trainer
 from steer.pipelines import from_pipe
 from steer.rewards.base import Reward
-from steer.zoo import grey
-from steer.zoo.tiny import build
+from tests.fixtures import grey
+from tests.fixtures.tiny import build
 
 PROMPTS = ["a red circle", "a blue square"]
 # LoRA on the resnet convolutions too: the tiny random UNet's attention alone moves its images little
@@ -248,7 +248,7 @@ def test_configs_validate_with_a_fix():
 
 
 # ---- GRPO and distill on a tiny pixel-space model that has learned something ----------------------------
-# The grey world (steer.zoo.grey): a pixel-space UNet2DModel after 120 denoising steps on uniform grey
+# The grey world (tests.fixtures.grey): a pixel-space UNet2DModel after 120 denoising steps on uniform grey
 # images, whose samples vary in brightness, so a brightness reward has something real to learn.
 @pytest.fixture(scope="module")
 def grey_unet_state():

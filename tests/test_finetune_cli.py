@@ -17,7 +17,7 @@ app.command("noop")(lambda: None)  # two commands, so `finetune` is a subcommand
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from steer.zoo.tiny import build
+    from tests.fixtures.tiny import build
 
     path = tmp_path_factory.mktemp("tiny-sd")
     build("sd").save_pretrained(path)
@@ -67,7 +67,7 @@ def test_grpo_run_then_resume(tmp_path, prompts, model_dir):
     assert second.exit_code == 0, second.output
     steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
-    from steer.zoo.tiny import build
+    from tests.fixtures.tiny import build
 
     pipe = build("sd")
     pipe.load_lora_weights(str(out / "lora"))

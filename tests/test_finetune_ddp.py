@@ -24,7 +24,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     from steer.finetune import DraftConfig, draft, lora
     from steer.pipelines import from_pipe
     from steer.rewards.base import Reward
-    from steer.zoo.tiny import build
+    from tests.fixtures.tiny import build
 
     class Brightness(Reward):
         name, differentiable = "brightness", True

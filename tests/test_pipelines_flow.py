@@ -9,7 +9,7 @@ import torch
 from steer import chain
 from steer.budget import Trace
 from steer.pipelines import from_pipe
-from steer.zoo.tiny import flux, pixart, sd3
+from tests.fixtures.tiny import flux, pixart, sd3
 
 PROMPTS = ["a red circle above a blue square", "two small green triangles"]
 STEPS = 3

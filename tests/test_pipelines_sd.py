@@ -16,7 +16,7 @@ from steer.pipelines import ModelNotFoundError, from_pipe, load
 from steer.pipelines.ddpm import PixelProcess
 from steer.pipelines.sd import StableDiffusionProcess
 from steer.pipelines.sdxl import StableDiffusionXLProcess
-from steer.zoo import tiny
+from tests.fixtures import tiny
 
 STEPS, GUIDANCE, ATOL = 4, 5.0, 1e-5
 PROMPTS = ["a red circle above a blue square", "two green triangles"]

@@ -15,7 +15,7 @@ PROMPTS = ["a red circle above a blue square", "two small green triangles"]
 
 @pytest.fixture(scope="module")
 def rewards(tmp_path_factory):
-    from steer.rewards.tiny import tiny_rewards
+    from tests.fixtures.rewards import tiny_rewards
 
     return tiny_rewards(tmp_path_factory.mktemp("tiny_rewards"))
 
@@ -94,7 +94,7 @@ def test_clip_is_100_cosine(rewards, images):
 
 def test_clip_with_open_clip_model(images):
     from steer.rewards.clip import CLIPReward
-    from steer.rewards.tiny import tiny_open_clip
+    from tests.fixtures.rewards import tiny_open_clip
 
     model, tok = tiny_open_clip(seed=3)
     img = model.encode_image(clip_preprocess(images), normalize=True)
@@ -115,7 +115,7 @@ def test_pickscore_is_logit_scale_exp_times_cosine(rewards, images):
 
 def test_hps_is_cosine_and_loads_state_dict_key(tmp_path, images):
     from steer.rewards.hps import HPSReward
-    from steer.rewards.tiny import TINY_OPEN_CLIP, tiny_open_clip, write_tiny_hps
+    from tests.fixtures.rewards import TINY_OPEN_CLIP, tiny_open_clip, write_tiny_hps
 
     path = write_tiny_hps(tmp_path / "hps.pt", seed=5)
     reward = HPSReward.from_checkpoint(path, model_name=TINY_OPEN_CLIP)
@@ -139,7 +139,7 @@ def _mlp_by_hand(state, prefix, x):
 
 def test_image_reward_strict_original_keys_and_normalization(tmp_path, images):
     from steer.rewards.image_reward import MEAN, STD, ImageReward
-    from steer.rewards.tiny import tiny_bert_tokenizer, write_tiny_image_reward
+    from tests.fixtures.rewards import tiny_bert_tokenizer, write_tiny_image_reward
 
     path, vision, text = write_tiny_image_reward(tmp_path / "ImageReward.pt", seed=7)
     tokenizer = tiny_bert_tokenizer()
@@ -165,7 +165,7 @@ def test_image_reward_strict_original_keys_and_normalization(tmp_path, images):
 
 def test_image_reward_rejects_unknown_checkpoint_keys(tmp_path):
     from steer.rewards.image_reward import ImageReward
-    from steer.rewards.tiny import tiny_bert_tokenizer, write_tiny_image_reward
+    from tests.fixtures.rewards import tiny_bert_tokenizer, write_tiny_image_reward
 
     path, vision, text = write_tiny_image_reward(tmp_path / "ImageReward.pt")
     state = torch.load(path, weights_only=True)
@@ -227,7 +227,7 @@ def test_model_nan_raises_naming_reward(rewards, images):
 
 def test_dtype_follows_model_output_float32(images):
     from steer.rewards.clip import CLIPReward
-    from steer.rewards.tiny import tiny_transformers_clip
+    from tests.fixtures.rewards import tiny_transformers_clip
 
     reward = CLIPReward.from_model(*tiny_transformers_clip(seed=2))
     ref = reward(images, PROMPTS)

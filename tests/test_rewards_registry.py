@@ -73,9 +73,10 @@ def test_table_lists_every_reward():
             "shapes-clip", "shapes-check"} == {
         r["name"] for r in rows}
     for row in rows:
-        assert tuple(row) == COLUMNS and all(isinstance(v, str) and v for v in row.values())
+        assert tuple(row) == COLUMNS and isinstance(row["differentiable"], bool)
+        assert all(isinstance(v, str) and v for k, v in row.items() if k != "differentiable")
     by_name = {r["name"]: r for r in rows}
-    assert by_name["jpeg"]["differentiable"] == "no" and by_name["hps"]["differentiable"] == "yes"
+    assert by_name["jpeg"]["differentiable"] is False and by_name["hps"]["differentiable"] is True
     assert "HPS_v2.1_compressed.pt" in by_name["hps"]["weights"] and "STEER_HPS_PATH" in by_name["hps"]["point_at"]
 
 
@@ -99,7 +100,7 @@ def test_env_var_pointing_nowhere(empty_hub, monkeypatch, tmp_path):
 
 def test_hps_from_env_var_and_from_hf_cache(empty_hub, monkeypatch, tmp_path, images):
     from steer.rewards.hps import HPSReward
-    from steer.rewards.tiny import TINY_OPEN_CLIP, write_tiny_hps
+    from tests.fixtures.rewards import TINY_OPEN_CLIP, write_tiny_hps
 
     opts = {"hps": {"model_name": TINY_OPEN_CLIP}}
     ckpt = write_tiny_hps(tmp_path / "HPS_v2.1_compressed.pt")

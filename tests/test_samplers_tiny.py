@@ -22,11 +22,11 @@ class Brightness(Reward):
 
 
 def _process(family, steps):
-    for module in ("steer.zoo.tiny", f"steer.zoo.tiny.{family}", "steer.pipelines"):
+    for module in ("tests.fixtures.tiny", f"tests.fixtures.tiny.{family}", "steer.pipelines"):
         if importlib.util.find_spec(module) is None:  # skip ONLY for a module not written yet
             pytest.skip(f"{module} is not available yet")
     from steer.pipelines import from_pipe
-    from steer.zoo import tiny
+    from tests.fixtures import tiny
 
     return from_pipe(_PIPES.setdefault(family, tiny.build(family)), num_inference_steps=steps, height=32, width=32)
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from steer.zoo.tokenizers import T5_VOCAB_SIZE, clip_tokenizer, t5_tokenizer
+from steer.tokenizers import clip_tokenizer
+from tests.fixtures.tiny._t5 import T5_VOCAB_SIZE, t5_tokenizer
 
 SENTENCES = ["a red circle above a blue square", "A photo of an astronaut riding a horse!",
              "two   small green triangles, 3 stars"]

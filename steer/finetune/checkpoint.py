@@ -1,51 +1,23 @@
 """Resumable checkpoints, written atomically.
 
 A checkpoint is one file ``checkpoints/step-NNNNNN.pt`` holding the LoRA weights, optimizer, LR
-scheduler, EMA and RNG states (torch, python, numpy) and the step. It is written to a temporary file in
-the same folder, flushed and ``os.replace``-d into place; ``checkpoints/latest`` (the name of the newest
-complete checkpoint) is updated the same way afterwards. A run killed at any moment therefore leaves
-``latest`` pointing at a complete file.
+scheduler, EMA and RNG states (torch, python, numpy) and the step. It is written with
+``steer.io.atomic_write`` (a temporary file in the same folder, fsync'd, ``os.replace``-d into place);
+``checkpoints/latest`` (the name of the newest complete checkpoint) is updated the same way
+afterwards. A run killed at any moment therefore leaves ``latest`` pointing at a complete file.
 """
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
+from steer.io import atomic_torch_save, atomic_write_bytes
+
 LATEST = "latest"
-
-
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync, then rename it over ``path``:
-    readers see the old file or the complete new one, never a partial write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save(obj)`` to ``path`` atomically."""
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def rng_state() -> dict[str, Any]:

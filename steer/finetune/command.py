@@ -17,49 +17,8 @@ from typing import List, Optional
 
 import typer
 
-
-class FinetuneError(Exception):
-    """Bad input the user can fix: one line, exit code 2."""
-
-
-def _read_prompts(path: Path) -> list[str]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise FinetuneError(f"cannot read prompts file {str(path)!r}: {e.__class__.__name__}") from None
-    prompts = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not prompts:
-        raise FinetuneError(f"prompts file {str(path)!r} is empty; write one prompt per line")
-    return prompts
-
-
-def _parse(raw: str, default):
-    """A value typed like ``default`` (bool, int, float, tuple of str, or anything JSON-like)."""
-    if raw.lower() == "none":
-        return None
-    if isinstance(default, bool):
-        if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            raise FinetuneError(f"expected true/false, got {raw!r}")
-        return raw.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, tuple):
-        return tuple(s.strip() for s in raw.split(",") if s.strip())
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            if isinstance(default, cast) and not isinstance(default, bool):
-                raise FinetuneError(f"expected a {cast.__name__}, got {raw!r}") from None
-    return raw
-
-
-def _pairs(items: List[str], what: str) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise FinetuneError(f"{what} takes KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = raw.strip()
-    return out
+from steer import io
+from steer.errors import SteerError
 
 
 def build_config(method: str, explicit: dict, settings: List[str], steer_options: dict):
@@ -67,39 +26,38 @@ def build_config(method: str, explicit: dict, settings: List[str], steer_options
     from steer.finetune.config import CONFIGS
 
     if method not in CONFIGS:
-        raise FinetuneError(f"--method must be one of {', '.join(CONFIGS)}, got {method!r}")
+        raise SteerError(f"--method must be one of {', '.join(CONFIGS)}, got {method!r}")
     cls = CONFIGS[method]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in explicit.items() if v is not None and k in fields}
-    for key, raw in _pairs(settings, "--set").items():
+    defaults = {name: f.default if f.default is not dataclasses.MISSING else None for name, f in fields.items()}
+    for key, value in io.parse_options(settings, defaults, "--set", allow_none=True).items():
         if key not in fields:
-            raise FinetuneError(f"--set {key}: {method} has no setting {key!r}; its settings: {', '.join(fields)}")
-        f = fields[key]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        kwargs[key] = _parse(raw, default)
+            raise SteerError(f"--set {key}: {method} has no setting {key!r}; its settings: {', '.join(fields)}")
+        kwargs[key] = value
     if method == "distill":
         kwargs["steer_options"] = steer_options
     elif steer_options:
-        raise FinetuneError("--steer-method options (--particles, -o) only apply to --method distill")
+        raise SteerError("--steer-method options (--particles, -o) only apply to --method distill")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise FinetuneError(str(e)) from None
+        raise SteerError(str(e)) from None
 
 
 def steer_options(steer_method: str, particles: Optional[int], options: List[str]) -> dict:
     """Options of the steering method used by distill, typed by the method's own defaults."""
-    from steer.api import check_options, method_options, resolve_method
+    from steer.catalog import check_options, method_options, resolve_method
 
     fn = resolve_method(steer_method)
     defaults = method_options(fn)
-    out = {k: _parse(v, defaults.get(k)) for k, v in _pairs(options, "--option").items()}
+    out = io.parse_options(options, defaults, "--option", allow_none=True)
     if particles is not None:
         if particles < 1:
-            raise FinetuneError("--particles must be >= 1")
+            raise SteerError("--particles must be >= 1")
         key = "particles" if "particles" in defaults else "n" if "n" in defaults else None
         if key is None:
-            raise FinetuneError(f"--particles does not apply to steering method {steer_method!r}; use -o KEY=VALUE")
+            raise SteerError(f"--particles does not apply to steering method {steer_method!r}; use -o KEY=VALUE")
         out[key] = particles
     check_options(fn, out, steer_method)
     return out
@@ -164,18 +122,17 @@ def finetune(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """Fine-tune a LoRA with a reward: reward backprop, GRPO, or distilled steering."""
-    try:
-        if out.exists() and not out.is_dir():
-            raise FinetuneError(f"--out {str(out)!r} is a file, not a folder; choose another path")
+    with io.boundary(debug, interrupted="interrupted: the last checkpoint was kept; continue with --resume"):
+        io.output_dir(out, create=False)
         if resume and not (out / "checkpoints" / "latest").exists():
-            raise FinetuneError(f"--resume: no checkpoint in {str(out / 'checkpoints')!r}; run without --resume first")
-        prompts = _read_prompts(prompts_file)
+            raise SteerError(f"--resume: no checkpoint in {str(out / 'checkpoints')!r}; run without --resume first")
+        prompts = io.read_prompts(prompts_file)
         if method == "distill":
             opts = steer_options(steer_method, particles, option or [])
             explicit_steer = steer_method
         else:
             if particles is not None or option:
-                raise FinetuneError("--particles and --option only apply to --method distill")
+                raise SteerError("--particles and --option only apply to --method distill")
             opts, explicit_steer = {}, None
         config = build_config(method, dict(max_steps=max_steps, lora_rank=lora_rank, lora_alpha=lora_alpha,
                                            learning_rate=learning_rate, seed=seed, steer_method=explicit_steer),
@@ -185,14 +142,3 @@ def finetune(
         last = result.metrics[-1] if result.metrics else {}
         typer.echo(f"saved LoRA to {result.lora_dir} after {result.steps} steps"
                    + (f" (last mean reward {last['reward_mean']:.4g})" if last.get("reward_mean") is not None else ""))
-    except typer.Exit:
-        raise
-    except KeyboardInterrupt:
-        typer.echo("interrupted: the last checkpoint was kept; continue with --resume", err=True)
-        raise typer.Exit(code=130)
-    except Exception as e:  # noqa: BLE001 - the boundary: one line, exit 2
-        if debug:
-            raise
-        message = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(code=2)

@@ -7,7 +7,7 @@ the step counts are for small runs and are meant to be set.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 
@@ -163,8 +163,3 @@ class DistillConfig(TrainConfig):
 
 
 CONFIGS = {"draft": DraftConfig, "grpo": GRPOConfig, "distill": DistillConfig}
-
-
-def help_table(cls) -> list[tuple[str, str, str, object]]:
-    """(group, name, help, default) for each field — what the CLI shows."""
-    return [(f.metadata.get("group", ""), f.name, f.metadata.get("help", ""), f.default) for f in fields(cls)]

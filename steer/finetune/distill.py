@@ -13,7 +13,7 @@ Defaults: one round, ``samples_per_prompt`` = 1 steered sample per prompt, ``top
 ``loss_space="model"`` (the ε / v / flow-velocity loss above, as RAFT fine-tunes with the model's own
 objective). ``loss_space="x0"`` (ours) takes the same squared error on the implied clean sample x̂0
 instead, which for ε-prediction weights step i by (1−ᾱ_i)/ᾱ_i = 1/SNR: measured on the grey world
-(``steer.zoo.grey``, best-of-8 kept samples 0.07 brighter than the base), 40 steps moved fresh samples
+(``tests.fixtures.grey``, best-of-8 kept samples 0.07 brighter than the base), 40 steps moved fresh samples
 +0.04 / −0.04 for the reward / its negation with ``x0`` and about 0 with ``model``, because what the
 selection changes (global brightness, layout) is decided at the noisiest steps, which the ε-loss
 barely weights. Deviations: training timesteps are the chain's S steps (where the sampler uses the model), one step

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from steer import io
 from steer.budget import Trace
 from steer.finetune import checkpoint, lora
 from steer.finetune.config import TrainConfig
@@ -250,7 +251,7 @@ class Trainer:
             return
         lines = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
         kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
-        checkpoint.atomic_write_bytes(self.metrics_path, "".join(ln + "\n" for ln in kept).encode())
+        io.atomic_write_bytes(self.metrics_path, "".join(ln + "\n" for ln in kept).encode())
 
     def state(self) -> dict[str, Any]:
         return {"method": self.method, "config": self.config.to_dict(), "lora": lora.lora_state_dict(self.pipe),
@@ -266,8 +267,7 @@ class Trainer:
         lora_dir, ema_dir = self.out_dir / "lora", None
         if self.accelerator.is_main_process:
             lora.save_lora(self.pipe, lora_dir)
-            checkpoint.atomic_write_bytes(self.out_dir / "config.json",
-                                          json.dumps(self.config.to_dict(), indent=2).encode())
+            io.write_json(self.out_dir / "config.json", self.config.to_dict())
             if self.ema is not None:
                 ema_dir = self._save_ema()
         self.accelerator.wait_for_everyone()

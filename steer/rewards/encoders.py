@@ -138,7 +138,7 @@ def open_clip_tokenizer(model_name: str):
 def full_clip_tokenizer():
     """A transformers ``CLIPTokenizer`` with the full 49,408-token OpenAI/LAION BPE, built offline
     from the vocabulary open_clip ships (the same ids as the hub's CLIP tokenizers)."""
-    from steer.zoo.tokenizers import clip_tokenizer
+    from steer.tokenizers import clip_tokenizer
 
     cache = os.environ.get("STEER_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "steer"))
     return clip_tokenizer(os.path.join(cache, "clip_tokenizer_full"), num_merges=None)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 
 from steer.rewards.base import Reward
-from steer.rewards.combine import WeightedSum, as_reward
+from steer.rewards.combine import WeightedSum, as_reward, import_dotted
 
 SPEC_EXAMPLE = "'hps' or 'hps=1,clip=0.5'"
 
@@ -25,7 +25,10 @@ class RewardInfo:
     """One row of the reward table."""
 
     name: str
-    build: Callable[..., Reward]  # keyword options -> Reward (imports lazily)
+    # keyword options -> Reward (imports lazily), or the "module:attr" of one: rewards defined
+    # outside this package (the shapes world's) are named, never imported, so steer.rewards
+    # depends on nothing above it
+    build: Union[str, Callable[..., Reward]]
     differentiable: bool
     weights: str  # files it needs
     source: str  # where to get them
@@ -74,23 +77,12 @@ def _jpeg(**kw):
     return JpegCompressibility(**kw)
 
 
-def _shapes_clip(**kw):
-    from steer.zoo.shapes.reward import ShapesClipReward
-
-    return ShapesClipReward(**kw)
-
-
-def _shapes_check(**kw):
-    from steer.zoo.shapes.reward import ShapesCheckReward
-
-    return ShapesCheckReward(**kw)
-
-
 _CLIP_L = "openai/clip-vit-large-patch14 (transformers dir)"
 REWARDS: tuple[RewardInfo, ...] = (
-    RewardInfo("shapes-clip", _shapes_clip, True, "ships with steer", "steer/zoo/shapes/weights/clip", "path=",
+    RewardInfo("shapes-clip", "steer.zoo.shapes.reward:ShapesClipReward", True, "ships with steer",
+               "steer/zoo/shapes/weights/clip", "path=",
                "the shapes world's CLIP: exp(logit_scale) * cosine(image, caption)", ("shapes_clip",)),
-    RewardInfo("shapes-check", _shapes_check, False, "none", "-", "-",
+    RewardInfo("shapes-check", "steer.zoo.shapes.reward:ShapesCheckReward", False, "none", "-", "-",
                "the shapes world's exact checker: 1 if the image satisfies the caption, else 0",
                ("shapes_check",)),
     RewardInfo("hps", _hps("v2.1"), True, "HPS_v2.1_compressed.pt", "https://huggingface.co/xswu/HPSv2",
@@ -122,9 +114,10 @@ REWARDS: tuple[RewardInfo, ...] = (
 COLUMNS = ("name", "differentiable", "weights", "source", "point_at", "description")
 
 
-def table() -> list[dict[str, str]]:
-    """One dict per reward with the ``COLUMNS`` keys (strings), for ``steer rewards`` to print."""
-    return [{"name": r.name, "differentiable": "yes" if r.differentiable else "no", "weights": r.weights,
+def table() -> list[dict[str, object]]:
+    """One dict per reward with the ``COLUMNS`` keys, for ``steer rewards`` to print: ``differentiable``
+    is a bool, the others are strings."""
+    return [{"name": r.name, "differentiable": r.differentiable, "weights": r.weights,
              "source": r.source, "point_at": r.point_at, "description": r.description} for r in REWARDS]
 
 
@@ -185,7 +178,8 @@ def build(name: str, **options) -> Reward:
     """One reward by registry name (options go to its ``from_pretrained``) or dotted path."""
     if ":" in name:
         return as_reward(name)
-    return info(name).build(**options)
+    factory = info(name).build
+    return (import_dotted(factory) if isinstance(factory, str) else factory)(**options)
 
 
 def load(spec, device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None,

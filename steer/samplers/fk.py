@@ -36,7 +36,7 @@ from steer.budget import Budget
 from steer.samplers import potentials
 from steer.samplers import resampling as rs
 from steer.scoring import decode, decode_and_score, score_images
-from steer.types import Prediction, Result, StepInfo
+from steer.types import Result, StepInfo
 
 METHOD = "fk"
 
@@ -191,16 +191,15 @@ def _propose(process, reward, x, i, cond, fk: Settings, trace) -> Move:
             return Move(x=x, prop=chain.propose(process, x, i, cond, noise_level=fk.noise_level, trace=trace))
     x_in = x.detach().float().requires_grad_(True)
     with torch.enable_grad():
-        pred = process.predict(x_in, i, cond, trace=trace)
-        r = score_images(reward, decode(process, pred.x0, trace), cond.prompts, trace=trace, method=METHOD, step=i)
+        prop = chain.propose(process, x_in, i, cond, noise_level=fk.noise_level, trace=trace)
+        r = score_images(reward, decode(process, prop.pred.x0, trace), cond.prompts, trace=trace, method=METHOD,
+                         step=i)
         if not r.requires_grad:
             raise RuntimeError(f"{METHOD}: guidance needs gradients through {getattr(process, 'name', 'the process')}'s "
                                f"denoiser, decode and the reward, but none reached the latents; use guidance=0")
         (grad,) = torch.autograd.grad(r.sum(), x_in)
     trace.add_backward(1)
-    detached = Prediction(output=pred.output.detach(), x0=pred.x0.detach(), eps=pred.eps.detach())
-    prop = chain.Proposal(detached, chain.transition(process, i, x, detached, fk.noise_level))
-    return Move(x=x, prop=prop, reward=r.detach(), grad=grad.detach())
+    return Move(x=x, prop=prop.detach(), reward=r.detach(), grad=grad.detach())
 
 
 def _move(move: Move, w: Weights, shift_scale: float, generator) -> tuple[Tensor, Weights]:

@@ -3,7 +3,7 @@
 with hard negatives on the text side (relation-, colour-, shape- and count-corrupted captions).
 
 Architecture (``clip_config``): vision ViT on 32x32 with 4x4 patches (64 tokens + class token),
-text transformer over the offline 1000-token CLIP BPE (``steer.zoo.tokenizers``); both width 128,
+text transformer over the offline 1000-token CLIP BPE (``steer.tokenizers``); both width 128,
 4 layers, 4 heads, MLP 512; joint embedding 128. Preprocessing is in torch so gradients reach the
 pixels: bilinear (anti-aliased) resize to 32x32 and per-channel normalisation with ``IMAGE_MEAN`` /
 ``IMAGE_STD``.

@@ -44,15 +44,26 @@ def relational_heldout_captions(n: int | None = None) -> list[str]:
 
 
 def steer_captions(process, captions: list[str], method: str, reward, *, seed: int = 0, chunk: int = 26,
-                   **options) -> tuple[torch.Tensor, float, float]:
-    """Run ``steer.generate`` over ``captions`` in chunks: images (N, 3, H, W), NFE per caption, seconds."""
+                   nfe_budget: int | None = None, **options) -> tuple[torch.Tensor, float, float]:
+    """Steer ``process`` with ``method`` (a catalog name) over ``captions`` in chunks, as ``steer.generate``
+    would (chunk at ``s`` seeded ``seed + s``): images (N, 3, H, W), NFE per caption, seconds."""
     import time
 
-    from steer.api import generate
+    from steer.budget import Budget
+    from steer.catalog import check_options, resolve_method
+    from steer.rewards import as_reward, load
 
+    fn = resolve_method(method)
+    check_options(fn, options, method)
+    if isinstance(reward, str):
+        reward = load(reward, device=getattr(process, "device", None))
+    reward = as_reward(reward)
+    budget = Budget(nfe=nfe_budget) if nfe_budget is not None else None
     images, nfe, t = [], 0, time.perf_counter()
     for s in range(0, len(captions), chunk):
-        res = generate(process, captions[s:s + chunk], method=method, reward=reward, seed=seed + s, **options)
+        generator = torch.Generator("cpu").manual_seed(seed + s)
+        res = fn(process, reward, captions[s:s + chunk], generator=generator, budget=budget, callback=None,
+                 **options)
         images.append(res.images.float().cpu())
         nfe += res.trace.nfe
     return torch.cat(images), nfe / len(captions), time.perf_counter() - t

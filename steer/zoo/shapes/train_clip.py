@@ -149,7 +149,7 @@ def train(cfg: ClipTrainConfig, log=print):
     """Train and save; returns (model, tokenizer)."""
     from transformers import CLIPModel
 
-    from steer.zoo.tokenizers import write_clip_tokenizer
+    from steer.tokenizers import write_clip_tokenizer
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

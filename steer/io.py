@@ -1,0 +1,167 @@
+"""The IO layer of ``steer generate`` and ``steer finetune``: prompts, ``KEY=VALUE`` values, dtypes,
+the error boundary (bad input raises ``SteerError``: one line on stderr, exit 2), and atomic writes (a
+temporary file in the same folder, fsync'd and renamed into place: never a partial file).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+
+from steer.errors import SteerError
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float32": "float32", "fp32": "float32"}
+
+
+@contextlib.contextmanager
+def boundary(debug: bool, interrupted: str = "interrupted") -> Iterator[None]:
+    """A command's body: an error -> ``error: <first line>`` on stderr and exit 2 (``debug``: the
+    traceback); Ctrl-C -> ``interrupted`` on stderr and exit 130."""
+    import typer
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        typer.echo(interrupted, err=True)
+        raise typer.Exit(code=130) from None
+    except Exception as e:  # noqa: BLE001 - the boundary: one line, exit 2
+        if debug:
+            raise
+        first = next((line for line in str(e).splitlines() if line.strip()), e.__class__.__name__)
+        typer.echo(f"error: {first}", err=True)
+        raise typer.Exit(code=2) from None
+
+
+def read_prompts(path: Optional[Path] = None, given: Iterable[str] = ()) -> list[str]:
+    """The ``--prompt`` values ``given``, then the non-blank lines of the prompts file ``path``."""
+    prompts = list(given or [])
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SteerError(f"cannot read prompts file {str(path)!r}: {e.__class__.__name__}: {e}") from None
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts and path is not None:
+        raise SteerError(f"no prompts: prompts file {str(path)!r} is empty; write one prompt per line")
+    if not prompts:
+        raise SteerError("no prompts: give --prompt TEXT (repeatable) or --prompts FILE with one prompt per line")
+    return prompts
+
+
+def parse_value(raw: str, default: Any = None, *, allow_none: bool = False) -> Any:
+    """``raw`` typed like ``default``: true/false words for a bool, an int, a float, a comma-separated
+    tuple; for any other default an int, else a float, else the text. ``none`` is None unless the
+    default is a bool or a number (``allow_none``: always)."""
+    text, numeric = raw.strip(), isinstance(default, (bool, int, float))
+    if text.lower() == "none" and (allow_none or not numeric):
+        return None
+    if isinstance(default, bool):
+        if text.lower() in TRUE + FALSE:
+            return text.lower() in TRUE
+        raise SteerError(f"expected true/false, got {raw!r}")
+    if isinstance(default, tuple):
+        return tuple(s.strip() for s in text.split(",") if s.strip())
+    for cast in (int,) if isinstance(default, int) else (float,) if isinstance(default, float) else (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if numeric:
+        raise SteerError(f"expected {'an int' if isinstance(default, int) else 'a float'}, got {raw!r}")
+    return text
+
+
+def parse_pairs(items: Iterable[str], flag: str) -> dict[str, str]:
+    """``KEY=VALUE`` strings -> ``{key: value}`` (dashes in keys become underscores)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SteerError(f"{flag} takes KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = raw.strip()
+    return out
+
+
+def parse_options(items: Iterable[str], defaults: Mapping[str, Any], flag: str, *,
+                  allow_none: bool = False) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> ``{key: value typed like defaults.get(key)}`` (see :func:`parse_value`)."""
+    out = {}
+    for key, raw in parse_pairs(items, flag).items():
+        try:
+            out[key] = parse_value(raw, defaults.get(key), allow_none=allow_none)
+        except SteerError as e:
+            raise SteerError(f"{flag} {key}: {e}") from None
+    return out
+
+
+def parse_dtype(name: Optional[str]):
+    """``--dtype`` name -> ``torch.dtype`` (None stays None: the pipeline's own)."""
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise SteerError(f"--dtype must be one of float16, bfloat16, float32; got {name!r}")
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
+
+def output_dir(path: Path, create: bool = True) -> Path:
+    """``--out``: a folder (created when ``create``), not a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SteerError(f"--out {str(path)!r} is a file, not a folder; choose another path")
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SteerError(f"cannot create output folder {str(path)!r}: {e}") from None
+    return path
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync, rename it over ``path``, fsync
+    the folder: readers see the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError, AttributeError):  # folders cannot be opened on every OS
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as indented JSON (tensors as lists, paths as strings, anything else by ``repr``)."""
+    def jsonable(v):
+        return v.detach().cpu().tolist() if hasattr(v, "detach") else str(v) if isinstance(v, Path) else repr(v)
+
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=jsonable).encode())
