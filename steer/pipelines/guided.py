@@ -38,6 +38,13 @@ class GuidedProcess(Process):
             tensors = self._encode(prompts, negative)
         return Cond(prompts=tuple(prompts), tensors=tensors, guidance_scale=self.guidance_scale)
 
+    def conditioning(self, positive: dict[str, Tensor], negative: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``_encode``'s result: the ``positive`` tensors, plus the ``negative`` ones under ``negative_``
+        keys when guiding (the unconditional branch ``cfg_batch`` / ``paired`` put first)."""
+        if not self.do_classifier_free_guidance:
+            return dict(positive)
+        return {**positive, **{"negative_" + k: v for k, v in negative.items()}}
+
     def cfg_batch(self, x: Tensor, cond: Cond) -> tuple[Tensor, bool]:
         """Latents in the denoiser's dtype, doubled as [uncond, cond] when ``cond`` guides."""
         cfg = "negative_prompt_embeds" in cond.tensors

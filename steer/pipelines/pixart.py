@@ -86,10 +86,8 @@ class PixArtProcess(GuidedProcess):
             prompts, self.do_classifier_free_guidance, negative_prompt=negative, num_images_per_prompt=1,
             device=self.device, clean_caption=self.clean_caption,
             max_sequence_length=self.max_sequence_length)  # (P, L, D), (P, L)
-        tensors = {"prompt_embeds": embeds, "prompt_attention_mask": mask}
-        if self.do_classifier_free_guidance:
-            tensors.update(negative_prompt_embeds=negative_embeds, negative_prompt_attention_mask=negative_mask)
-        return tensors
+        return self.conditioning({"prompt_embeds": embeds, "prompt_attention_mask": mask},
+                                 {"prompt_embeds": negative_embeds, "prompt_attention_mask": negative_mask})
 
     # ---- denoise ------------------------------------------------------------------------
     def denoise(self, x: Tensor, i: int, cond: Cond) -> Tensor:

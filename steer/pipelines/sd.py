@@ -45,10 +45,7 @@ class StableDiffusionProcess(GuidedProcess):
     def _encode(self, prompts: list[str], negative: Optional[list[str]]) -> dict[str, Tensor]:
         embeds, negative_embeds = self.pipe.encode_prompt(
             prompts, self.device, 1, self.do_classifier_free_guidance, negative)  # (P, L, D) each
-        tensors = {"prompt_embeds": embeds}
-        if self.do_classifier_free_guidance:
-            tensors["negative_prompt_embeds"] = negative_embeds
-        return tensors
+        return self.conditioning({"prompt_embeds": embeds}, {"prompt_embeds": negative_embeds})
 
     # ---- denoise ------------------------------------------------------------------------
     def denoise(self, x: Tensor, i: int, cond: Cond) -> Tensor:

@@ -50,10 +50,8 @@ class StableDiffusion3Process(GuidedProcess):
             prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
             do_classifier_free_guidance=self.do_classifier_free_guidance, negative_prompt=negative,
             max_sequence_length=self.max_sequence_length)  # (P, 77 + L, D), (P, D_pooled)
-        tensors = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-        if self.do_classifier_free_guidance:
-            tensors.update(negative_prompt_embeds=negative_embeds, negative_pooled_prompt_embeds=negative_pooled)
-        return tensors
+        return self.conditioning({"prompt_embeds": embeds, "pooled_prompt_embeds": pooled},
+                                 {"prompt_embeds": negative_embeds, "pooled_prompt_embeds": negative_pooled})
 
     # ---- denoise ------------------------------------------------------------------------
     def denoise(self, x: Tensor, i: int, cond: Cond) -> Tensor:

@@ -31,16 +31,14 @@ class StableDiffusionXLProcess(StableDiffusionProcess):
         super().__init__(pipe, guidance_scale=guidance_scale, **options)
 
     def _encode(self, prompts: list[str], negative: Optional[list[str]]) -> dict[str, Tensor]:
-        cfg = self.do_classifier_free_guidance
         embeds, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
             prompt=prompts, device=self.device, num_images_per_prompt=1,
-            do_classifier_free_guidance=cfg, negative_prompt=negative)  # (P, L, D), (P, D_pool)
-        tensors = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled,
-                   "add_time_ids": self._time_ids(pooled).repeat(len(prompts), 1)}  # (P, 6)
-        if cfg:
-            tensors.update(negative_prompt_embeds=negative_embeds, negative_pooled_prompt_embeds=negative_pooled,
-                           negative_add_time_ids=tensors["add_time_ids"])
-        return tensors
+            do_classifier_free_guidance=self.do_classifier_free_guidance,
+            negative_prompt=negative)  # (P, L, D), (P, D_pool)
+        time_ids = self._time_ids(pooled).repeat(len(prompts), 1)  # (P, 6)
+        return self.conditioning({"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "add_time_ids": time_ids},
+                                 {"prompt_embeds": negative_embeds, "pooled_prompt_embeds": negative_pooled,
+                                  "add_time_ids": time_ids})
 
     def _time_ids(self, pooled: Tensor) -> Tensor:
         encoder_2 = self.pipe.text_encoder_2

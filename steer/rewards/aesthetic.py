@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from steer.rewards.clip import WEIGHTS as CLIP_WEIGHTS
-from steer.rewards.clip import load_clip_dir
+from steer.rewards.encoders import load_clip_dir
 from steer.rewards.encoders import ClipEncoder
 from steer.rewards.mlp import RewardMLP
 from steer.rewards.torch_reward import TorchReward

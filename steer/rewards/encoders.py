@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from steer.rewards.torch_reward import TorchReward
 from steer.rewards.preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
-from steer.rewards.weights import load_state_dict
+from steer.rewards.weights import MissingWeightsError, WeightFile, load_state_dict, resolve_dir
 
 
 def is_transformers_clip(model: nn.Module) -> bool:
@@ -160,12 +160,29 @@ class ClipEncoderReward(TorchReward):
     """A reward computed from one ``ClipEncoder`` (CLIP score, PickScore, HPS): holds it and builds
     it from an in-memory CLIP and tokenizer; subclasses define ``name``, ``score`` and the loaders."""
 
+    weights: Optional["WeightFile"] = None  # a transformers CLIP directory, for ``from_pretrained``
+
     def __init__(self, encoder: ClipEncoder):
         super().__init__(encoder)
         self.encoder = encoder
+
+    @classmethod
+    def from_pretrained(cls, path: Optional[str] = None):
+        """The transformers CLIP directory ``path``, else the one ``cls.weights`` names (its environment
+        variable or the Hugging Face cache); a one-line error says where to get it when absent."""
+        return cls.from_model(*load_clip_dir(cls.weights, path))
 
     @classmethod
     def from_model(cls, model: nn.Module, tokenizer):
         """From an in-memory open_clip ``CLIP`` or transformers ``CLIPModel`` (its weights already
         loaded) and its tokenizer."""
         return cls(ClipEncoder(model, tokenizer))
+
+
+def load_clip_dir(wf: WeightFile, path: Optional[str] = None):
+    """(model, tokenizer) of a transformers CLIP directory, with a one-line error if its weights are absent."""
+    directory = resolve_dir(wf, path)
+    try:
+        return transformers_clip(directory)
+    except OSError as err:  # config present but weights missing from the cache / directory
+        raise MissingWeightsError(f"model weights missing in {directory}. " + wf.hint()) from err

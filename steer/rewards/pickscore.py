@@ -9,11 +9,10 @@ else the same OpenAI/LAION BPE rebuilt offline from open_clip's vocabulary.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 from torch import Tensor
 
-from steer.rewards.clip import load_clip_dir
 from steer.rewards.encoders import ClipEncoderReward, cosine
 from steer.rewards.weights import WeightFile
 
@@ -25,11 +24,7 @@ class PickScoreReward(ClipEncoderReward):
     """``logit_scale.exp() * cosine(image, text)`` with the PickScore CLIP."""
 
     name = "pickscore"
-
-    @classmethod
-    def from_pretrained(cls, path: Optional[str] = None) -> "PickScoreReward":
-        """PickScore_v1 from ``path`` (a model directory), ``$STEER_PICKSCORE_PATH`` or the HF cache."""
-        return cls.from_model(*load_clip_dir(WEIGHTS, path))
+    weights = WEIGHTS  # ``from_pretrained(path)``: a directory, ``$STEER_PICKSCORE_PATH`` or the HF cache
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         cos = cosine(self.encoder.encode_image(images), self.encoder.encode_text(prompts))  # (B,)
