@@ -23,26 +23,27 @@ def _gen(seed):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_dts_samples_approach_the_tilted_target(kind):
-    """TV(DTS samples, p0·exp(λr)) shrinks as rollouts grow. Measured (seed 0, 4000 draws from the
-    tree, 40x40 bins): diffusion 0.90 -> 0.36, flow 0.71 -> 0.32 from 100 to 1600 rollouts."""
+    """TV(DTS samples, p0·exp(λr)) shrinks as rollouts grow, at DTS's defaults. Measured (seed 0,
+    4000 draws from the tree, 40x40 bins, 100 -> 1600 rollouts): diffusion 0.56 -> 0.30, flow
+    0.72 -> 0.21 (the paper's C = 2, α = 0.8, every step a node: 0.90 -> 0.39 and 0.71 -> 0.31)."""
     proc, reward = _proc(kind), quadratic_reward()
     target = tilted_target(proc.mixture, reward.fn, 1.0)
     tv = {}
     for rollouts in (100, 1600):
         res = dts(proc, reward, ["p"], generator=_gen(0), lam=1.0, rollouts=rollouts, rollouts_per_round=16,
-                  num_samples=4000, branch_every=5)
+                  num_samples=4000)
         points = res.candidates[0, :, :2, 0, 0]  # (4000, 2)
         tv[rollouts] = tv_distance(histogram(points), target)
         assert res.tree.rollouts == [rollouts]
-    assert tv[1600] < 0.45
-    assert tv[1600] < tv[100] - 0.25
+    assert tv[1600] < 0.35
+    assert tv[1600] < tv[100] - 0.2
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_dts_star_reaches_the_maximum_with_fewer_nfe_than_best_of_n(kind):
-    """NFE until a sample within 0.1 of the reward's maximiser, median over 12 independent prompts.
-    Measured (S=20): best-of-N ≈ 2900 NFE, DTS* (C=1, α=0.5, branching every 5 steps) ≈ 500.
-    The paper's C=2, α=0.8 on this budget widens at nearly every visit and is no better than best-of-N."""
+    """NFE until a sample within 0.1 of the reward's maximiser, median over 12 independent prompts,
+    with DTS*'s defaults (C = 1, α = 0.5, nodes every S // 5 steps). The paper's C = 2, α = 0.8 on
+    this budget widens at nearly every visit and is no better than best-of-N."""
     proc, reward, thr, P = _proc(kind), quadratic_reward(), -0.01, 12
     prompts = [f"p{k}" for k in range(P)]
     bon = best_of_n(proc, reward, prompts, generator=_gen(1), n=1000)
@@ -55,8 +56,7 @@ def test_dts_star_reaches_the_maximum_with_fewer_nfe_than_best_of_n(kind):
             if first[k] == math.inf and best >= thr:
                 first[k] = info.extra["tree_nfe"][k]
 
-    res = dts_star(proc, reward, prompts, generator=_gen(2), rollouts=100, widen_c=1.0, widen_alpha=0.5,
-                   branch_every=5, callback=record)
+    res = dts_star(proc, reward, prompts, generator=_gen(2), rollouts=100, callback=record)
     median = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
     assert median(first) < 0.5 * median(bon_nfe)
     assert res.trace.nfe == sum(res.tree.nfe)
@@ -85,7 +85,8 @@ def test_dts_budget_mode_and_nfe_accounting():
     seen = []
     res = dts(proc, reward, ["a", "b"], generator=_gen(0), budget=Budget(nfe=10 * S), callback=seen.append)
     assert res.trace.nfe_per_prompt <= 10 * S and res.trace.nfe == sum(res.tree.nfe)
-    assert res.trace.reward_calls == sum(res.tree.rollouts) == len(res.trace.steps) * 2
+    # one rollout per tree and round while its budget lasts; reused nodes make rollouts cheaper than S
+    assert res.trace.reward_calls == sum(res.tree.rollouts) and len(res.trace.steps) == max(res.tree.rollouts)
     assert len(seen) == len(res.trace.steps) and res.images.shape == (2, 3, 1, 1)
     assert res.candidates.shape == (2, 1, 3, 1, 1)
 

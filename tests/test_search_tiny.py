@@ -40,3 +40,31 @@ def test_all_search_methods_run_with_exact_nfe(process):
     res = path_search(process, reward, prompts, generator=g, paths=1, candidates=2, delta_f=1, delta_b=2, start_step=2)
     assert res.trace.nfe_per_prompt == 2 + 2 * 2 * 2  # 2 steps to start, rounds j=2 -> 3 -> 4, 2 copies × 2 steps
     assert res.images.min() >= 0 and res.images.max() <= 1
+
+
+@pytest.mark.parametrize("method", ["dts", "dts_star"])
+def test_tree_search_defaults_reuse_nodes_at_eight_rollouts(process, method):
+    """At the budgets users run the default tree is a tree: 8 rollouts denoise fewer than 8 distinct
+    x_T at the first step (the paper's C = 2, α = 0.8 would start all 8 from a fresh x_T)."""
+    from steer.catalog import resolve_method
+
+    first_step_inputs = []
+    predict = process.predict
+
+    def recording(x, i, cond, trace=None):
+        if i == 0:
+            first_step_inputs.extend(x.detach().clone())
+        return predict(x, i, cond, trace=trace)
+
+    process.predict = recording
+    try:
+        res = resolve_method(method)(process, Brightness(), ["a red circle"], generator=torch.Generator().manual_seed(0),
+                                     rollouts=8)
+    finally:
+        del process.predict
+    distinct = {tuple(x.flatten().tolist()) for x in first_step_inputs}
+    assert res.tree.rollouts == [8] and 1 < len(distinct) < 8
+    assert len(res.tree.roots[0].children) == len(distinct)
+    paper = resolve_method(method)(process, Brightness(), ["a red circle"], generator=torch.Generator().manual_seed(0),
+                                   rollouts=8, preset="paper")
+    assert len(paper.tree.roots[0].children) == 8

@@ -147,3 +147,18 @@ def test_steer_methods_shows_the_noise_knob_the_same_way_for_every_method():
         assert opts.count("noise_level|eta=") == (default is not None), name
         if default is not None:
             assert f"noise_level|eta={default!r}" in opts and "eta=None" not in opts
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4])
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_runs_few_step_chains_with_default_options(name, steps):
+    """Few-step models (Turbo, schnell, LCM: 1-4 steps) are a main use of steering."""
+    proc = GMMProcess(kind="flow", num_inference_steps=steps)
+    run = lambda: resolve_method(name)(proc, quadratic_reward(), ["a", "b"],  # noqa: E731
+                                       generator=torch.Generator().manual_seed(0))
+    if name == "path_search" and steps == 1:
+        with pytest.raises(ValueError, match="1-step chain has no stretch"):
+            run()
+        return
+    res = run()
+    assert torch.isfinite(res.rewards).all() and res.trace.nfe >= 2 * steps

@@ -13,7 +13,7 @@ Notation (code -> paper): ``x`` x_s; ``pred.x0`` x̂0(x_s); ``log_w`` log-weight
 
 Defaults, from the paper's text-to-image setting (K = 4, λ = 10, the max potential, resampling
 every 20 of 100 steps between steps 20 and 80, DDPM-like η = 1) with steps scaled to the schedule:
-``every`` = t_start = S/5 and t_end = 4S/5. Deviations from the reference code: systematic
+``every`` = t_start = S/5 and t_end = 4S/5 (at most S − 1, so 1–4-step models are steered too). Deviations from the reference code: systematic
 resampling by default (lower variance than its multinomial), ESS-adaptive resampling with threshold
 0.5 whose skipped potentials carry over in the weights (the reference drops them), a running max
 that starts at the first reward (the reference starts it at 0, clipping negative rewards).
@@ -131,8 +131,8 @@ def _settings(process, reward, particles, potential, lam, every, t_start, t_end,
 def resampling_steps(S: int, every: Optional[int], t_start: Optional[int], t_end: Optional[int]) -> list[int]:
     """The 0-based steps where rewards are evaluated: t_start, t_start + every, ..., <= t_end."""
     every = max(1, round(S / 5)) if every is None else toolkit.integer(METHOD, "every", every)
-    t_start = round(S / 5) if t_start is None else t_start
-    t_end = round(4 * S / 5) if t_end is None else t_end
+    t_end = min(round(4 * S / 5), S - 1) if t_end is None else t_end
+    t_start = min(round(S / 5), t_end if isinstance(t_end, int) else 0) if t_start is None else t_start
     for name, v in (("t_start", t_start), ("t_end", t_end)):
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= S - 1:
             raise ValueError(f"{METHOD}: {name} must be a step index in 0..{S - 1} (num_inference_steps={S}), got {v!r}")

@@ -15,7 +15,9 @@ denoised Δb > Δf steps, scored on the decoded x̂0-prediction of its last step
 at the end of the chain), and the N best of the N·M continue. Code names: ``paths`` N,
 ``candidates`` M (named like beam search's; ``width`` would collide with the image width of
 ``steer.generate``), ``delta_f`` Δf, ``delta_b`` Δb. Defaults: N = 2, M = 4, Δf = 2, Δb = 4
-steps, start at step Δb (ours: the paper states Δf, Δb as noise levels per model).
+steps, start at step Δb (ours: the paper states Δf, Δb as noise levels per model); chains shorter
+than 5 steps use Δb = S, Δf = max(1, S // 2) and start at step S − 1, so 2–4-step models are
+searched too (one step has no stretch to re-noise: path search needs S ≥ 2).
 """
 from __future__ import annotations
 
@@ -104,13 +106,23 @@ def zero_order(process, reward, prompts, *, generator: Optional[torch.Generator]
 
 # ---- search over paths --------------------------------------------------------------------------
 
+def _short_chain_defaults(S: int, delta_f, delta_b) -> tuple:
+    """Δf = 2, Δb = 4 unless given; below 5 steps Δb = S and Δf = max(1, S // 2)."""
+    if S < 2:
+        raise ValueError("path_search: a 1-step chain has no stretch to re-noise and denoise again; use "
+                         "num_inference_steps >= 2, or best_of_n / zero_order for one-step models")
+    short = S < 5
+    return (max(1, S // 2) if short else 2) if delta_f is None else delta_f, \
+        (S if short else 4) if delta_b is None else delta_b
+
+
 def _check_path_options(S: int, paths, candidates, delta_f, delta_b, start_step) -> int:
     method = "path_search"
     for name, v in (("paths", paths), ("candidates", candidates), ("delta_f", delta_f), ("delta_b", delta_b)):
         toolkit.integer(method, name, v)
     if delta_b <= delta_f:
         raise ValueError(f"path_search: delta_b={delta_b} must exceed delta_f={delta_f} so each round moves forward")
-    start = delta_b if start_step is None else start_step
+    start = (delta_b if delta_b < S else S - 1) if start_step is None else start_step
     if start_step is None and not start < S:
         raise ValueError(f"path_search: the chain has {S} steps, too few for the default start_step = delta_b = "
                          f"{delta_b}; lower delta_b / delta_f or set start_step in [delta_f, {S - 1}]")
@@ -151,8 +163,8 @@ def _path_steps(process, reward, prompts, cond, *, paths, candidates, delta_f, d
 
 
 def path_search(process, reward, prompts, *, generator: Optional[torch.Generator] = None,
-                budget: Optional[Budget] = None, callback=None, paths: int = 2, candidates: int = 4, delta_f: int = 2,
-                delta_b: int = 4, start_step: Optional[int] = None, noise_level=toolkit.DETERMINISTIC,
+                budget: Optional[Budget] = None, callback=None, paths: int = 2, candidates: int = 4,
+                delta_f: Optional[int] = None, delta_b: Optional[int] = None, start_step: Optional[int] = None, noise_level=toolkit.DETERMINISTIC,
                 eta: Optional[float] = None):
     """Search over paths (Ma et al. 2025): re-noise each of ``paths`` states ``delta_f`` steps back into
     ``candidates`` copies, denoise ``delta_b`` steps, keep the best ``paths``; until x_0. Returns the best
@@ -160,6 +172,7 @@ def path_search(process, reward, prompts, *, generator: Optional[torch.Generator
     method = "path_search"
     prompts = toolkit.prompt_list(method, prompts)
     S = process.num_steps
+    delta_f, delta_b = _short_chain_defaults(S, delta_f, delta_b)
     start = _check_path_options(S, paths, candidates, delta_f, delta_b, start_step)
     level = toolkit.noise_level(process, method, noise_level, eta)
     rounds = math.ceil((S - start) / (delta_b - delta_f))
