@@ -18,6 +18,15 @@ resampling by default (lower variance than its multinomial), ESS-adaptive resamp
 0.5 whose skipped potentials carry over in the weights (the reference drops them), a running max
 that starts at the first reward (the reference starts it at 0, clipping negative rewards).
 
+Scale-free tilt (``potential="tempered"``, ours, after adaptive tempering in SMC samplers and DAS,
+Kim et al. 2025; ``tempering.py``): λ_s rises at each scoring step to the largest value ≤ ``lam``
+at which the reweighted particles keep an ESS of ``ess_threshold``·K, the difference potential
+carries the moving λ, and the particles are resampled at every scoring step. With ``lam=inf`` the
+method is invariant to an affine change of the reward (λ = 10 is tuned to ImageReward's ±2
+scale; a logit-scaled CLIP reward with spreads of several units puts all weight on one particle
+in one reweighting). The final target is p(x0)·exp(λ_final·r(x0)), λ_final in
+``trace.steps[-1]["lam"]`` (every scoring step records its λ).
+
 Optional gradient-guided proposal (``guidance`` = γ > 0, off by default; TDS, Wu et al. 2023, and
 DAS, Kim et al. 2025): the kernel mean is shifted by γ·λ·std²·∇_x r(decode(x̂0(x_s))) and the weights
 gain log M_s(x') − log q_s(x'), so the target is unchanged. It needs a differentiable reward and
@@ -33,7 +42,7 @@ from torch import Tensor
 
 from steer import chain, kernels, toolkit
 from steer.budget import Budget
-from steer.samplers import potentials
+from steer.samplers import potentials, tempering
 from steer.samplers import resampling as rs
 from steer.scoring import decode, decode_and_score, score_images
 from steer.types import Result, StepInfo
@@ -59,10 +68,12 @@ class Settings:
 
 @dataclass(frozen=True)
 class Weights:
-    """The particles' log-weights log w_s (P, K) and the potential's running state."""
+    """The particles' log-weights log w_s (P, K), the potential's running state and the tilt λ_s
+    reached per prompt (P,) (constant λ except with the ``tempered`` potential)."""
 
     log_w: Tensor
     state: potentials.PotentialState
+    lam: Tensor
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,8 @@ def fk(process, reward, prompts: Sequence[str] | str, *, generator: Optional[tor
        guidance: float = 0.0) -> Result:
     """FK steering with ``particles`` per prompt; returns the highest-reward particle per prompt.
 
-    ``potential``: ``max`` | ``difference`` | ``sum`` | ``immediate``; ``lam``: λ ≥ 0; rewards are
+    ``potential``: ``max`` | ``difference`` | ``sum`` | ``immediate`` | ``tempered`` (adaptive λ up to
+    ``lam``, which may then be ``inf``; see the module docstring); ``lam``: λ ≥ 0; rewards are
     evaluated at steps ``t_start, t_start+every, ... <= t_end`` (0-based step indices; defaults
     S/5, S/5, 4S/5) and at the end; a prompt's particles are resampled with ``scheme``
     (``systematic`` | ``stratified`` | ``multinomial`` | ``residual``) when ESS < ``ess_threshold``·K
@@ -112,8 +124,8 @@ def fk(process, reward, prompts: Sequence[str] | str, *, generator: Optional[tor
 def _settings(process, reward, particles, potential, lam, every, t_start, t_end, ess_threshold, scheme,
               noise_level, eta, guidance) -> Settings:
     K = toolkit.integer(METHOD, "particles", particles)
-    lam = toolkit.number(METHOD, "lam", lam)
     potentials.check_potential(potential)
+    lam = toolkit.number(METHOD, "lam", lam, allow_inf=potential == "tempered")
     resample = rs.get_scheme(scheme)
     thr = toolkit.number(METHOD, "ess_threshold", ess_threshold)
     if thr > 1:
@@ -146,7 +158,8 @@ def _fk_steps(process, reward, prompts, fk: Settings, generator, trace) -> Itera
     P, K = len(prompts), fk.particles
     cond = process.prepare(prompts).repeat(K)
     x = process.init_noise(P * K, generator)  # (P·K, *latent)
-    w = Weights(torch.zeros(P, K, device=x.device), potentials.PotentialState())
+    w = Weights(torch.zeros(P, K, device=x.device), potentials.PotentialState(),
+                torch.full((P,), 0.0 if fk.potential == "tempered" else fk.lam, device=x.device))
     for i in range(process.num_steps):
         move = _propose(process, reward, x, i, cond, fk, trace)
         info = {"step": i}
@@ -155,18 +168,30 @@ def _fk_steps(process, reward, prompts, fk: Settings, generator, trace) -> Itera
             if r is None:
                 _, r = decode_and_score(process, reward, move.prop.pred.x0, cond.prompts, trace=trace,
                                         method=METHOD, step=i)
-            log_g, state = potentials.intermediate(fk.potential, fk.lam, r.reshape(P, K).to(w.log_w.device), w.state)
-            move, w = _maybe_resample(move, Weights(w.log_w + log_g, state), fk, generator, info)
-            info["best_reward"] = r.reshape(P, K).max(1).values.tolist()
+            r = r.reshape(P, K).to(w.log_w.device)
+            lam = _tilt(w, r, fk)
+            log_g, state = potentials.intermediate(fk.potential, lam[:, None], r, w.state)
+            move, w = _maybe_resample(move, Weights(w.log_w + log_g, state, lam), fk, generator, info)
+            info.update(best_reward=r.max(1).values.tolist(), lam=lam.tolist())
         x, w = _move(move, w, fk.guidance * fk.lam, generator)
         info["ess"] = rs.ess(w.log_w).tolist()
         trace.record(**info)
         yield StepInfo(step=i, x=x, nfe=trace.nfe, extra={"x0": move.prop.pred.x0, "log_w": w.log_w, **info})
     images, rewards = decode_and_score(process, reward, x, cond.prompts, trace=trace, method=METHOD)
-    log_w = rs.normalize(w.log_w + potentials.final(fk.lam, rewards.reshape(P, K).to(w.log_w.device), w.state))
-    trace.record(step=process.num_steps, ess=rs.ess(log_w).tolist(),
-                 best_reward=rewards.reshape(P, K).max(1).values.tolist())
+    r = rewards.reshape(P, K).to(w.log_w.device)
+    lam = _tilt(w, r, fk)  # λ_final: the final target is p(x0)·exp(λ_final·r(x0))
+    log_w = rs.normalize(w.log_w + potentials.final(lam[:, None], r, w.state))
+    trace.record(step=process.num_steps, ess=rs.ess(log_w).tolist(), best_reward=r.max(1).values.tolist(),
+                 lam=lam.tolist())
     return images, rewards, x, log_w
+
+
+def _tilt(w: Weights, r: Tensor, fk: Settings) -> Tensor:
+    """λ at this scoring step (P,): fixed, or the tempered choice (``tempering.next_lambda``)."""
+    if fk.potential != "tempered":
+        return w.lam
+    base = torch.zeros_like(r) if w.state.log_prod is None else w.state.log_prod
+    return tempering.next_lambda(w.log_w, r, base, w.lam, fk.lam, fk.ess_threshold).to(r.device)
 
 
 def _maybe_resample(move: Move, w: Weights, fk: Settings, generator, info: dict) -> tuple[Move, Weights]:
@@ -174,14 +199,15 @@ def _maybe_resample(move: Move, w: Weights, fk: Settings, generator, info: dict)
     keep their weights."""
     P, K = w.log_w.shape
     ess = rs.ess(w.log_w)  # (P,)
-    need = torch.ones_like(ess, dtype=torch.bool) if fk.ess_threshold >= 1 else ess < fk.ess_threshold * K  # (P,)
+    always = fk.ess_threshold >= 1 or fk.potential == "tempered"
+    need = torch.ones_like(ess, dtype=torch.bool) if always else ess < fk.ess_threshold * K  # (P,)
     info.update(ess_before=ess.tolist(), resampled=need.tolist())
     if not bool(need.any()):
         return move, w
     keep = torch.arange(K, device=w.log_w.device).expand(P, K)
     ancestors = torch.where(need[:, None], fk.resample(w.log_w, K, generator), keep)  # (P, K)
     log_w = torch.where(need[:, None], torch.zeros_like(w.log_w), w.log_w)
-    return move.take(rs.flat_ancestors(ancestors)), Weights(log_w, w.state.take(ancestors))
+    return move.take(rs.flat_ancestors(ancestors)), Weights(log_w, w.state.take(ancestors), w.lam)
 
 
 def _propose(process, reward, x, i, cond, fk: Settings, trace) -> Move:

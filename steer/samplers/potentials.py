@@ -9,6 +9,9 @@ and the log-potential log G_s:
 ``difference`` λ·(r_s − r_{s_prev})  (λ·r_s at the first evaluation) telescopes to λ·r_last
 ``sum``        λ·Σ_{s' ≤ s} r_{s'}                                  running sum along the lineage
 ``immediate``  λ·r_s
+``tempered``   λ_s·r_s − λ_{s_prev}·r_{s_prev}, λ_s chosen per       the difference potential with
+               prompt by ``tempering.next_lambda`` (λ a (P, 1)       an adaptive λ; telescopes to
+               tensor here)                                         λ_last·r_last
 =============  ===================================================  ===========================
 
 The final potential is λ·r(x0) − Σ_s log G_s (the sum along the particle's lineage), so the
@@ -29,7 +32,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-POTENTIALS = ("max", "difference", "sum", "immediate")
+POTENTIALS = ("max", "difference", "sum", "immediate", "tempered")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ def intermediate(name: str, lam: float, r: Tensor, state: PotentialState) -> tup
         log_g = lam * running_sum
     elif name == "immediate":
         log_g = lam * r
+    elif name == "tempered":
+        log_g = lam * r if first else lam * r - state.log_prod
     else:
         raise ValueError(f"unknown potential {name!r}; choose one of {', '.join(POTENTIALS)}")
     log_prod = log_g if first else state.log_prod + log_g
