@@ -5,7 +5,6 @@ Bad input exits with code 2 and one line on stderr (``--debug`` shows the traceb
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -149,10 +148,16 @@ def generate(
     save_all: bool = typer.Option(False, "--save-all", help="Also save every particle / candidate."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, cpu, ..."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float16, bfloat16 or float32."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out: skip the prompts whose image "
+                                "is there and in trace.json (same settings; more prompts may be appended)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the earlier run's images and trace in --out "
+                                   "first."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print the time breakdown."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
-    """Generate one reward-steered image per prompt into --out (NNN.png, grid.png, trace.json)."""
+    """Generate one reward-steered image per prompt into --out (NNN.png, grid.png, trace.json).
+
+    --out holds one run: a used folder is refused unless --resume or --overwrite."""
     with io.boundary(debug, interrupted="interrupted: finished images and trace.json were kept"):
         from steer.run import run_generate
 
@@ -169,9 +174,11 @@ def generate(
             summary = run_generate(prompts, out_dir, method=method, reward=reward, model=model, seed=seed,
                                    steps=steps, guidance_scale=guidance, height=height, width=width,
                                    negative_prompt=negative_prompt, nfe_budget=nfe_budget, save_all=save_all,
-                                   device=device, dtype=io.parse_dtype(dtype), options=kwargs, progress=progress)
+                                   device=device, dtype=io.parse_dtype(dtype), options=kwargs, progress=progress,
+                                   resume=resume, overwrite=overwrite)
         if summary is not None:
-            typer.echo(f"wrote {summary['written']} image(s) to {out_dir}  "
+            kept = f", {summary['skipped']} already there" if summary.get("skipped") else ""
+            typer.echo(f"wrote {summary['written']} image(s) to {out_dir}{kept}  "
                        f"(NFE/prompt {summary['nfe_per_prompt']:.0f}, {summary['seconds']:.1f}s)")
             if verbose:
                 typer.echo(_breakdown(summary["timing"]))
@@ -222,9 +229,9 @@ app.command("finetune")(finetune)
 
 
 def main() -> None:
-    # like `python -m`, let dotted reward paths (``--reward mymodule:score``) import from the cwd
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    # the current directory is never put on sys.path here: ``--reward mymodule:score`` looks for
+    # ``mymodule`` in the current directory only when it is not importable otherwise
+    # (``steer.rewards.combine.import_dotted``), so a stray ``psutil.py`` there shadows nothing
     app()
 
 

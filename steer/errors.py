@@ -14,3 +14,7 @@ def suggest(name: str, choices: Sequence[str]) -> str:
     """' (did you mean X?)' for the nearest choice, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class SteerWarning(UserWarning):
+    """Something a user should know that is not an error (e.g. a harmless setting changed on ``--resume``)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
@@ -125,13 +126,48 @@ def output_dir(path: Path, create: bool = True) -> Path:
     return path
 
 
+TMP_SUFFIX = ".tmp"
+# what ``atomic_write`` leaves behind when killed mid-write: ``.<name>.<mkstemp's 8 characters>.tmp``
+_TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(TMP_SUFFIX))
+
+
+def umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: the classic swap (not thread-safe, but momentary)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed ``atomic_write`` left in ``folder`` (not recursive); returns them.
+
+    Call it before a run starts writing into ``folder``; a temporary of a write in flight would go too."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        if _TMP_NAME.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
 def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync, rename it over ``path``, fsync
-    the folder: readers see the old file or the complete new one."""
+    the folder: readers see the old file or the complete new one. The file gets the permissions an
+    ordinary ``open(path, "w")`` would (``0o666`` less the umask), not ``mkstemp``'s 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        with contextlib.suppress(OSError, AttributeError):  # fchmod: POSIX only
+            os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

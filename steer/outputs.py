@@ -5,6 +5,8 @@ and renamed into place), so an interrupted run never leaves a half-written file 
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 from importlib import metadata
@@ -14,7 +16,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor
 
-from steer.io import atomic_write, write_json  # noqa: F401  (write_json: trace.json, used by steer.run)
+from steer.io import atomic_write, atomic_write_bytes, write_json  # noqa: F401  (trace.json, used by steer.run)
 
 
 def to_pil(image: Tensor):
@@ -25,15 +27,19 @@ def to_pil(image: Tensor):
     return Image.fromarray(arr)
 
 
-def save_png(path: Path, image: Tensor, info: Mapping[str, Any] | None = None) -> None:
-    """Save one image atomically, with ``info`` as PNG text chunks (values JSON-encoded)."""
+def save_png(path: Path, image: Tensor, info: Mapping[str, Any] | None = None) -> str:
+    """Save one image atomically, with ``info`` as PNG text chunks (values JSON-encoded); returns the
+    sha256 of the file's bytes."""
     from PIL.PngImagePlugin import PngInfo
 
     meta = PngInfo()
     for k, v in (info or {}).items():
         meta.add_text(str(k), v if isinstance(v, str) else json.dumps(v, default=str))
-    pil = to_pil(image)
-    atomic_write(Path(path), lambda f: pil.save(f, format="PNG", pnginfo=meta))
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG", pnginfo=meta)
+    data = buffer.getvalue()
+    atomic_write_bytes(Path(path), data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def make_grid(images: Tensor, pad: int = 2) -> Tensor:

@@ -25,3 +25,24 @@ def interrupt_on_stop(images, prompts):
     if "stop" in prompts:
         raise KeyboardInterrupt
     return brightness(images, prompts)
+
+
+FAIL_ON: set = set()  # prompts on which `crashes_on_marked` raises (tests toggle it between runs)
+
+
+def crashes_on_marked(images, prompts):
+    """Brightness, but a reward model that crashes on the prompts in ``FAIL_ON`` (a fault mid-run)."""
+    bad = [p for p in prompts if p in FAIL_ON]
+    if bad:
+        raise RuntimeError(f"reward model crashed on {bad[0]!r}")
+    return brightness(images, prompts)
+
+
+def kill_on_marked(images, prompts):
+    """Brightness, but the process is SIGKILLed at a prompt 'die' (a run killed mid-way)."""
+    if "die" in prompts:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    return brightness(images, prompts)

@@ -224,6 +224,10 @@ def test_resume_after_interrupt_is_bitwise_equal(tmp_path, method):
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
 
+    def counters(run):  # nfe / reward_calls continue across the resume
+        return [(m["nfe"], m["reward_calls"]) for m in map(json.loads, (tmp_path / run / "metrics.jsonl").open())]
+    assert counters("b") == counters("a") and counters("a")[-1][0] > counters("a")[0][0]
+
 
 def test_nan_reward_stops_with_step_and_prompt_keeping_last_checkpoint(tmp_path):
     process = tiny_process(steps=2)

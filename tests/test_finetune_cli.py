@@ -73,3 +73,16 @@ def test_grpo_run_then_resume(tmp_path, prompts, model_dir):
     pipe.load_lora_weights(str(out / "lora"))
     assert pipe.unet.peft_config["default_0"].r == 2
     assert json.loads((out / "config.json").read_text())["max_steps"] == 3
+
+    # one run per --out: refused without --resume / --overwrite; changed settings named; harmless ones warn
+    again = invoke(*common, "--max-steps", "3")
+    assert again.exit_code == 2 and "holds an earlier run" in again.output and "--overwrite" in again.output
+    changed = invoke(*common, "--max-steps", "3", "--resume", "--lr", "1e-3")
+    assert changed.exit_code == 2 and "learning_rate was 0.0003, now 0.001 (--learning-rate)" in changed.output
+    harmless = invoke(*common, "--max-steps", "4", "--resume", "--set", "keep_checkpoints=3")
+    assert harmless.exit_code == 0, harmless.output
+    assert "warning: --resume: keep_checkpoints changed from 2 to 3" in harmless.output
+    fresh = invoke(*common, "--max-steps", "1", "--overwrite")
+    assert fresh.exit_code == 0, fresh.output
+    assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-000001.pt"]

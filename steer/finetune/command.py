@@ -2,16 +2,22 @@
 
     steer finetune --method draft|grpo|distill --reward SPEC --prompts FILE --out DIR
                    [--model ID_OR_PATH] [--steer-method fk --particles 8 -o KEY=VALUE ...]
-                   [--max-steps N] [--lora-rank R] [--set FIELD=VALUE ...] [--resume]
+                   [--max-steps N] [--lora-rank R] [--set FIELD=VALUE ...] [--resume | --overwrite]
 
 Bad input exits with code 2 and one line on stderr (``--debug`` shows the traceback). Writes
 ``DIR/lora`` (``pipe.load_lora_weights(DIR/lora)``), ``DIR/metrics.jsonl``, ``DIR/config.json`` and
 ``DIR/checkpoints/``. Under ``accelerate launch`` every process trains and gradients are averaged.
+
+``DIR`` holds one run: a fresh run into a folder with an earlier one is refused unless ``--resume``
+(continue it: every setting must match the checkpoint's, except ``--max-steps``, and
+``checkpoint_every``, ``keep_checkpoints``, ``gradient_checkpointing``, which only warn) or
+``--overwrite`` (delete its checkpoints/, metrics.jsonl, config.json, lora/ and lora_ema/ first).
 """
 from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -63,6 +69,25 @@ def steer_options(steer_method: str, particles: Optional[int], options: List[str
     return out
 
 
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Before any model loads: ``--out`` holds no earlier run, or ``--resume`` / ``--overwrite`` says what to do."""
+    from steer.finetune import checkpoint
+    from steer.finetune.trainer import earlier_run
+
+    if resume and overwrite:
+        raise SteerError("--resume and --overwrite exclude each other: --resume continues the run in --out, "
+                         "--overwrite deletes it; give one")
+    earlier = earlier_run(out)
+    if resume:
+        if checkpoint.latest(out / "checkpoints") is None:
+            fix = "start over with --overwrite" if earlier else "run without --resume first"
+            raise SteerError(f"--resume: no checkpoint in {str(out / 'checkpoints')!r}; {fix}")
+        return
+    if earlier and not overwrite:
+        raise SteerError(f"--out {str(out)!r} holds an earlier run ({', '.join(earlier)}); continue it with --resume, "
+                         f"replace it with --overwrite, or choose another --out")
+
+
 class _Bar:
     """A rich progress bar over optimizer steps (only on a terminal)."""
 
@@ -90,14 +115,36 @@ class _Bar:
 
 
 def run_finetune(method: str, reward: str, prompts: list[str], out: Path, *, model: Optional[str], config,
-                 resume: bool, steps: Optional[int], guidance: Optional[float], device: Optional[str]):
+                 resume: bool, steps: Optional[int], guidance: Optional[float], device: Optional[str],
+                 overwrite: bool = False):
     from steer.api import resolve_process, resolve_reward
     from steer.finetune import METHODS
 
     process = resolve_process(model, device=device, num_inference_steps=steps, guidance_scale=guidance)
     reward_model = resolve_reward(reward, device=getattr(process, "device", None))
-    with _Bar(config.max_steps) as bar:
-        return METHODS[method](process, reward_model, prompts, config, out_dir=out, resume=resume, callback=bar)
+    with _Bar(config.max_steps) as bar, _one_line_warnings():
+        return METHODS[method](process, reward_model, prompts, config, out_dir=out, resume=resume,
+                               overwrite=overwrite, callback=bar)
+
+
+class _one_line_warnings(warnings.catch_warnings):
+    """Inside the block a ``SteerWarning`` prints as one ``warning: ...`` line on stderr."""
+
+    def __enter__(self):
+        super().__enter__()
+        from steer.errors import SteerWarning
+
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, SteerWarning):
+                typer.echo(f"warning: {message}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.simplefilter("always", SteerWarning)
+        warnings.showwarning = show
+        return self
 
 
 def finetune(
@@ -118,14 +165,17 @@ def finetune(
     guidance: Optional[float] = typer.Option(None, "--guidance", help="guidance_scale."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, cpu, ..."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from DIR/checkpoints/latest."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from DIR/checkpoints/latest (same settings; "
+                                "--max-steps may change; checkpoint_every, keep_checkpoints, gradient_checkpointing "
+                                "may change with a warning)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the earlier run in --out (checkpoints/, "
+                                   "metrics.jsonl, config.json, lora/, lora_ema/) and start afresh."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """Fine-tune a LoRA with a reward: reward backprop, GRPO, or distilled steering."""
     with io.boundary(debug, interrupted="interrupted: the last checkpoint was kept; continue with --resume"):
         io.output_dir(out, create=False)
-        if resume and not (out / "checkpoints" / "latest").exists():
-            raise SteerError(f"--resume: no checkpoint in {str(out / 'checkpoints')!r}; run without --resume first")
+        _check_out(out, resume, overwrite)
         prompts = io.read_prompts(prompts_file)
         if method == "distill":
             opts = steer_options(steer_method, particles, option or [])
@@ -138,7 +188,7 @@ def finetune(
                                            learning_rate=learning_rate, seed=seed, steer_method=explicit_steer),
                               settings or [], opts)
         result = run_finetune(method, reward, prompts, out, model=model, config=config, resume=resume,
-                              steps=steps, guidance=guidance, device=device)
+                              steps=steps, guidance=guidance, device=device, overwrite=overwrite)
         last = result.metrics[-1] if result.metrics else {}
         typer.echo(f"saved LoRA to {result.lora_dir} after {result.steps} steps"
                    + (f" (last mean reward {last['reward_mean']:.4g})" if last.get("reward_mean") is not None else ""))

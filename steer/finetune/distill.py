@@ -34,7 +34,8 @@ from steer.types import Cond
 
 
 def distill(process, reward, prompts: Sequence[str], config: Optional[DistillConfig] = None, *, out_dir,
-            resume: bool = False, callback: Optional[Callable] = None, accelerator=None) -> TrainResult:
+            resume: bool = False, overwrite: bool = False, callback: Optional[Callable] = None,
+            accelerator=None) -> TrainResult:
     """Steer, keep the top samples, fine-tune a LoRA on them with the denoising loss; returns the LoRA."""
     from steer.catalog import check_options, resolve_method
 
@@ -43,7 +44,7 @@ def distill(process, reward, prompts: Sequence[str], config: Optional[DistillCon
     check_options(method, dict(config.steer_options), config.steer_method)
     if config.max_steps != config.steps_per_round * config.rounds:
         config = replace(config, max_steps=config.steps_per_round * config.rounds)
-    trainer = Trainer(process, reward, prompts, config, out_dir, method="distill", resume=resume,
+    trainer = Trainer(process, reward, prompts, config, out_dir, method="distill", resume=resume, overwrite=overwrite,
                       accelerator=accelerator, callback=callback)
     trainer.steer_fn = method
     return trainer.run(distill_step)

@@ -27,14 +27,15 @@ from steer.scoring import score_latents
 
 
 def draft(process, reward, prompts: Sequence[str], config: Optional[DraftConfig] = None, *, out_dir,
-          resume: bool = False, callback: Optional[Callable] = None, accelerator=None) -> TrainResult:
+          resume: bool = False, overwrite: bool = False, callback: Optional[Callable] = None,
+          accelerator=None) -> TrainResult:
     """DRaFT-K / DRaFT-LV / AlignProp LoRA fine-tuning (``config.variant``); returns the saved LoRA."""
     config = config or DraftConfig()
     check_differentiable(reward)
     if config.variant == "draft" and config.k > process.num_steps:
         raise ValueError(f"k = {config.k} exceeds the chain's {process.num_steps} steps; lower k or raise "
                          f"num_inference_steps")
-    trainer = Trainer(process, reward, prompts, config, out_dir, method="draft", resume=resume,
+    trainer = Trainer(process, reward, prompts, config, out_dir, method="draft", resume=resume, overwrite=overwrite,
                       accelerator=accelerator, callback=callback)
     return trainer.run(draft_step)
 

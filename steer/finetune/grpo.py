@@ -41,10 +41,11 @@ from steer.scoring import score_latents
 
 
 def grpo(process, reward, prompts: Sequence[str], config: Optional[GRPOConfig] = None, *, out_dir,
-         resume: bool = False, callback: Optional[Callable] = None, accelerator=None) -> TrainResult:
+         resume: bool = False, overwrite: bool = False, callback: Optional[Callable] = None,
+         accelerator=None) -> TrainResult:
     """DDPO (diffusion) / Flow-GRPO (flow) LoRA fine-tuning; returns the saved LoRA."""
     config = config or GRPOConfig()
-    trainer = Trainer(process, reward, prompts, config, out_dir, method="grpo", resume=resume,
+    trainer = Trainer(process, reward, prompts, config, out_dir, method="grpo", resume=resume, overwrite=overwrite,
                       accelerator=accelerator, callback=callback)
     return trainer.run(grpo_step)
 

@@ -7,6 +7,13 @@ A method supplies ``micro_step(trainer, generator, step) -> dict`` that computes
 ``k`` comes from ``step_generator(seed, k, rank)``, so a resumed run replays exactly what an
 uninterrupted one would have done (bitwise on CPU).
 
+The output folder holds one run. A fresh run refuses a folder that holds an earlier one unless
+``overwrite`` (which first deletes that run's checkpoints, metrics, config and LoRA folders); a
+resumed run checks that its settings match the checkpoint's (``settings()``): a change that alters
+what is trained is an error naming the setting; ``max_steps`` may change (that is how a run is
+extended) and ``HARMLESS`` settings may change with a ``SteerWarning``. The counters (``nfe``,
+``reward_calls``) continue across a resume.
+
 Multi-process (``accelerate launch``): each rank draws its own prompts and noise; after the
 micro-steps the LoRA gradients are averaged over ranks with ``accelerator.reduce`` — DDP's
 semantics. torch's ``DistributedDataParallel`` wrapper itself is not used because reward backprop
@@ -17,7 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -26,9 +36,50 @@ import torch
 
 from steer import io
 from steer.budget import Trace
+from steer.errors import SteerError, SteerWarning
 from steer.finetune import checkpoint, lora
 from steer.finetune.config import TrainConfig
 from steer.types import Cond
+
+# settings a resume may change: FREE silently (max_steps extends or shortens the run), HARMLESS with a
+# warning (they change when checkpoints are written or how memory is spent, not the trained weights)
+FREE = ("max_steps",)
+HARMLESS = ("checkpoint_every", "keep_checkpoints", "gradient_checkpointing")
+_FLAGS = {"method": "--method", "model": "--model", "denoiser": "--model", "reward": "--reward",
+          "prompts": "--prompts (the file's contents)", "num_prompts": "--prompts", "num_inference_steps": "--steps",
+          "guidance_scale": "--guidance", "learning_rate": "--learning-rate", "seed": "--seed",
+          "lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha", "steer_method": "--steer-method",
+          "steer_options": "--particles / -o", "processes": "the number of processes"}
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "lora", "lora_ema")
+
+
+def earlier_run(out_dir) -> list[str]:
+    """What of an earlier fine-tuning run ``out_dir`` holds (``RUN_FILES`` present), e.g. ``['checkpoints/']``."""
+    out_dir = Path(out_dir)
+    found = []
+    for name in RUN_FILES:
+        path = out_dir / name
+        if path.is_dir() and any(path.iterdir()):
+            found.append(name + "/")
+        elif path.is_file():
+            found.append(name)
+    return found
+
+
+def clear_run(out_dir) -> None:
+    """Delete an earlier run's ``RUN_FILES`` from ``out_dir`` (nothing else there is touched)."""
+    out_dir = Path(out_dir)
+    for name in RUN_FILES:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _plain(value):
+    """``value`` as JSON would give it back (tuples as lists), for comparing settings."""
+    return json.loads(json.dumps(value, default=str))
 
 
 @dataclass
@@ -68,7 +119,8 @@ class Trainer:
     """Holds the state of one run; ``run(micro_step)`` trains to ``config.max_steps``."""
 
     def __init__(self, process, reward, prompts: Sequence[str], config: TrainConfig, out_dir, *,
-                 method: str, resume: bool = False, accelerator=None, callback: Optional[Callable] = None):
+                 method: str, resume: bool = False, overwrite: bool = False, accelerator=None,
+                 callback: Optional[Callable] = None):
         if not prompts:
             raise ValueError("no prompts to fine-tune on; pass at least one prompt")
         self.process, self.reward, self.prompts, self.config = process, reward, list(prompts), config
@@ -76,6 +128,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.accelerator = accelerator or make_accelerator(process, config)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self._prepare_out_dir(resume, overwrite)
         self.pipe = lora.pipeline_of(process)
         self.params = self._lora_params()
         self.optimizer = self.accelerator.prepare_optimizer(torch.optim.AdamW(
@@ -112,14 +165,64 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.out_dir / "checkpoints"
 
+    def _prepare_out_dir(self, resume: bool, overwrite: bool) -> None:
+        """Refuse a folder holding an earlier run (unless ``resume`` / ``overwrite``); delete stale temporaries."""
+        if resume and overwrite:
+            raise SteerError("--resume and --overwrite exclude each other: --resume continues the run in --out, "
+                             "--overwrite deletes it; give one")
+        earlier = earlier_run(self.out_dir)
+        if earlier and not resume and not overwrite:
+            raise SteerError(f"{self.out_dir} holds an earlier run ({', '.join(earlier)}); continue it with --resume, "
+                             f"replace it with --overwrite, or choose another --out")
+        if self.accelerator.is_main_process:
+            if overwrite and earlier:
+                clear_run(self.out_dir)
+            for folder in (self.out_dir, self.checkpoint_dir):
+                io.remove_stale_temporaries(folder)
+        self.accelerator.wait_for_everyone()
+
+    def settings(self) -> dict[str, Any]:
+        """What the run trains with: the config, method, model, chain, reward, prompts, processes. A resume
+        compares them with the checkpoint's."""
+        name = getattr(self.pipe, "name_or_path", None)
+        if name and os.path.exists(str(name)):
+            name = str(Path(name).resolve())
+        run = {"method": self.method, "model": name or type(self.pipe).__name__,
+               "denoiser": type(lora.denoiser(self.pipe)).__name__, "num_inference_steps": self.process.num_steps,
+               "guidance_scale": getattr(self.process, "guidance_scale", None),
+               "reward": getattr(self.reward, "name", type(self.reward).__name__),
+               "prompts": hashlib.sha256("\n".join(self.prompts).encode()).hexdigest(),
+               "num_prompts": len(self.prompts), "processes": self.world}
+        return _plain({**{k: v for k, v in self.config.to_dict().items() if k != "method"}, **run})
+
+    def _check_settings(self, saved: dict, path: Path) -> None:
+        current = self.settings()
+        saved = _plain(saved)
+        changed = [k for k in current if k in saved and saved[k] != current[k] and k not in FREE]
+        wrong = [k for k in changed if k not in HARMLESS]
+        if wrong:
+            diffs = "; ".join(f"{k} was {saved[k]!r}, now {current[k]!r} ({_FLAGS.get(k, f'--set {k}=...')})"
+                              if k != "prompts" else f"the prompts differ ({_FLAGS[k]})" for k in wrong)
+            raise SteerError(f"--resume: the settings differ from those of {path}: {diffs}; resume with the "
+                             f"checkpoint's settings, or start over with --overwrite")
+        for k in changed:
+            warnings.warn(f"--resume: {k} changed from {saved[k]!r} to {current[k]!r} (harmless: the trained "
+                          f"weights are the same)", SteerWarning, stacklevel=2)
+
     def _resume(self) -> None:
         path = checkpoint.latest(self.checkpoint_dir)
         if path is None:
+            self._truncate_metrics(0)  # a run killed before its first checkpoint starts over
             return
         state = checkpoint.load(path)
+        missing = [k for k in ("lora", "optimizer", "scheduler", "rng") if k not in state]
+        if missing:
+            raise checkpoint.CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; "
+                                             f"{checkpoint._last_good_hint(path.parent, path)}")
         if state.get("method") != self.method:
             raise ValueError(f"checkpoint {path} was made by method {state.get('method')!r}, not {self.method!r}; "
                              f"use another --out folder or the same method")
+        self._check_settings(state.get("settings") or {}, path)
         lora.load_lora_state_dict(self.pipe, state["lora"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -127,6 +230,10 @@ class Trainer:
             for e, v in zip(self.ema, state["ema"]):
                 e.copy_(v)
         self.extra = state.get("extra") or {}
+        counters = state.get("counters") or {}
+        self.trace.nfe = int(counters.get("nfe", 0))
+        self.trace.reward_calls = int(counters.get("reward_calls", 0))
+        self.trace.backward_calls = int(counters.get("backward_calls", 0))
         checkpoint.set_rng_state(state["rng"])
         self.start_step = int(state["step"])
         self._truncate_metrics(self.start_step)
@@ -192,7 +299,7 @@ class Trainer:
                 f"lower learning_rate or max_grad_norm")
 
     def _kept(self) -> str:
-        path = checkpoint.latest(self.checkpoint_dir) if self.checkpoint_dir.exists() else None
+        path = checkpoint.last_good(self.checkpoint_dir)
         return f"the last good checkpoint {path} was kept" if path else "no checkpoint had been written yet"
 
     def _average_gradients(self) -> None:
@@ -247,20 +354,36 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def _truncate_metrics(self, step: int) -> None:
+        """Keep the records of steps <= ``step`` (a line torn by a kill mid-append is dropped)."""
         if not self.accelerator.is_main_process or not self.metrics_path.exists():
             return
-        lines = [ln for ln in self.metrics_path.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+        kept = []
+        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
         io.atomic_write_bytes(self.metrics_path, "".join(ln + "\n" for ln in kept).encode())
 
     def state(self) -> dict[str, Any]:
-        return {"method": self.method, "config": self.config.to_dict(), "lora": lora.lora_state_dict(self.pipe),
+        return {"method": self.method, "config": self.config.to_dict(), "settings": self.settings(),
+                "counters": {"nfe": self.trace.nfe, "reward_calls": self.trace.reward_calls,
+                             "backward_calls": self.trace.backward_calls},
+                "lora": lora.lora_state_dict(self.pipe),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "ema": [e.clone() for e in self.ema] if self.ema is not None else None, "extra": self.extra}
 
     def save_checkpoint(self, step: int) -> None:
+        """Write checkpoint ``step`` (main process); a NaN/inf anywhere in it is an error and nothing is written."""
+        state = self.state()
+        bad = checkpoint.non_finite(state)
+        if bad is not None:  # every rank holds the same weights, so every rank stops here
+            raise FloatingPointError(f"{self.method} step {step}: {bad} is NaN/inf, so checkpoint {step} was not "
+                                     f"written; {self._kept()}; lower learning_rate or max_grad_norm")
         if self.accelerator.is_main_process:
-            checkpoint.save(self.checkpoint_dir, step, self.state(), keep=self.config.keep_checkpoints)
+            checkpoint.save(self.checkpoint_dir, step, state, keep=self.config.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
     def _finish(self, metrics: list[dict], seconds: float) -> TrainResult:

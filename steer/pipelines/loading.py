@@ -1,9 +1,11 @@
 """``load``: a model id or a local directory -> ``Process``, offline-safe.
 
 The family is read from ``model_index.json`` (its ``_class_name``) before any weight is touched, so
-an unsupported pipeline fails fast. A hub id is resolved from the local Hugging Face cache when
-``HF_HUB_OFFLINE`` is set or the hub cannot be reached; a model that is nowhere on disk raises
-``ModelNotFoundError`` (a ``FileNotFoundError``) with a one-line fix.
+an unsupported pipeline fails fast. A hub id found in the local Hugging Face cache is loaded from its
+cached snapshot folder without contacting the hub; one that is not cached is downloaded, unless
+``HF_HUB_OFFLINE`` is set — after one request (no retries, ``PROBE_TIMEOUT`` seconds) shows the hub
+answers. A model that is nowhere on disk and cannot be fetched raises ``ModelNotFoundError`` (a
+``FileNotFoundError``) with a one-line fix, at once.
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import torch
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+PROBE_TIMEOUT = 10.0  # seconds the one request that checks the hub answers may take
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -56,23 +61,44 @@ def _model_index(model_id_or_path) -> tuple[dict, str, bool]:
     name = str(model_id_or_path)
     if _looks_like_path(name):
         raise ModelNotFoundError(_missing(name, "not found"))
-    index_file, local_only = _hub_file(name, "model_index.json")
-    return json.loads(Path(index_file).read_text()), name, local_only
+    snapshot = _cached_snapshot(name)
+    if snapshot is not None:  # loaded from the cache's snapshot folder: no connection at all
+        return json.loads((snapshot / "model_index.json").read_text()), str(snapshot), True
+    return json.loads(Path(_download(name, "model_index.json")).read_text()), name, False
 
 
-def _hub_file(repo_id: str, filename: str) -> tuple[str, bool]:
-    """A file of a hub repo: downloaded when online, else from the cache. Returns (path, local_only)."""
-    from huggingface_hub import hf_hub_download
-
-    if not _offline():
-        try:
-            return hf_hub_download(repo_id, filename), False
-        except Exception:  # no network, unknown repo, gated, ...: fall back to the cache
-            pass
+def _cached_snapshot(repo_id: str) -> Optional[Path]:
+    """The cached snapshot folder (revision main) of ``repo_id`` holding its model_index.json, read from disk only."""
     try:
-        return hf_hub_download(repo_id, filename, local_files_only=True), True
-    except Exception as err:
-        raise ModelNotFoundError(_missing(repo_id, "not in the local Hugging Face cache")) from err
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "model_index.json")
+    except Exception:  # noqa: BLE001 - a malformed id: not cached
+        return None
+    return Path(found).parent if isinstance(found, str) and Path(found).is_file() else None
+
+
+def _download(repo_id: str, filename: str) -> str:
+    """``filename`` of a hub repo that is not cached, downloaded; fails at once when offline or unreachable."""
+    if _offline():
+        raise ModelNotFoundError(_missing(repo_id, "not in the local Hugging Face cache (HF_HUB_OFFLINE is set)"))
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    try:  # one request without retries (hf_hub_download retries a refused connection for ~23 s)
+        get_hf_file_metadata(hf_hub_url(repo_id, filename), timeout=PROBE_TIMEOUT)
+        return hf_hub_download(repo_id, filename)
+    except Exception as err:  # noqa: BLE001 - no network, unknown or gated repo: one line
+        raise ModelNotFoundError(_missing(repo_id, f"not in the local Hugging Face cache, and the hub "
+                                                   f"{_why(err)}")) from None
+
+
+def _why(err: Exception) -> str:
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status in (401, 403, 404) or type(err).__name__ in ("RepositoryNotFoundError", "EntryNotFoundError",
+                                                            "GatedRepoError"):
+        return f"does not serve it (HTTP {status}: a typo, or a gated or private repo: log in with `hf auth login`)"
+    first = next((ln for ln in str(err).splitlines() if ln.strip()), "")
+    return f"could not be reached ({type(err).__name__}{': ' + first[:120] if first else ''})"
 
 
 def _missing(name, why: str) -> str:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -68,12 +70,23 @@ class WeightedSum(Reward):
 
 
 def import_dotted(path: str) -> Callable:
-    """The object named by ``"pkg.module:attribute"`` (attribute may be dotted, e.g. ``mod:Class.method``)."""
+    """The object named by ``"pkg.module:attribute"`` (attribute may be dotted, e.g. ``mod:Class.method``).
+
+    The module is imported from ``sys.path`` as it is; only when its top-level package is not found
+    there and the current directory holds it (``pkg.py`` or ``pkg/``) is the current directory
+    appended to the *end* of ``sys.path`` and the import retried. So a user's reward module in the
+    working directory imports (with its siblings), and nothing there shadows an installed package.
+    """
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"dotted reward path must look like 'pkg.module:function', got {path!r}")
     try:
-        obj = importlib.import_module(module_name)
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if not _append_cwd_for(module_name, err):
+                raise
+            obj = importlib.import_module(module_name)
     except ImportError as err:
         raise ValueError(f"cannot import module {module_name!r} for reward {path!r}: {err}") from err
     for part in attr.split("."):
@@ -81,6 +94,20 @@ def import_dotted(path: str) -> Callable:
             raise ValueError(f"module {module_name!r} has no attribute {attr!r} (reward {path!r})")
         obj = getattr(obj, part)
     return obj
+
+
+def _append_cwd_for(module_name: str, err: ModuleNotFoundError) -> bool:
+    """Append the current directory to the end of ``sys.path`` if ``module_name``'s top-level package is
+    what was not found and the current directory holds it; True when the import is worth retrying."""
+    top = module_name.split(".")[0]
+    cwd = os.getcwd()
+    if err.name != top or cwd in sys.path or "" in sys.path:
+        return False
+    if not (os.path.isfile(os.path.join(cwd, top + ".py")) or os.path.isdir(os.path.join(cwd, top))):
+        return False
+    sys.path.append(cwd)
+    importlib.invalidate_caches()
+    return True
 
 
 def as_reward(obj, name: Optional[str] = None) -> Reward:

@@ -2,13 +2,16 @@
 
 Order of resolution for a weight file: an explicit path (the reward's ``path=`` option), the
 environment variable named in the reward's ``WeightFile`` (e.g. ``STEER_HPS_PATH``), then the Hugging
-Face cache through ``huggingface_hub.hf_hub_download(..., local_files_only=True)`` — nothing is ever
-downloaded here. A miss raises ``MissingWeightsError`` with one line: the file, where it comes from,
-and how to point at it. Checkpoints are read with ``torch.load(weights_only=True)`` or safetensors.
+Face cache, read from disk with ``huggingface_hub.try_to_load_from_cache`` — no connection is ever
+opened here, with or without ``HF_HUB_OFFLINE`` (``hf_hub_download(..., local_files_only=True)`` is
+not used: it contacts the hub while building its request headers). A miss raises
+``MissingWeightsError`` with one line: the file, where it comes from, and how to point at it.
+Checkpoints are read with ``torch.load(weights_only=True)`` or safetensors.
 """
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -72,12 +75,14 @@ def resolve_dir(wf: WeightFile, path: Optional[str | os.PathLike] = None) -> str
 
 
 def _from_hf_cache(repo_id: str, filename: str) -> Optional[Path]:
+    """The cached copy of ``filename`` of ``repo_id`` (revision main), found on disk only; None if absent."""
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import try_to_load_from_cache
 
-        return Path(hf_hub_download(repo_id, filename, local_files_only=True))
-    except Exception:  # not cached (LocalEntryNotFoundError), or no hub client: report as missing
+        found = try_to_load_from_cache(repo_id, filename)
+    except Exception:  # noqa: BLE001 - no hub client, a malformed id: report as missing
         return None
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
 def load_state_dict(path: str | os.PathLike, key: Optional[str] = None) -> dict[str, torch.Tensor]:
@@ -91,7 +96,12 @@ def load_state_dict(path: str | os.PathLike, key: Optional[str] = None) -> dict[
 
         state = load_file(str(path))
     else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = next((ln for ln in str(e).splitlines() if ln.strip()), "")
+            raise ValueError(f"{path} holds objects other than tensors and plain values; refused to unpickle it "
+                             f"({first}); use the published weight file, or convert it to .safetensors") from None
     if key is not None:
         if not isinstance(state, dict) or key not in state:
             raise ValueError(f"{path}: expected a checkpoint with a {key!r} entry; is this the right file?")
