@@ -59,7 +59,13 @@ def normalize_prompts(prompt: Union[str, Sequence[str]]) -> list[str]:
     return prompts
 
 
-def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Callable] = "fk", reward="hps",
+def default_reward(pipe) -> str:
+    """The reward when none is named: the shipped ``shapes-clip`` for the embedded model (``pipe`` None),
+    else ``hps``."""
+    return "shapes-clip" if pipe is None else "hps"
+
+
+def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Callable] = "fk", reward=None,
              seed: int = 0, steps: Optional[int] = None, guidance_scale: Optional[float] = None,
              height: Optional[int] = None, width: Optional[int] = None, negative_prompt: Optional[str] = None,
              batch_size: Optional[int] = None, device=None, dtype=None, nfe_budget: Optional[int] = None,
@@ -69,9 +75,11 @@ def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Call
     ``pipe``: a diffusers pipeline, a model id / local path, a ``steer.pipelines.Process``, or
     ``None`` for the project's embedded default model. ``method``: one of ``steer.api.METHODS``
     (aliases: ``bon``, ``dts*``). ``reward``: a spec (``"hps"``, ``"hps=1,clip=0.5"``), a ``Reward``
-    or a callable. Method options pass through by keyword; ``nfe_budget`` caps denoiser calls per
-    prompt for every method.
+    or a callable (default ``default_reward(pipe)``: ``shapes-clip`` on the embedded model, else
+    ``hps``). Method options pass through by keyword; ``nfe_budget`` caps denoiser calls per prompt for
+    every method.
     """
+    reward = default_reward(pipe) if reward is None else reward
     prompts = normalize_prompts(prompt)
     fn = resolve_method(method)
     name = method if isinstance(method, str) else getattr(fn, "__name__", "method")

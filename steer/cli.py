@@ -128,7 +128,8 @@ def generate(
     prompt: List[str] = typer.Option(None, "--prompt", "-p", help="A prompt (repeatable)."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="A text file with one prompt per line."),
     method: str = typer.Option("fk", "--method", "-m", help="Steering method (see `steer methods`)."),
-    reward: str = typer.Option("hps", "--reward", "-r", help="Reward spec, e.g. hps or hps=1,clip=0.5."),
+    reward: Optional[str] = typer.Option(None, "--reward", "-r", help="Reward spec, e.g. hps or hps=1,clip=0.5 "
+                                         "(default: shapes-clip on the embedded model, else hps)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model id or local diffusers folder (default: the embedded model)."),
     particles: Optional[int] = typer.Option(None, "--particles", help="FK particles per prompt."),
     n: Optional[int] = typer.Option(None, "--n", help="Best-of-N candidates per prompt."),
@@ -159,6 +160,7 @@ def generate(
 
     --out holds one run: a used folder is refused unless --resume or --overwrite."""
     with io.boundary(debug, interrupted="interrupted: finished images and trace.json were kept"):
+        from steer.api import default_reward
         from steer.run import run_generate
 
         if particles is not None and particles < 1:
@@ -171,6 +173,7 @@ def generate(
                                              iterations=iterations, rollouts=rollouts), option or [])
         out_dir = io.output_dir(out)
         with _Progress(enabled=True) as progress:
+            reward = reward or default_reward(model)
             summary = run_generate(prompts, out_dir, method=method, reward=reward, model=model, seed=seed,
                                    steps=steps, guidance_scale=guidance, height=height, width=width,
                                    negative_prompt=negative_prompt, nfe_budget=nfe_budget, save_all=save_all,

@@ -83,6 +83,10 @@ def test_main_command_uses_the_embedded_model_at_its_settings_and_prints_the_bre
     timing = trace["timing"]
     assert timing["denoise_seconds"] > 0 and timing["reward_seconds"] > 0
     assert timing["denoise_seconds"] + timing["reward_seconds"] <= timing["total_seconds"]
+    # with no --reward (and no --model) the embedded model is steered by its own shipped reward
+    r = CliRunner().invoke(app, ["generate", "--prompt", "a red circle", "--steps", "2", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "d" / "trace.json").read_text())["reward"] == "shapes-clip"
 
 
 def test_shipped_models_load_without_progress_bars_and_restore_the_setting(capfd):

@@ -7,27 +7,19 @@ A method supplies ``micro_step(trainer, generator, step) -> dict`` that computes
 ``k`` comes from ``step_generator(seed, k, rank)``, so a resumed run replays exactly what an
 uninterrupted one would have done (bitwise on CPU).
 
-The output folder holds one run. A fresh run refuses a folder that holds an earlier one unless
-``overwrite`` (which first deletes that run's checkpoints, metrics, config and LoRA folders); a
-resumed run checks that its settings match the checkpoint's (``settings()``): a change that alters
-what is trained is an error naming the setting; ``max_steps`` may change (that is how a run is
-extended) and ``HARMLESS`` settings may change with a ``SteerWarning``. The counters (``nfe``,
-``reward_calls``) continue across a resume.
+The output folder holds one run; ``run_folder`` refuses a folder holding an earlier one (unless
+``overwrite``) and checks on a resume that the settings match the checkpoint's (``settings()``). The
+counters (``nfe``, ``reward_calls``) continue across a resume.
 
-Multi-process (``accelerate launch``): each rank draws its own prompts and noise; after the
-micro-steps the LoRA gradients are averaged over ranks with ``accelerator.reduce`` — DDP's
-semantics. torch's ``DistributedDataParallel`` wrapper itself is not used because reward backprop
-calls the denoiser several times before one backward, which its reducer does not allow.
+Multi-process (``accelerate launch``): each rank draws its own prompts and noise and the LoRA gradients
+are averaged over ranks (``distributed``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -36,50 +28,12 @@ import torch
 
 from steer import io
 from steer.budget import Trace
-from steer.errors import SteerError, SteerWarning
-from steer.finetune import checkpoint, lora
+from steer.finetune import checkpoint, lora, run_folder
 from steer.finetune.config import TrainConfig
+from steer.finetune.distributed import average_gradients, make_accelerator
+# the run-folder names, importable from here as before they moved to run_folder
+from steer.finetune.run_folder import _FLAGS, FREE, HARMLESS, RUN_FILES, _plain, clear_run, earlier_run  # noqa: F401
 from steer.types import Cond
-
-# settings a resume may change: FREE silently (max_steps extends or shortens the run), HARMLESS with a
-# warning (they change when checkpoints are written or how memory is spent, not the trained weights)
-FREE = ("max_steps",)
-HARMLESS = ("checkpoint_every", "keep_checkpoints", "gradient_checkpointing")
-_FLAGS = {"method": "--method", "model": "--model", "denoiser": "--model", "reward": "--reward",
-          "prompts": "--prompts (the file's contents)", "num_prompts": "--prompts", "num_inference_steps": "--steps",
-          "guidance_scale": "--guidance", "learning_rate": "--learning-rate", "seed": "--seed",
-          "lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha", "steer_method": "--steer-method",
-          "steer_options": "--particles / -o", "processes": "the number of processes"}
-RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "lora", "lora_ema")
-
-
-def earlier_run(out_dir) -> list[str]:
-    """What of an earlier fine-tuning run ``out_dir`` holds (``RUN_FILES`` present), e.g. ``['checkpoints/']``."""
-    out_dir = Path(out_dir)
-    found = []
-    for name in RUN_FILES:
-        path = out_dir / name
-        if path.is_dir() and any(path.iterdir()):
-            found.append(name + "/")
-        elif path.is_file():
-            found.append(name)
-    return found
-
-
-def clear_run(out_dir) -> None:
-    """Delete an earlier run's ``RUN_FILES`` from ``out_dir`` (nothing else there is touched)."""
-    out_dir = Path(out_dir)
-    for name in RUN_FILES:
-        path = out_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-
-
-def _plain(value):
-    """``value`` as JSON would give it back (tuples as lists), for comparing settings."""
-    return json.loads(json.dumps(value, default=str))
 
 
 @dataclass
@@ -106,13 +60,6 @@ def concat_conds(conds: Sequence[Cond]) -> Cond:
         return first
     tensors = {k: torch.cat([c.tensors[k] for c in conds]) for k in first.tensors}
     return replace(first, prompts=tuple(p for c in conds for p in c.prompts), tensors=tensors)
-
-
-def make_accelerator(process, config: TrainConfig):
-    from accelerate import Accelerator
-
-    cpu = torch.device(getattr(process, "device", "cpu")).type == "cpu"
-    return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
 
 
 class Trainer:
@@ -167,62 +114,18 @@ class Trainer:
 
     def _prepare_out_dir(self, resume: bool, overwrite: bool) -> None:
         """Refuse a folder holding an earlier run (unless ``resume`` / ``overwrite``); delete stale temporaries."""
-        if resume and overwrite:
-            raise SteerError("--resume and --overwrite exclude each other: --resume continues the run in --out, "
-                             "--overwrite deletes it; give one")
-        earlier = earlier_run(self.out_dir)
-        if earlier and not resume and not overwrite:
-            raise SteerError(f"{self.out_dir} holds an earlier run ({', '.join(earlier)}); continue it with --resume, "
-                             f"replace it with --overwrite, or choose another --out")
-        if self.accelerator.is_main_process:
-            if overwrite and earlier:
-                clear_run(self.out_dir)
-            for folder in (self.out_dir, self.checkpoint_dir):
-                io.remove_stale_temporaries(folder)
-        self.accelerator.wait_for_everyone()
+        run_folder.prepare(self.out_dir, self.checkpoint_dir, self.accelerator, resume, overwrite)
 
     def settings(self) -> dict[str, Any]:
         """What the run trains with: the config, method, model, chain, reward, prompts, processes. A resume
         compares them with the checkpoint's."""
-        name = getattr(self.pipe, "name_or_path", None)
-        if name and os.path.exists(str(name)):
-            name = str(Path(name).resolve())
-        run = {"method": self.method, "model": name or type(self.pipe).__name__,
-               "denoiser": type(lora.denoiser(self.pipe)).__name__, "num_inference_steps": self.process.num_steps,
-               "guidance_scale": getattr(self.process, "guidance_scale", None),
-               "reward": getattr(self.reward, "name", type(self.reward).__name__),
-               "prompts": hashlib.sha256("\n".join(self.prompts).encode()).hexdigest(),
-               "num_prompts": len(self.prompts), "processes": self.world}
-        return _plain({**{k: v for k, v in self.config.to_dict().items() if k != "method"}, **run})
-
-    def _check_settings(self, saved: dict, path: Path) -> None:
-        current = self.settings()
-        saved = _plain(saved)
-        changed = [k for k in current if k in saved and saved[k] != current[k] and k not in FREE]
-        wrong = [k for k in changed if k not in HARMLESS]
-        if wrong:
-            diffs = "; ".join(f"{k} was {saved[k]!r}, now {current[k]!r} ({_FLAGS.get(k, f'--set {k}=...')})"
-                              if k != "prompts" else f"the prompts differ ({_FLAGS[k]})" for k in wrong)
-            raise SteerError(f"--resume: the settings differ from those of {path}: {diffs}; resume with the "
-                             f"checkpoint's settings, or start over with --overwrite")
-        for k in changed:
-            warnings.warn(f"--resume: {k} changed from {saved[k]!r} to {current[k]!r} (harmless: the trained "
-                          f"weights are the same)", SteerWarning, stacklevel=2)
+        return run_folder.settings(self)
 
     def _resume(self) -> None:
-        path = checkpoint.latest(self.checkpoint_dir)
-        if path is None:
+        state = run_folder.resume_state(self.checkpoint_dir, self.method, self.settings)
+        if state is None:
             self._truncate_metrics(0)  # a run killed before its first checkpoint starts over
             return
-        state = checkpoint.load(path)
-        missing = [k for k in ("lora", "optimizer", "scheduler", "rng") if k not in state]
-        if missing:
-            raise checkpoint.CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; "
-                                             f"{checkpoint._last_good_hint(path.parent, path)}")
-        if state.get("method") != self.method:
-            raise ValueError(f"checkpoint {path} was made by method {state.get('method')!r}, not {self.method!r}; "
-                             f"use another --out folder or the same method")
-        self._check_settings(state.get("settings") or {}, path)
         lora.load_lora_state_dict(self.pipe, state["lora"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -283,7 +186,7 @@ class Trainer:
             except FloatingPointError as e:
                 raise FloatingPointError(f"{self.method} step {step + 1}: {e}; {self._kept()}") from None
             self._check_loss(records[-1], step)
-        self._average_gradients()
+        average_gradients(self.accelerator, self.params, self.world)
         grad_norm = self._clip()
         self.optimizer.step()
         self.scheduler.step()
@@ -301,17 +204,6 @@ class Trainer:
     def _kept(self) -> str:
         path = checkpoint.last_good(self.checkpoint_dir)
         return f"the last good checkpoint {path} was kept" if path else "no checkpoint had been written yet"
-
-    def _average_gradients(self) -> None:
-        if self.world == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
-        offset = 0
-        for p in self.params:
-            n = p.numel()
-            p.grad = flat[offset:offset + n].view_as(p).clone()
-            offset += n
 
     def _clip(self) -> float:
         if self.config.max_grad_norm is None:
@@ -355,17 +247,8 @@ class Trainer:
 
     def _truncate_metrics(self, step: int) -> None:
         """Keep the records of steps <= ``step`` (a line torn by a kill mid-append is dropped)."""
-        if not self.accelerator.is_main_process or not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-                kept.append(line)
-        io.atomic_write_bytes(self.metrics_path, "".join(ln + "\n" for ln in kept).encode())
+        if self.accelerator.is_main_process:
+            run_folder.truncate_metrics(self.metrics_path, step)
 
     def state(self) -> dict[str, Any]:
         return {"method": self.method, "config": self.config.to_dict(), "settings": self.settings(),
