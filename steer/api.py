@@ -1,6 +1,7 @@
 """``steer.generate``: resolve names, validate, dispatch. No algorithm lives here."""
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -50,13 +51,74 @@ def resolve_process(pipe, *, device=None, dtype=None, **process_options):
 
 
 def normalize_prompts(prompt: Union[str, Sequence[str]]) -> list[str]:
+    if not isinstance(prompt, (str, list, tuple)):
+        raise SteerError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise SteerError("no prompts given: pass a string or a non-empty list of strings")
     bad = [p for p in prompts if not isinstance(p, str)]
     if bad:
         raise SteerError(f"prompts must be strings, got {type(bad[0]).__name__}")
+    if any(not p.strip() for p in prompts):
+        raise SteerError(f"prompt {next(k for k, p in enumerate(prompts) if not p.strip()) + 1} is empty; "
+                         f"give every prompt some text")
     return prompts
+
+
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
+
+
+def check_run_options(*, seed, steps, guidance_scale, height, width, batch_size, nfe_budget, device, dtype):
+    """The run-wide options of ``generate`` checked before anything loads; returns them normalized
+    (numpy integers as ints, dtype names as torch dtypes). Each error names the limit or the fix."""
+    from steer import io, toolkit
+    from steer.pipelines import checks
+
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not MIN_SEED <= seed <= MAX_SEED:
+        raise SteerError(f"seed must be an integer (from -2**63 to 2**64 - 1), got {seed!r}")
+    seed = int(seed)
+    steps = checks.positive_int("num_inference_steps (steps)", steps, maximum=checks.MAX_STEPS)
+    guidance_scale = checks.check_guidance(guidance_scale)
+    for name, v in (("height", height), ("width", width)):
+        checks.positive_int(name, v, maximum=checks.MAX_SIDE)
+    height = None if height is None else int(height)
+    width = None if width is None else int(width)
+    batch_size = checks.positive_int("batch_size", batch_size, maximum=checks.MAX_BATCH)
+    if nfe_budget is not None:
+        nfe_budget = toolkit.integer("generate", "nfe_budget", nfe_budget, maximum=None)
+    if isinstance(dtype, str):
+        dtype = io.parse_dtype(dtype)
+    elif dtype is not None and not isinstance(dtype, torch.dtype):
+        raise SteerError(f"dtype must be a torch.dtype or one of float16, bfloat16, float32, got {dtype!r}")
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (TypeError, RuntimeError):
+            raise SteerError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise SteerError(f"device {device!r} asked for, but no CUDA device is available here; use device='cpu'")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise SteerError(f"device {device!r} asked for, but MPS is not available here; use device='cpu'")
+    return dict(seed=seed, steps=steps, guidance_scale=guidance_scale, height=height, width=width,
+                batch_size=batch_size, nfe_budget=nfe_budget, device=device, dtype=dtype)
+
+
+def check_images(result: Result, method: str, prompts: Sequence[str]) -> Result:
+    """A run's final images: non-finite pixels, or every image one flat colour (the chain blew up and
+    was clipped to black or white), are an error, not a result."""
+    images = result.images
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        return result
+    flat = images.detach().reshape(images.shape[0], -1)
+    bad = ~torch.isfinite(flat).all(dim=1)
+    if bad.any():
+        k = int(torch.nonzero(bad)[0])
+        raise SteerError(f"{method}: the image for prompt {prompts[k]!r} has non-finite pixels; the chain diverged: "
+                         f"lower guidance_scale or the noise level (eta / noise_level), or check the reward")
+    if flat.shape[1] > 3 and bool((flat.amax(dim=1) == flat.amin(dim=1)).all()):
+        raise SteerError(f"{method}: every image came out one flat value ({float(flat[0, 0]):g}); the chain diverged: "
+                         f"lower guidance_scale or the noise level (eta / noise_level), or check the reward")
+    return result
 
 
 def default_reward(pipe) -> str:
@@ -84,10 +146,19 @@ def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Call
     fn = resolve_method(method)
     name = method if isinstance(method, str) else getattr(fn, "__name__", "method")
     check_options(fn, options, name)
-    process = resolve_process(pipe, device=device, dtype=dtype, num_inference_steps=steps,
-                              guidance_scale=guidance_scale, height=height, width=width,
-                              negative_prompt=negative_prompt, batch_size=batch_size)
+    run = check_run_options(seed=seed, steps=steps, guidance_scale=guidance_scale, height=height, width=width,
+                            batch_size=batch_size, nfe_budget=nfe_budget, device=device, dtype=dtype)
+    process = resolve_process(pipe, device=run["device"], dtype=run["dtype"], num_inference_steps=run["steps"],
+                              guidance_scale=run["guidance_scale"], height=run["height"], width=run["width"],
+                              negative_prompt=negative_prompt, batch_size=run["batch_size"])
     reward_model = resolve_reward(reward, device=getattr(process, "device", None))
-    generator = torch.Generator("cpu").manual_seed(int(seed))
-    budget = Budget(nfe=nfe_budget) if nfe_budget is not None else None
-    return fn(process, reward_model, prompts, generator=generator, budget=budget, callback=callback, **options)
+    generator = torch.Generator("cpu").manual_seed(run["seed"])
+    budget = Budget(nfe=run["nfe_budget"]) if run["nfe_budget"] is not None else None
+    own = getattr(fn, "__name__", name)
+    try:
+        result = fn(process, reward_model, prompts, generator=generator, budget=budget, callback=callback, **options)
+    except (ValueError, TypeError) as e:  # a method's own option checks name it first: bad input, one line
+        if isinstance(e, SteerError) or not str(e).startswith(f"{own}:"):
+            raise
+        raise SteerError(str(e).splitlines()[0]) from e
+    return check_images(result, name, prompts)

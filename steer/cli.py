@@ -10,11 +10,36 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 
 from steer import io
 from steer.errors import SteerError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+class _OneLineErrors(typer.core.TyperGroup):
+    """click's usage errors (a bad flag, a value of the wrong type) as one line on stderr, exit 2,
+    instead of click's usage block or typer's rich box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # typer's (vendored) click exceptions
+            ctx = getattr(e, "ctx", None)
+            if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:  # bare ``steer``: the help
+                typer.echo(ctx.get_help(), err=True)
+                sys.exit(getattr(e, "exit_code", 2))
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            message = " ".join((e.format_message() if hasattr(e, "format_message") else str(e)).split())
+            typer.echo(f"error: {message}{hint}", err=True)
+            sys.exit(getattr(e, "exit_code", 2))
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reward steering for diffusers pipelines.")
 
 
@@ -145,7 +170,7 @@ def generate(
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt"),
     nfe_budget: Optional[int] = typer.Option(None, "--nfe-budget", help="Cap on denoiser calls per prompt."),
     seed: int = typer.Option(0, "--seed"),
-    out: Path = typer.Option(Path("out"), "--out", help="Output folder."),
+    out: str = typer.Option("out", "--out", help="Output folder."),
     save_all: bool = typer.Option(False, "--save-all", help="Also save every particle / candidate."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cuda:1, cpu, ..."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float16, bfloat16 or float32."),
@@ -163,15 +188,22 @@ def generate(
         from steer.api import default_reward
         from steer.run import run_generate
 
-        if particles is not None and particles < 1:
-            raise SteerError("--particles must be >= 1")
-        if n is not None and n < 1:
-            raise SteerError("--n must be >= 1")
+        from steer.api import check_run_options
+        from steer.toolkit import MAX_COUNT
+
+        for flag, v, least in (("--particles", particles, 1), ("--n", n, 1), ("--iterations", iterations, 0),
+                               ("--rollouts", rollouts, 1)):
+            if v is not None and not least <= v <= MAX_COUNT:
+                raise SteerError(f"{flag} must be >= {least} and <= {MAX_COUNT} (the limit), got {v}")
+        if not out.strip():
+            raise SteerError("--out is empty; give the output folder, e.g. --out out")
         prompts = io.read_prompts(prompts_file, given=prompt)
         _check_device(device)
+        check_run_options(seed=seed, steps=steps, guidance_scale=guidance, height=height, width=width,
+                          batch_size=None, nfe_budget=nfe_budget, device=device, dtype=io.parse_dtype(dtype))
         kwargs = _method_kwargs(method, dict(particles=particles, n=n, lam=lam, potential=potential,
                                              iterations=iterations, rollouts=rollouts), option or [])
-        out_dir = io.output_dir(out)
+        out_dir = io.output_dir(Path(out))
         with _Progress(enabled=True) as progress:
             reward = reward or default_reward(model)
             summary = run_generate(prompts, out_dir, method=method, reward=reward, model=model, seed=seed,

@@ -43,6 +43,8 @@ def boundary(debug: bool, interrupted: str = "interrupted") -> Iterator[None]:
 def read_prompts(path: Optional[Path] = None, given: Iterable[str] = ()) -> list[str]:
     """The ``--prompt`` values ``given``, then the non-blank lines of the prompts file ``path``."""
     prompts = list(given or [])
+    if any(not p.strip() for p in prompts):
+        raise SteerError("--prompt is empty; give the prompt's text (blank lines of a --prompts file are skipped)")
     if path is not None:
         try:
             text = Path(path).read_text(encoding="utf-8")

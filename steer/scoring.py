@@ -11,30 +11,81 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from steer.errors import SteerError
+
+
+class RewardError(SteerError, FloatingPointError):
+    """A reward that failed or returned something that is not one finite score per image; the message
+    names the method, the step and the prompt. (A ``FloatingPointError`` too, for NaN/inf scores.)"""
+
 
 def score_images(reward, images: Tensor, prompts: Sequence[str], *, trace=None, method: str = "?",
                  step: Optional[int] = None) -> Tensor:
-    """reward(images, prompts) as float32 (B,), counted into ``trace``; NaN/inf -> FloatingPointError."""
+    """reward(images, prompts) as float32 (B,) on the images' device, counted into ``trace``.
+
+    The reward reads a copy of ``images``, so one that writes into its input cannot corrupt the
+    images a method returns. A reward that raises, returns something other than B real finite numbers,
+    or a tensor that cannot be brought to the images' device is a ``RewardError`` naming the method,
+    the step and the prompt (NaN/inf also a ``FloatingPointError``)."""
     if trace is not None:
         trace.add_reward_calls(images.shape[0])
     where = "the final sample" if step is None else f"step {step}"
+    name = getattr(reward, "name", None) or getattr(reward, "__name__", None) or type(reward).__name__
+    distinct = list(dict.fromkeys(prompts))
+    which = (f"prompt {distinct[0]!r}" if len(distinct) == 1 else
+             f"prompts {', '.join(map(repr, distinct[:3]))}{' ...' if len(distinct) > 3 else ''}")
+    head = f"{method}: reward {name!r} at {where} for {which}"
+    copy = images.clone()
     try:
         if trace is None:
-            r = reward(images, list(prompts))
+            r = reward(copy, list(prompts))
         else:
             with trace.timed("reward"):
-                r = reward(images, list(prompts))
-    except FloatingPointError as e:
-        raise FloatingPointError(f"{method} at {where}: {e}") from None
-    r = torch.as_tensor(r).float().reshape(-1)
+                r = reward(copy, list(prompts))
+    except RewardError:
+        raise
+    except FloatingPointError as e:  # the Reward base class refusing its own NaN names the prompt
+        raise RewardError(f"{method} at {where}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a user's reward: say where it failed, keep the cause chained
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), "")
+        raise RewardError(f"{head} raised {e.__class__.__name__}: {first}") from e
+    r = _as_scores(r, images, head)
     bad = ~torch.isfinite(r)
     if bad.any():
         k = int(torch.nonzero(bad)[0])
-        raise FloatingPointError(
-            f"{method}: reward {getattr(reward, 'name', 'reward')!r} returned {r[k].item()} at {where} "
+        raise RewardError(
+            f"{method}: reward {name!r} returned {r[k].item()} at {where} "
             f"for prompt {prompts[k]!r}; check the reward model and its inputs"
         )
     return r
+
+
+def _as_scores(r, images: Tensor, head: str) -> Tensor:
+    """A reward's return value as float32 (B,) on the images' device, or a RewardError."""
+    B = images.shape[0]
+    if r is None:
+        raise RewardError(f"{head} returned None; return a tensor of {B} scores, one per image")
+    try:
+        r = torch.as_tensor(r)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise RewardError(f"{head} returned {type(r).__name__}, not numbers ({e.__class__.__name__}); "
+                          f"return a tensor of {B} scores, one per image") from None
+    if r.is_complex():
+        raise RewardError(f"{head} returned complex scores ({r.dtype}); return {B} real numbers, one per image")
+    if r.dtype == torch.bool or not (r.is_floating_point() or r.dtype in _INTEGERS):
+        raise RewardError(f"{head} returned scores of dtype {r.dtype}; return {B} real numbers, one per image")
+    if r.numel() != B or (r.dim() > 1 and r.shape[0] != B):
+        raise RewardError(f"{head} returned shape {tuple(r.shape)} for {B} images; return {B} scores, one per image")
+    if r.device != images.device:
+        try:
+            r = r.to(images.device)
+        except (RuntimeError, NotImplementedError) as e:
+            raise RewardError(f"{head} returned scores on {r.device} that cannot be moved to {images.device} "
+                              f"({e.__class__.__name__}); return them on the images' device") from None
+    return r.float().reshape(-1)
+
+
+_INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def decode(process, x0: Tensor, trace=None) -> Tensor:

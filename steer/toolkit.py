@@ -13,6 +13,7 @@ as (P, K, ...). Selection never mixes prompts.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Optional, Sequence
 
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 
 from steer.budget import Budget, Trace
+from steer.errors import SteerError
 from steer.scoring import decode
 from steer.types import Result, StepInfo
 
@@ -62,7 +64,7 @@ def noise_level(process, method: str, level, eta: Optional[float] = None) -> flo
         level = eta
     if isinstance(level, NoiseDefault):
         return level.level(kind)
-    return number(method, "noise_level" if eta is None else "eta", level)
+    return number(method, "noise_level" if eta is None else "eta", level, maximum=MAX_NOISE_LEVEL)
 
 
 # ---- option checks -----------------------------------------------------------------------------
@@ -77,24 +79,56 @@ def prompt_list(method: str, prompts) -> list[str]:
     return prompts
 
 
-def integer(method: str, name: str, value, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``, or a ValueError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}")
-    return value
+# Limits on what a method takes: a number past them is a typo or a resource bomb, never a setting
+# (see README "Limits"). Counts (particles, n, rollouts, iterations, ...) and step indices are capped at
+# MAX_COUNT; the reward temperature λ at MAX_LAM (inf only where the method allows it: FK's
+# ``potential="tempered"``, DTS*/UCT); the kernel noise (DDIM η, flow SDE a) at MAX_NOISE_LEVEL: η > 1
+# is legal DDIM but its direction term turns imaginary, and a ≫ 1 makes the SDE's drift blow up.
+MAX_COUNT = 100_000
+MAX_NUMBER = 1e6  # any other number option (learning rates, weights, widening constants, ...)
+MAX_LAM = MAX_NUMBER
+MAX_NOISE_LEVEL = 10.0
 
 
-def number(method: str, name: str, value, *, positive: bool = False, allow_inf: bool = False) -> float:
-    """``value`` as a float >= 0 (> 0 if ``positive``), finite unless ``allow_inf``, or a ValueError
-    naming the option."""
+def integer(method: str, name: str, value, minimum: int = 1, maximum: Optional[int] = MAX_COUNT) -> int:
+    """``value`` as an int in [``minimum``, ``maximum``] (numpy integers accepted), or a SteerError
+    naming the option and the limit."""
+    try:
+        v = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        v = None
+    if v is None or v < minimum:
+        raise SteerError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and v > maximum:
+        raise SteerError(f"{method}: {name}={v} is over the limit {maximum}; pass {name} <= {maximum}")
+    return int(v)
+
+
+def number(method: str, name: str, value, *, positive: bool = False, allow_inf: bool = False,
+           maximum: Optional[float] = MAX_NUMBER) -> float:
+    """``value`` as a float >= 0 (> 0 if ``positive``) and <= ``maximum`` (None: no cap), finite unless
+    ``allow_inf`` (inf is then allowed past ``maximum``), or a SteerError naming the option and the limit.
+    Strings are refused: the CLI types its values before they get here."""
     bound = "> 0" if positive else ">= 0"
     try:
+        if isinstance(value, (str, bytes, bool)) or isinstance(value, complex):
+            raise TypeError
         v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{method}: {name} must be a number {bound}, got {value!r}") from None
+    except (TypeError, ValueError, RuntimeError):
+        raise SteerError(f"{method}: {name} must be a number {bound}, got {value!r}") from None
     if math.isnan(v) or (math.isinf(v) and not allow_inf) or v < 0 or (positive and v == 0):
-        raise ValueError(f"{method}: {name} must be a {'' if allow_inf else 'finite '}number {bound}, got {value!r}")
+        raise SteerError(f"{method}: {name} must be a {'' if allow_inf else 'finite '}number {bound}, got {value!r}")
+    if maximum is not None and math.isfinite(v) and v > maximum:
+        raise SteerError(f"{method}: {name}={v:g} is over the limit {maximum:g}; pass {name} <= {maximum:g}"
+                         + (" (or inf)" if allow_inf else ""))
     return v
+
+
+def choice(method: str, name: str, value, choices) -> str:
+    """``value`` as one of the strings ``choices``, or a SteerError listing them (``name`` says what it is)."""
+    if not isinstance(value, str) or value not in choices:
+        raise SteerError(f"{method}: unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    return value
 
 
 def check_reward(method: str, reward, *, differentiable: bool = False) -> None:

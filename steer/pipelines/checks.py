@@ -1,9 +1,19 @@
 """Boundary checks shared by the adapters: option values, image sizes, prompts. Each error names the fix."""
 from __future__ import annotations
 
+import math
+import operator
 from typing import Optional, Sequence
 
 import torch
+
+from steer.errors import SteerError
+
+# Limits on the pipeline options (README "Limits"): past them a value is a typo or a resource bomb.
+MAX_STEPS = 1000  # num_inference_steps: the training schedules have 1000 timesteps
+MAX_SIDE = 8192  # pixels per image side
+MAX_GUIDANCE = 100.0  # guidance_scale in [0, 100]; <= 1 turns classifier-free guidance off
+MAX_BATCH = 100_000  # batch_size (latents per denoiser call)
 
 
 def execution_device(pipe) -> torch.device:
@@ -11,25 +21,57 @@ def execution_device(pipe) -> torch.device:
     return torch.device(getattr(pipe, "_execution_device", None) or pipe.device)
 
 
-def positive_int(name: str, value: Optional[int], allow_none: bool = True) -> Optional[int]:
+def positive_int(name: str, value: Optional[int], allow_none: bool = True, maximum: Optional[int] = None) -> Optional[int]:
+    """``value`` as an int in [1, ``maximum``] (numpy integers accepted), or None when allowed."""
     if value is None and allow_none:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
-    return value
+    try:
+        v = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        v = None
+    if v is None or v < 1:
+        raise SteerError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+    if maximum is not None and v > maximum:
+        raise SteerError(f"{name}={v} is over the limit {maximum}; pass {name} <= {maximum}")
+    return int(v)
+
+
+def check_guidance(value) -> Optional[float]:
+    """``guidance_scale`` as a finite float in [0, MAX_GUIDANCE], or None (the pipeline's default)."""
+    if value is None:
+        return None
+    try:
+        v = None if isinstance(value, (str, bytes, bool, complex)) else float(value)
+    except (TypeError, ValueError, RuntimeError):
+        v = None
+    if v is None or not math.isfinite(v) or not 0 <= v <= MAX_GUIDANCE:
+        raise SteerError(f"guidance_scale must be a finite number in [0, {MAX_GUIDANCE:g}] (<= 1 turns "
+                         f"classifier-free guidance off), got {value!r}")
+    return v
 
 
 def image_size(name: str, sample_size, factor: int, height: Optional[int], width: Optional[int],
                pixels_per_sample: int = 1) -> tuple[int, int]:
     """(height, width) in pixels: the model's default ``sample_size * pixels_per_sample`` unless given;
-    each must be a positive multiple of ``factor`` (what the model downsamples by)."""
+    each must be a positive multiple of ``factor`` (what the model downsamples by) up to ``MAX_SIDE``."""
     default = tuple(sample_size) if isinstance(sample_size, (tuple, list)) else (sample_size, sample_size)
-    size = (height or default[0] * pixels_per_sample, width or default[1] * pixels_per_sample)
-    for label, v in zip(("height", "width"), size):
-        if not isinstance(v, int) or v < factor or v % factor:
-            raise ValueError(f"{name}: {label}={v!r} must be a positive multiple of {factor} "
+    size = []
+    for label, v, d in zip(("height", "width"), (height, width), default):
+        if v is None:
+            size.append(d * pixels_per_sample)
+            continue
+        try:
+            v = None if isinstance(v, bool) else operator.index(v)
+        except TypeError:
+            v = None
+        given = height if label == "height" else width
+        if v is None or v < factor or v % factor:
+            raise SteerError(f"{name}: {label}={given!r} must be a positive multiple of {factor} "
                              f"(the model's downsampling factor); pass {label}=k*{factor}")
-    return size
+        if v > MAX_SIDE:
+            raise SteerError(f"{name}: {label}={v} is over the limit {MAX_SIDE} pixels; pass {label} <= {MAX_SIDE}")
+        size.append(int(v))
+    return tuple(size)
 
 
 def prompt_list(name: str, prompts) -> list[str]:
@@ -72,8 +114,8 @@ def bind_common(process, pipe, denoiser, *, num_inference_steps, batch_size, gui
     process.pipe = pipe
     process.device = execution_device(pipe)
     process.dtype = denoiser.dtype
-    process.batch_size = positive_int("batch_size", batch_size)
+    process.batch_size = positive_int("batch_size", batch_size, maximum=MAX_BATCH)
     if guidance_scale is not None:
-        process.guidance_scale = float(guidance_scale)
+        process.guidance_scale = check_guidance(guidance_scale)
     process.negative_prompt = negative_prompt
-    positive_int("num_inference_steps", num_inference_steps, allow_none=False)
+    positive_int("num_inference_steps", num_inference_steps, allow_none=False, maximum=MAX_STEPS)

@@ -24,7 +24,15 @@ class Reward(ABC):
         if len(prompts) != images.shape[0]:
             raise ValueError(f"reward {self.name!r}: {images.shape[0]} images but {len(prompts)} prompts")
         out = self.score(images, list(prompts))
-        out = torch.as_tensor(out).float().reshape(-1)
+        if out is None:
+            raise TypeError(f"reward {self.name!r} returned None; return one score per image")
+        out = torch.as_tensor(out)
+        if out.is_complex() or out.dtype == torch.bool:
+            raise TypeError(f"reward {self.name!r} returned {out.dtype} scores; return real numbers, one per image")
+        if out.device.type == "meta":
+            raise TypeError(f"reward {self.name!r} returned scores on the meta device (no values); return them "
+                            f"on the images' device")
+        out = out.float().reshape(-1)
         if out.shape[0] != images.shape[0]:
             raise ValueError(f"reward {self.name!r} returned {out.shape[0]} scores for {images.shape[0]} images")
         if not torch.isfinite(out).all():

@@ -28,7 +28,7 @@ class CallableReward(Reward):
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         out = self.fn(images, prompts)
-        return out if isinstance(out, Tensor) else torch.as_tensor(out, dtype=torch.float32)
+        return out if out is None or isinstance(out, Tensor) else torch.as_tensor(out)  # the dtype checked by Reward
 
     def __repr__(self) -> str:
         return f"CallableReward({self.name!r}, differentiable={self.differentiable})"

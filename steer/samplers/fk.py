@@ -124,13 +124,13 @@ def fk(process, reward, prompts: Sequence[str] | str, *, generator: Optional[tor
 def _settings(process, reward, particles, potential, lam, every, t_start, t_end, ess_threshold, scheme,
               noise_level, eta, guidance) -> Settings:
     K = toolkit.integer(METHOD, "particles", particles)
-    potentials.check_potential(potential)
-    lam = toolkit.number(METHOD, "lam", lam, allow_inf=potential == "tempered")
-    resample = rs.get_scheme(scheme)
+    toolkit.choice(METHOD, "potential", potential, potentials.POTENTIALS)
+    lam = toolkit.number(METHOD, "lam", lam, allow_inf=potential == "tempered", maximum=toolkit.MAX_LAM)
+    resample = rs.get_scheme(toolkit.choice(METHOD, "resampling scheme", scheme, rs.SCHEMES))
     thr = toolkit.number(METHOD, "ess_threshold", ess_threshold)
     if thr > 1:
         raise ValueError(f"{METHOD}: ess_threshold is a fraction of the particles in [0, 1], got {ess_threshold}")
-    gamma = toolkit.number(METHOD, "guidance", guidance)
+    gamma = toolkit.number(METHOD, "guidance", guidance, maximum=toolkit.MAX_LAM)
     toolkit.check_reward(METHOD, reward, differentiable=gamma > 0)
     level = toolkit.noise_level(process, METHOD, noise_level, eta)
     if level == 0:

@@ -63,6 +63,9 @@ class SearchResult(Result):
 def branching_levels(num_steps: int, branch_every, branch_steps, method: str) -> tuple[int, ...]:
     """Chain steps holding tree nodes: 0 (x_T, the root's children), the branching steps, S (x_0)."""
     if branch_steps is not None:
+        if not isinstance(branch_steps, (list, tuple, range)):
+            raise ValueError(f"{method}: branch_steps must be a list of step indices in 0..{num_steps - 1} "
+                             f"(CLI: -o branch_steps=1,2), got {branch_steps!r}")
         steps = list(branch_steps)
         if not steps:
             raise ValueError(f"{method}: branch_steps is empty; give the denoising steps where the tree may branch "
@@ -81,7 +84,7 @@ def branching_levels(num_steps: int, branch_every, branch_steps, method: str) ->
 
 def _tree_shape(method: str, preset: str, num_steps: int, **given) -> dict:
     """The preset's widening and node spacing, with the explicitly given options on top."""
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ValueError(f"{method}: unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     shape = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
     if shape["branch_every"] is None:
@@ -206,7 +209,8 @@ def _run(process, reward, prompts, *, select_rule: str, generator, budget, callb
     shape = _tree_shape(method, preset, process.num_steps, widen_c=widen_c, widen_alpha=widen_alpha,
                         branch_every=branch_every)
     widen_c, widen_alpha, branch_every = shape["widen_c"], shape["widen_alpha"], shape["branch_every"]
-    lam = toolkit.number(method, "lam", lam, positive=True, allow_inf=(select_rule == "uct"))
+    lam = toolkit.number(method, "lam", lam, positive=True, allow_inf=(select_rule == "uct"),
+                         maximum=toolkit.MAX_LAM)
     widen = (toolkit.number(method, "widen_c", widen_c, positive=True),
              toolkit.number(method, "widen_alpha", widen_alpha, positive=True))
     per_round = toolkit.integer(method, "rollouts_per_round", rollouts_per_round)
