@@ -142,7 +142,7 @@ class Cells:
 
 def run_bon(process, reward, captions, singles, name, n, budgets, seeds, chunk, cells: Cells):
     """One best-of-n run per seed; cells for the base (m = 1, η = 0 only) and every budget <= n."""
-    wanted = ([1] if name == BON[0] else []) + [m for m in budgets if m <= n]
+    wanted = ([1] if name == BON[0] else []) + sorted({m for m in budgets if m <= n} | {n})
     if all(cells.get(name, m) for m in wanted):
         return
     opts = {"n": n, "noise_level": 0.0 if name == BON[0] else 1.0}

@@ -267,7 +267,11 @@ def main() -> None:
     # the current directory is never put on sys.path here: ``--reward mymodule:score`` looks for
     # ``mymodule`` in the current directory only when it is not importable otherwise
     # (``steer.rewards.combine.import_dotted``), so a stray ``psutil.py`` there shadows nothing
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # a Ctrl-C outside a command's boundary (imports, start-up, exit): no traceback
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

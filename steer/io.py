@@ -19,12 +19,90 @@ DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16
           "float32": "float32", "fp32": "float32"}
 
 
+class _Interrupts:
+    """The SIGINT handler of a command (:func:`boundary`) and of :func:`deferred_interrupts`.
+
+    The first Ctrl-C raises ``KeyboardInterrupt`` (inside a deferred block: when the block ends, so the
+    writes in it complete); a second one while the run cleans up (writes its trace or checkpoint) is
+    noted on stderr and does not interrupt that cleanup; a third quits at once with exit 130 (a file
+    being written is then left as it was: writes are atomic)."""
+
+    def __init__(self):
+        self.count, self.raised, self.depth = 0, False, 0
+
+    def __call__(self, signum, frame):
+        self.count += 1
+        if not self.raised and self.depth == 0:
+            self.raised = True
+            raise KeyboardInterrupt
+        if self.count >= 3:
+            os.write(2, b"interrupted again: quitting now\n")
+            os._exit(130)
+        if self.count == 2 or not self.raised:
+            os.write(2, b"interrupted: finishing the writes in progress (Ctrl-C again to quit at once)\n")
+
+
+def _install() -> Optional[tuple[_Interrupts, Any]]:
+    """Install a fresh :class:`_Interrupts` (main thread only); returns it and the handler it replaced."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    handler = _Interrupts()
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except (ValueError, OSError):  # not the main interpreter / no signals here
+        return None
+    return handler, previous
+
+
+def _restore(installed: Optional[tuple[_Interrupts, Any]]) -> None:
+    if installed is not None:
+        import signal
+
+        signal.signal(signal.SIGINT, installed[1] if installed[1] is not None else signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """A block of writes (a trace, a checkpoint and its ``latest``) that a Ctrl-C does not cut short:
+    an interrupt during it is raised when it ends (unless an exception is already on its way)."""
+    import signal
+
+    current = signal.getsignal(signal.SIGINT)
+    installed = None
+    if isinstance(current, _Interrupts):
+        handler = current
+    elif current is signal.default_int_handler:
+        installed = _install()
+        handler = installed[0] if installed is not None else None
+    else:  # SIG_IGN or someone else's handler: leave it alone
+        handler = None
+    if handler is None:
+        yield
+        return
+    handler.depth += 1
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        handler.depth -= 1
+        _restore(installed)
+        if ok and handler.depth == 0 and handler.count and not handler.raised:
+            handler.raised = True
+            raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def boundary(debug: bool, interrupted: str = "interrupted") -> Iterator[None]:
     """A command's body: an error -> ``error: <first line>`` on stderr and exit 2 (``debug``: the
-    traceback); Ctrl-C -> ``interrupted`` on stderr and exit 130."""
+    traceback); Ctrl-C -> ``interrupted`` on stderr and exit 130. A second Ctrl-C while the run cleans
+    up does not cut the cleanup short nor show a traceback; a third quits at once (see ``_Interrupts``)."""
     import typer
 
+    installed = _install()
     try:
         yield
     except typer.Exit:
@@ -38,6 +116,8 @@ def boundary(debug: bool, interrupted: str = "interrupted") -> Iterator[None]:
         first = next((line for line in str(e).splitlines() if line.strip()), e.__class__.__name__)
         typer.echo(f"error: {first}", err=True)
         raise typer.Exit(code=2) from None
+    finally:
+        _restore(installed)
 
 
 def read_prompts(path: Optional[Path] = None, given: Iterable[str] = ()) -> list[str]:
@@ -58,10 +138,22 @@ def read_prompts(path: Optional[Path] = None, given: Iterable[str] = ()) -> list
     return prompts
 
 
+def _numbers(items: list[str]) -> Optional[tuple]:
+    """``items`` as a tuple of ints (all ints) or floats (all numbers, some not ints), else None."""
+    for cast in (int, float):
+        try:
+            return tuple(cast(s) for s in items)
+        except ValueError:
+            pass
+    return None
+
+
 def parse_value(raw: str, default: Any = None, *, allow_none: bool = False) -> Any:
     """``raw`` typed like ``default``: true/false words for a bool, an int, a float, a comma-separated
-    tuple; for any other default an int, else a float, else the text. ``none`` is None unless the
-    default is a bool or a number (``allow_none``: always)."""
+    tuple (of ints / floats when the default's items are numbers, or when it is empty and every item is
+    a number; else of strings); for a None default a comma-separated list of numbers is a tuple of ints
+    (or floats: ``-o branch_steps=1,2``); for any other default an int, else a float, else the text.
+    ``none`` is None unless the default is a bool or a number (``allow_none``: always)."""
     text, numeric = raw.strip(), isinstance(default, (bool, int, float))
     if text.lower() == "none" and (allow_none or not numeric):
         return None
@@ -69,8 +161,24 @@ def parse_value(raw: str, default: Any = None, *, allow_none: bool = False) -> A
         if text.lower() in TRUE + FALSE:
             return text.lower() in TRUE
         raise SteerError(f"expected true/false, got {raw!r}")
-    if isinstance(default, tuple):
-        return tuple(s.strip() for s in text.split(",") if s.strip())
+    if isinstance(default, (tuple, list)):
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        if default and all(isinstance(d, (int, float)) and not isinstance(d, bool) for d in default):
+            numbers = _numbers(items)
+            floats = any(isinstance(d, float) for d in default)
+            if numbers is None or (not floats and any(isinstance(n, float) for n in numbers)):
+                raise SteerError(f"expected comma-separated {'numbers' if floats else 'ints'}, got {raw!r}")
+            return tuple(float(n) for n in numbers) if floats else numbers
+        if not default:
+            numbers = _numbers(items)
+            if numbers is not None and items:
+                return numbers
+        return tuple(items)
+    if "," in text and default is None:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        numbers = _numbers(items) if items else None
+        if numbers is not None:
+            return numbers
     for cast in (int,) if isinstance(default, int) else (float,) if isinstance(default, float) else (int, float):
         try:
             return cast(text)

@@ -201,10 +201,12 @@ def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str,
         status["error"] = next((ln for ln in str(e).splitlines() if ln.strip()), e.__class__.__name__)
         raise
     finally:
-        timing = _timing(t_load, time.perf_counter() - t0, records)
-        trace = _write_trace(own, dict(job, **status, timing=timing), [list(done.values()), records], len(prompts))
-        if state is None:
-            _finish(out_dir, trace)
+        with io.deferred_interrupts():  # a second Ctrl-C does not cut the trace short
+            timing = _timing(t_load, time.perf_counter() - t0, records)
+            trace = _write_trace(own, dict(job, **status, timing=timing), [list(done.values()), records],
+                                 len(prompts))
+            if state is None:
+                _finish(out_dir, trace)
     if state is not None:
         state.wait_for_everyone()
         if state.is_main_process:
@@ -227,19 +229,25 @@ def _steer_prompts(indices, prompts, out_dir, process, reward_model, job, record
             progress.prompt(k, len(prompts), prompts[k])
         result = generate(process, prompts[k], method=job["method"], reward=reward_model, seed=job["seed"] + k,
                           nfe_budget=job["nfe_budget"], callback=progress, **job["options"])
-        path = out_dir / f"{k:03d}.png"
-        info = {"prompt": prompts[k], "model": job["model"], "method": job["method"], "options": job["options"],
-                "seed": job["seed"] + k, "reward_spec": job["reward"], "reward": float(result.rewards[0]),
-                "steps": job["steps"], "nfe": result.trace.nfe}
-        if save_all and result.candidates is not None:
-            for j, image in enumerate(result.candidates[0]):
-                cand = {**info, "candidate": j}
-                if result.candidate_rewards is not None:
-                    cand["reward"] = float(result.candidate_rewards[0, j])
-                outputs.save_png(out_dir / f"{k:03d}_{j:03d}.png", image, cand)
-        sha256 = outputs.save_png(path, result.images[0], info)  # the selected image last: then it is recorded
-        records.append(_record(k, prompts[k], result, path, sha256))
-        after_each()
+        with io.deferred_interrupts():  # a prompt's files, its record and the trace: all or none
+            _save_prompt(k, prompts, out_dir, result, job, records, save_all)
+            after_each()
+
+
+def _save_prompt(k, prompts, out_dir, result, job, records, save_all) -> None:
+    """Prompt ``k``'s PNG(s) (the selected image last) and its record."""
+    path = out_dir / f"{k:03d}.png"
+    info = {"prompt": prompts[k], "model": job["model"], "method": job["method"], "options": job["options"],
+            "seed": job["seed"] + k, "reward_spec": job["reward"], "reward": float(result.rewards[0]),
+            "steps": job["steps"], "nfe": result.trace.nfe}
+    if save_all and result.candidates is not None:
+        for j, image in enumerate(result.candidates[0]):
+            cand = {**info, "candidate": j}
+            if result.candidate_rewards is not None:
+                cand["reward"] = float(result.candidate_rewards[0, j])
+            outputs.save_png(out_dir / f"{k:03d}_{j:03d}.png", image, cand)
+    sha256 = outputs.save_png(path, result.images[0], info)  # the selected image last: then it is recorded
+    records.append(_record(k, prompts[k], result, path, sha256))
 
 
 def _write_trace(path: Path, trace: dict, record_lists: list[list[dict]], num_prompts: int) -> dict:

@@ -46,3 +46,35 @@ def kill_on_marked(images, prompts):
 
         os.kill(os.getpid(), signal.SIGKILL)
     return brightness(images, prompts)
+
+
+def slow_and_watched(images, prompts):
+    """Brightness after a 0.2 s sleep, for the Ctrl-C tests (``STEER_TEST_MARKS=DIR``): touches
+    ``DIR/scored`` at every call; once ``DIR/interrupted`` exists every atomic write touches
+    ``DIR/writing`` and takes 0.5 s mid-file, so a test can press Ctrl-C mid-run and again mid-write."""
+    import os
+    import time
+    from pathlib import Path
+
+    from steer import io
+
+    marks = Path(os.environ["STEER_TEST_MARKS"])
+    if not getattr(io.atomic_write, "watched", False):
+        real = io.atomic_write
+
+        def watched(path, write):
+            if not (marks / "interrupted").exists():
+                return real(path, write)
+
+            def slow(f):
+                (marks / "writing").touch()
+                time.sleep(0.5)
+                write(f)
+
+            return real(path, slow)
+
+        watched.watched = True
+        io.atomic_write = watched
+    (marks / "scored").touch()
+    time.sleep(0.2)
+    return brightness(images, prompts)

@@ -68,6 +68,22 @@ def test_every_method_through_the_cli(model_dir, tmp_path, method, opts):
     assert (tmp_path / method / "000.png").exists()
 
 
+def test_branch_steps_list_reaches_dts_star_as_ints(model_dir, tmp_path, monkeypatch):
+    from steer.cli import _method_kwargs
+    import importlib
+
+    dts = importlib.import_module("steer.search.dts")
+
+    assert _method_kwargs("dts_star", {}, ["branch_steps=5,10,15"]) == {"branch_steps": (5, 10, 15)}
+    seen = []
+    real = dts.branching_levels
+    monkeypatch.setattr(dts, "branching_levels", lambda s, e, b, m: (seen.append(b), real(s, e, b, m))[1])
+    r = run("generate", "--model", model_dir, "--reward", REWARD, "--steps", 16, "--out", tmp_path / "o", "-p", "x",
+            "--method", "dts_star", "--rollouts", 1, "-o", "branch_steps=5,10,15")
+    assert r.exit_code == 0, r.output
+    assert seen == [(5, 10, 15)] and all(type(s) is int for s in seen[0])
+
+
 @pytest.mark.parametrize("args,message", [
     (["--method", "fkk"], "did you mean 'fk'"),
     (["--reward", "hpz"], "hps"),
@@ -178,3 +194,39 @@ def test_progress_display_reads_per_prompt_records():
     from steer.cli import _scalar
 
     assert _scalar([2.0, 4.0]) == 3.0 and _scalar(5) == 5.0 and _scalar(None) is None and _scalar("x") is None
+
+
+def test_double_ctrl_c_keeps_the_trace_and_shows_no_traceback(model_dir, tmp_path):
+    """A real ``python -m steer generate`` gets SIGINT mid-run, then again while it writes trace.json."""
+    import signal
+    import time
+
+    prompts, marks, out = tmp_path / "p.txt", tmp_path / "marks", tmp_path / "o"
+    prompts.write_text("a red circle\na blue square\na green triangle\n")
+    marks.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", STEER_TEST_MARKS=str(marks))
+    proc = subprocess.Popen([sys.executable, "-m", "steer", "generate", "--model", str(model_dir), "--reward",
+                             "tests.rewards_for_tests:slow_and_watched", "--steps", "2", "--prompts", str(prompts),
+                             "--method", "best_of_n", "--n", "2", "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (marks / "scored").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (marks / "interrupted").touch()
+        os.kill(proc.pid, signal.SIGINT)  # mid-run: the reward is sleeping
+        while not (marks / "writing").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()
+        os.kill(proc.pid, signal.SIGINT)  # again, while the trace is being written (the write takes 0.5 s)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted: finished images and trace.json were kept" in err, err
+    trace = json.loads((out / "trace.json").read_text())
+    assert trace["interrupted"] is True and trace["complete"] is False
+    on_disk = sorted(p.name for p in out.glob("[0-9][0-9][0-9].png"))
+    assert [i["file"] for i in trace["images"]] == on_disk
+    assert not list(out.glob(".*.tmp"))

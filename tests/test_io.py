@@ -26,7 +26,23 @@ def test_values_are_typed_by_the_default(raw, default, expected):
     assert value == expected and type(value) is type(expected)
 
 
+@pytest.mark.parametrize("raw, default, expected", [
+    ("1,2", None, (1, 2)), (" 5, 10 ,15 ", None, (5, 10, 15)), ("1,", None, (1,)), ("0.5,1", None, (0.5, 1.0)),
+    ("1e3,2", None, (1000.0, 2.0)), ("a,b", None, "a,b"), ("1,b", None, "1,b"), (",", None, ","),
+    ("1,2", "max", "1,2"),  # a string default keeps its text
+    ("1,2", (), (1, 2)), ("a,2", (), ("a", "2")), ("1,2", [], (1, 2)), ("1,2", ("x",), ("1", "2")),
+    ("3, 4", (1,), (3, 4)), ("3,4", (1.0,), (3.0, 4.0)), ("0.5", (1, 2.0), (0.5,)),
+])  # `-o branch_steps=1,2` (default None) reaches dts as a tuple of ints
+def test_comma_separated_numbers_are_tuples(raw, default, expected):
+    value = io.parse_value(raw, default)
+    assert value == expected and type(value) is type(expected)
+    if isinstance(expected, tuple):
+        assert [type(v) for v in value] == [type(v) for v in expected]
+
+
 @pytest.mark.parametrize("raw, default, message", [
+    ("1,x", (1,), "expected comma-separated ints, got '1,x'"), ("1.5,2", (1,), "expected comma-separated ints"),
+    ("a", (1.0,), "expected comma-separated numbers, got 'a'"),
     ("maybe", False, "expected true/false, got 'maybe'"), ("none", True, "expected true/false"),
     ("3.5", 4, "expected an int, got '3.5'"), ("none", 4, "expected an int"),
     ("abc", 1.0, "expected a float, got 'abc'"), ("none", 1.0, "expected a float"),

@@ -242,7 +242,7 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
+        with io.deferred_interrupts(), open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def _truncate_metrics(self, step: int) -> None:
@@ -266,16 +266,18 @@ class Trainer:
             raise FloatingPointError(f"{self.method} step {step}: {bad} is NaN/inf, so checkpoint {step} was not "
                                      f"written; {self._kept()}; lower learning_rate or max_grad_norm")
         if self.accelerator.is_main_process:
-            checkpoint.save(self.checkpoint_dir, step, state, keep=self.config.keep_checkpoints)
+            with io.deferred_interrupts():  # the file, `latest` and the pruning complete even on Ctrl-C
+                checkpoint.save(self.checkpoint_dir, step, state, keep=self.config.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
     def _finish(self, metrics: list[dict], seconds: float) -> TrainResult:
         lora_dir, ema_dir = self.out_dir / "lora", None
         if self.accelerator.is_main_process:
-            lora.save_lora(self.pipe, lora_dir)
-            io.write_json(self.out_dir / "config.json", self.config.to_dict())
-            if self.ema is not None:
-                ema_dir = self._save_ema()
+            with io.deferred_interrupts():
+                lora.save_lora(self.pipe, lora_dir)
+                io.write_json(self.out_dir / "config.json", self.config.to_dict())
+                if self.ema is not None:
+                    ema_dir = self._save_ema()
         self.accelerator.wait_for_everyone()
         return TrainResult(lora_dir=lora_dir, ema_dir=ema_dir, steps=self.config.max_steps, metrics=metrics,
                            seconds=seconds)
