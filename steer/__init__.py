@@ -19,10 +19,25 @@ def _unshadow() -> None:
 
 _unshadow()
 
-from steer.api import generate  # noqa: E402
-from steer.budget import Budget, Trace  # noqa: E402
-from steer.types import Cond, Prediction, Result, Schedule, StepInfo  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = ["generate", "Budget", "Trace", "Cond", "Prediction", "Result", "Schedule", "StepInfo", "__version__"]
+_EXPORTS = {"generate": "steer.api", "Budget": "steer.budget", "Trace": "steer.budget", "Cond": "steer.types",
+            "Prediction": "steer.types", "Result": "steer.types", "Schedule": "steer.types",
+            "StepInfo": "steer.types"}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    """The public names import on first use (PEP 562), so ``import steer`` (and the ``steer`` command's
+    start, which handles Ctrl-C) does not wait for torch."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'steer' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

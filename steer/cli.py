@@ -45,7 +45,7 @@ app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True
 
 def _fail(message: str, debug: bool, exc: Optional[BaseException] = None) -> None:
     """What ``steer methods`` does with an error (the other commands run inside ``io.boundary``)."""
-    if debug and exc is not None:
+    if (debug and exc is not None) or isinstance(exc, BrokenPipeError):
         raise exc
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
@@ -272,6 +272,11 @@ def main() -> None:
     except KeyboardInterrupt:  # a Ctrl-C outside a command's boundary (imports, start-up, exit): no traceback
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    except BrokenPipeError:  # ``steer methods | head``: the reader left; say nothing, exit as SIGPIPE would
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+        sys.exit(141)
 
 
 if __name__ == "__main__":

@@ -230,3 +230,28 @@ def test_double_ctrl_c_keeps_the_trace_and_shows_no_traceback(model_dir, tmp_pat
     on_disk = sorted(p.name for p in out.glob("[0-9][0-9][0-9].png"))
     assert [i["file"] for i in trace["images"]] == on_disk
     assert not list(out.glob(".*.tmp"))
+
+
+def test_ctrl_c_while_torch_imports_is_one_line_exit_130():
+    """A KeyboardInterrupt raised while the command imports torch (a real Ctrl-C at start-up lands there:
+    the import takes seconds) is one line and exit 130, not a traceback from the import machinery."""
+    code = ("import sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "sys.argv = ['steer', 'methods']\n"
+            "from steer.__main__ import main\n"
+            "main()\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130 and proc.stderr == "interrupted while starting\n", proc.stderr
+
+
+def test_output_piped_into_a_closed_reader_is_not_an_error():
+    """``steer methods | head -1``: the reader closing the pipe is the user's choice, not a failure."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(f"'{sys.executable}' -m steer methods | head -1", shell=True, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("best_of_n") and proc.stderr == "", proc.stderr

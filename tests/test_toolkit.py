@@ -156,9 +156,5 @@ def test_every_method_runs_few_step_chains_with_default_options(name, steps):
     proc = GMMProcess(kind="flow", num_inference_steps=steps)
     run = lambda: resolve_method(name)(proc, quadratic_reward(), ["a", "b"],  # noqa: E731
                                        generator=torch.Generator().manual_seed(0))
-    if name == "path_search" and steps == 1:
-        with pytest.raises(ValueError, match="1-step chain has no stretch"):
-            run()
-        return
     res = run()
     assert torch.isfinite(res.rewards).all() and res.trace.nfe >= 2 * steps

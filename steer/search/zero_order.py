@@ -17,7 +17,10 @@ at the end of the chain), and the N best of the N·M continue. Code names: ``pat
 ``steer.generate``), ``delta_f`` Δf, ``delta_b`` Δb. Defaults: N = 2, M = 4, Δf = 2, Δb = 4
 steps, start at step Δb (ours: the paper states Δf, Δb as noise levels per model); chains shorter
 than 5 steps use Δb = S, Δf = max(1, S // 2) and start at step S − 1, so 2–4-step models are
-searched too (one step has no stretch to re-noise: path search needs S ≥ 2).
+searched too. A 1-step chain has no stretch to re-noise: there Δf = 0, Δb = 1, start at step 0, and
+the M copies of a path are fresh x_T draws (re-noising x_T to its own level is the identity), so
+1-step path search is best-of-N·M keeping the N best — declared, not the paper's (which has no
+1-step setting).
 """
 from __future__ import annotations
 
@@ -107,10 +110,9 @@ def zero_order(process, reward, prompts, *, generator: Optional[torch.Generator]
 # ---- search over paths --------------------------------------------------------------------------
 
 def _short_chain_defaults(S: int, delta_f, delta_b) -> tuple:
-    """Δf = 2, Δb = 4 unless given; below 5 steps Δb = S and Δf = max(1, S // 2)."""
-    if S < 2:
-        raise ValueError("path_search: a 1-step chain has no stretch to re-noise and denoise again; use "
-                         "num_inference_steps >= 2, or best_of_n / zero_order for one-step models")
+    """Δf = 2, Δb = 4 unless given; below 5 steps Δb = S and Δf = max(1, S // 2); at 1 step Δf = 0, Δb = 1."""
+    if S == 1:
+        return 0 if delta_f is None else delta_f, 1 if delta_b is None else delta_b
     short = S < 5
     return (max(1, S // 2) if short else 2) if delta_f is None else delta_f, \
         (S if short else 4) if delta_b is None else delta_b
@@ -118,8 +120,9 @@ def _short_chain_defaults(S: int, delta_f, delta_b) -> tuple:
 
 def _check_path_options(S: int, paths, candidates, delta_f, delta_b, start_step) -> int:
     method = "path_search"
-    for name, v in (("paths", paths), ("candidates", candidates), ("delta_f", delta_f), ("delta_b", delta_b)):
+    for name, v in (("paths", paths), ("candidates", candidates), ("delta_b", delta_b)):
         toolkit.integer(method, name, v)
+    toolkit.integer(method, "delta_f", delta_f, minimum=0 if S == 1 else 1)
     if delta_b <= delta_f:
         raise ValueError(f"path_search: delta_b={delta_b} must exceed delta_f={delta_f} so each round moves forward")
     start = (delta_b if delta_b < S else S - 1) if start_step is None else start_step
@@ -147,7 +150,7 @@ def _path_steps(process, reward, prompts, cond, *, paths, candidates, delta_f, d
         i, k = j - delta_f, min(j - delta_f + delta_b, S)
         copies = x.repeat_interleave(candidates, dim=0)  # (P*N*M, *latent)
         noise = process.init_noise(copies.shape[0], generator)
-        y = kernels.renoise(process.schedule, copies, j, i, noise)
+        y = noise if j == 0 else kernels.renoise(process.schedule, copies, j, i, noise)  # j = 0: 1-step chain
         x0_hat = None
         for info in chain.denoise(process, y, cond.index(rows), start=i, end=k, noise_level=level,
                                   generator=generator, trace=trace):
