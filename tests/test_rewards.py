@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from steer.rewards.preprocess import CLIP_MEAN, CLIP_STD, center_crop, clip_preprocess, resize_short_side
+from steer.rewards.preprocess import (CLIP_MEAN, CLIP_STD, center_crop, clip_preprocess, hps_preprocess,
+                                      processor_preprocess, resize_short_side)
 
 PROMPTS = ["a red circle above a blue square", "two small green triangles"]
 
@@ -87,7 +88,7 @@ def _hf_text(model, tokenizer, prompts):
 def test_clip_is_100_cosine(rewards, images):
     reward = rewards["clip"]
     model, tok = reward.encoder.model, reward.encoder.tokenizer
-    img = model.get_image_features(pixel_values=clip_preprocess(images)).pooler_output
+    img = model.get_image_features(pixel_values=processor_preprocess(images)).pooler_output
     expected = 100 * F.cosine_similarity(img, _hf_text(model, tok, PROMPTS))
     torch.testing.assert_close(reward(images, PROMPTS), expected, atol=1e-4, rtol=1e-5)
 
@@ -97,7 +98,7 @@ def test_clip_with_open_clip_model(images):
     from tests.fixtures.rewards import tiny_open_clip
 
     model, tok = tiny_open_clip(seed=3)
-    img = model.encode_image(clip_preprocess(images), normalize=True)
+    img = model.encode_image(processor_preprocess(images), normalize=True)
     txt = model.encode_text(tok(PROMPTS), normalize=True)
     expected = 100 * (img * txt).sum(-1)
     torch.testing.assert_close(CLIPReward.from_model(model, tok)(images, PROMPTS), expected, atol=1e-4, rtol=1e-5)
@@ -107,7 +108,7 @@ def test_pickscore_is_logit_scale_exp_times_cosine(rewards, images):
     reward = rewards["pickscore"]
     model, tok = reward.encoder.model, reward.encoder.tokenizer
     assert abs(model.logit_scale.item() - 2.5) < 1e-6  # a non-trivial temperature, exp(2.5) ≈ 12.18
-    img = F.normalize(model.get_image_features(pixel_values=clip_preprocess(images)).pooler_output, dim=-1)
+    img = F.normalize(model.get_image_features(pixel_values=processor_preprocess(images)).pooler_output, dim=-1)
     txt = F.normalize(_hf_text(model, tok, PROMPTS), dim=-1)
     expected = (model.logit_scale.exp() * img @ txt.T).diag()  # the reference's logits_per_image diagonal
     torch.testing.assert_close(reward(images, PROMPTS), expected, atol=1e-4, rtol=1e-5)
@@ -123,7 +124,7 @@ def test_hps_is_cosine_and_loads_state_dict_key(tmp_path, images):
     for key, value in reward.encoder.model.state_dict().items():
         assert torch.equal(value, saved[key]), key
     model, tok = tiny_open_clip(seed=5)  # same weights, built independently
-    img = model.encode_image(clip_preprocess(images), normalize=True)
+    img = model.encode_image(hps_preprocess(images), normalize=True)  # letterboxed, as HPSv2
     txt = model.encode_text(tok(PROMPTS), normalize=True)
     expected = (img @ txt.T).diag()
     out = reward(images, PROMPTS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,8 +31,10 @@ def is_open_clip(model: nn.Module) -> bool:
 class ClipEncoder(nn.Module):
     """Image/text features of a CLIP model from either library; the tokenizer rides along."""
 
-    def __init__(self, model: nn.Module, tokenizer=None, mean=CLIP_MEAN, std=CLIP_STD):
+    def __init__(self, model: nn.Module, tokenizer=None, mean=CLIP_MEAN, std=CLIP_STD,
+                 preprocess: Callable[..., Tensor] = clip_preprocess):
         super().__init__()
+        self.preprocess = preprocess  # (images, size, mean, std) -> model input: the original's transform
         if not (is_transformers_clip(model) or is_open_clip(model)):
             raise TypeError(f"expected an open_clip CLIP or a transformers CLIPModel, got {type(model).__name__}")
         self.model = model
@@ -48,7 +50,7 @@ class ClipEncoder(nn.Module):
     def encode_image(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [0, 1] -> features (B, D) float32."""
         param = next(self.model.parameters())
-        pixels = clip_preprocess(images.to(param.device, param.dtype), self.image_size, self.mean, self.std)
+        pixels = self.preprocess(images.to(param.device, param.dtype), self.image_size, self.mean, self.std)
         if is_transformers_clip(self.model):
             return _pooled(self.model.get_image_features(pixel_values=pixels)).float()  # (B, D)
         return self.model.encode_image(pixels).float()  # (B, D)
@@ -161,6 +163,8 @@ class ClipEncoderReward(TorchReward):
     it from an in-memory CLIP and tokenizer; subclasses define ``name``, ``score`` and the loaders."""
 
     weights: Optional["WeightFile"] = None  # a transformers CLIP directory, for ``from_pretrained``
+    # the original's image transform, (images, size, mean, std) -> model input (``steer.rewards.preprocess``)
+    preprocess: Callable[..., Tensor] = staticmethod(clip_preprocess)
 
     def __init__(self, encoder: ClipEncoder):
         super().__init__(encoder)
@@ -176,7 +180,7 @@ class ClipEncoderReward(TorchReward):
     def from_model(cls, model: nn.Module, tokenizer):
         """From an in-memory open_clip ``CLIP`` or transformers ``CLIPModel`` (its weights already
         loaded) and its tokenizer."""
-        return cls(ClipEncoder(model, tokenizer))
+        return cls(ClipEncoder(model, tokenizer, preprocess=cls.preprocess))
 
 
 def load_clip_dir(wf: WeightFile, path: Optional[str] = None):

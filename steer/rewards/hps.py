@@ -6,7 +6,9 @@ Architecture: open_clip ``ViT-H-14`` created with ``pretrained=None``, then the 
 ``state_dict`` key) loaded strictly. Score = cosine(image features, text features), i.e. the
 reference's ``logits_per_image`` diagonal *without* any temperature: typical values are ~0.2–0.35.
 (Papers often report it ×100; multiply by 100 yourself if you want that scale, or weight it in a spec.)
-Preprocessing: short side to 224 (bicubic, antialiased), center crop, CLIP mean/std — in torch.
+Preprocessing as the original's evaluation transform (``light_augmentation=True``: ``ToTensor`` then
+``ResizeMaxSize(224)``): long side to 224 (antialiased bicubic), zero-pad to 224 x 224, CLIP mean/std —
+in torch (``preprocess.hps_preprocess``; non-square images are letterboxed, not cropped).
 We do not depend on the ``hpsv2`` package (its wheel lacks its vocab/configs and pins pytest).
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Optional, Sequence
 from torch import Tensor
 
 from steer.rewards.encoders import ClipEncoderReward, cosine, open_clip_from_checkpoint, open_clip_tokenizer
+from steer.rewards.preprocess import hps_preprocess
 from steer.rewards.weights import WeightFile, resolve_file
 
 HPS_URL = "https://huggingface.co/xswu/HPSv2"
@@ -31,6 +34,7 @@ class HPSReward(ClipEncoderReward):
     """HPSv2.x: cosine of the HPS-tuned open_clip image and text embeddings (range [-1, 1])."""
 
     name = "hps"
+    preprocess = staticmethod(hps_preprocess)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, model_name: str = MODEL_NAME, tokenizer=None) -> "HPSReward":
