@@ -9,7 +9,8 @@ Columns, per cell: exact-checker accuracy (never optimised) with a 95% interval 
 captions, each caption's accuracy averaged over the seeds); the optimised reward (mean
 ``shapes-clip``); a held-out reward that is not optimised — ``swap-p``, the probability the CLIP puts
 on the true caption against all of its corruptions (``world.mismatches``: swapped relation, order,
-colours, shapes), which an image that merely inflates the cosine does not raise; diversity
+colours, shapes; the registered eval reward ``shapes-swap``), which an image that merely inflates
+the cosine does not raise; diversity
 (1 - cos of the CLIP image embeddings of seed 0's and seed 1's sample per caption); single-object
 accuracy (the 12 single-object captions x the seeds) at the largest budget, as a regression check.
 
@@ -46,7 +47,8 @@ from steer.zoo.shapes import CPU_BATCH_SIZE, DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM
 from steer.zoo.shapes import pipeline, world  # noqa: E402
 from steer.zoo.shapes.clip import image_embeds  # noqa: E402
 from steer.zoo.shapes.evaluate import relational_heldout_captions  # noqa: E402
-from steer.zoo.shapes.reward import ShapesClipReward  # noqa: E402
+from steer.scoring import eval_scores  # noqa: E402
+from steer.zoo.shapes.reward import ShapesClipReward, ShapesSwapReward  # noqa: E402
 
 S = DEFAULT_NUM_INFERENCE_STEPS
 BON = ("best-of-N η=0", "best-of-N η=1")
@@ -75,23 +77,14 @@ def steer_all(process, reward, captions, method, options, seed, chunk):
     return out, sum(r.trace.nfe for r in out) / len(captions), time.perf_counter() - t
 
 
-@torch.no_grad()
-def swap_p(reward, images, captions) -> torch.Tensor:
-    """P(true caption | image) among the caption and all its corruptions, under the reward CLIP (N,)."""
-    img = image_embeds(reward.model, images)  # (N, D)
-    out = []
-    for e, cap in zip(img, captions):
-        alts = [cap] + sorted({c for v in world.mismatches(cap).values() for c in v})
-        logits = reward.logit_scale * (reward._text(alts) @ e)  # (1 + A,)
-        out.append(torch.softmax(logits, 0)[0])
-    return torch.stack(out)
-
-
-@torch.no_grad()
 def measure(reward, images, captions) -> dict:
-    """Per-sample columns of one seed's images (N, 3, H, W)."""
-    return {"correct": checker.check(images, captions).float(), "reward": reward(images, captions).float(),
-            "swap_p": swap_p(reward, images, captions), "embeds": image_embeds(reward.model, images)}
+    """Per-sample columns of one seed's images (N, 3, H, W); the held-out column is the registered
+    eval reward ``shapes-swap`` (the same CLIP), scored as ``eval_reward=`` scores: on the final images only."""
+    held_out = ShapesSwapReward(clip_reward=reward)
+    with torch.no_grad():
+        return {"correct": checker.check(images, captions).float(), "reward": reward(images, captions).float(),
+                "swap_p": eval_scores(held_out, images, captions, method="benchmark"),
+                "embeds": image_embeds(reward.model, images)}
 
 
 def bootstrap(per_caption: torch.Tensor, reps: int = 2000) -> tuple[float, float]:

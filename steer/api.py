@@ -131,7 +131,7 @@ def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Call
              seed: int = 0, steps: Optional[int] = None, guidance_scale: Optional[float] = None,
              height: Optional[int] = None, width: Optional[int] = None, negative_prompt: Optional[str] = None,
              batch_size: Optional[int] = None, device=None, dtype=None, nfe_budget: Optional[int] = None,
-             callback: Optional[Callable] = None, **options) -> Result:
+             callback: Optional[Callable] = None, eval_reward=None, **options) -> Result:
     """Generate one reward-steered image per prompt.
 
     ``pipe``: a diffusers pipeline, a model id / local path, a ``steer.pipelines.Process``, or
@@ -139,7 +139,9 @@ def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Call
     (aliases: ``bon``, ``dts*``). ``reward``: a spec (``"hps"``, ``"hps=1,clip=0.5"``), a ``Reward``
     or a callable (default ``default_reward(pipe)``: ``shapes-clip`` on the embedded model, else
     ``hps``). Method options pass through by keyword; ``nfe_budget`` caps denoiser calls per prompt for
-    every method.
+    every method. ``eval_reward`` (a spec, ``Reward`` or callable, like ``reward``): a held-out reward
+    scored on the returned images only, never steering them, in ``Result.eval_rewards`` — the check on
+    reward hacking (an optimized reward that rises while a held-out one does not).
     """
     reward = default_reward(pipe) if reward is None else reward
     prompts = normalize_prompts(prompt)
@@ -152,6 +154,7 @@ def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Call
                               guidance_scale=run["guidance_scale"], height=run["height"], width=run["width"],
                               negative_prompt=negative_prompt, batch_size=run["batch_size"])
     reward_model = resolve_reward(reward, device=getattr(process, "device", None))
+    eval_model = None if eval_reward is None else resolve_reward(eval_reward, device=getattr(process, "device", None))
     generator = torch.Generator("cpu").manual_seed(run["seed"])
     budget = Budget(nfe=run["nfe_budget"]) if run["nfe_budget"] is not None else None
     own = getattr(fn, "__name__", name)
@@ -161,4 +164,9 @@ def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Call
         if isinstance(e, SteerError) or not str(e).startswith(f"{own}:"):
             raise
         raise SteerError(str(e).splitlines()[0]) from e
-    return check_images(result, name, prompts)
+    result = check_images(result, name, prompts)
+    if eval_model is not None:
+        from steer.scoring import eval_scores
+
+        result.eval_rewards = eval_scores(eval_model, result.images, prompts, method=name)
+    return result

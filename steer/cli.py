@@ -1,4 +1,5 @@
-"""The ``steer`` command line: ``steer generate``, ``steer finetune``, ``steer rewards``, ``steer methods``.
+"""The ``steer`` command line: ``steer generate``, ``steer finetune``, ``steer rewards``, ``steer methods``,
+``steer serve-reward``.
 
 Bad input exits with code 2 and one line on stderr (``--debug`` shows the traceback).
 """
@@ -155,6 +156,8 @@ def generate(
     method: str = typer.Option("fk", "--method", "-m", help="Steering method (see `steer methods`)."),
     reward: Optional[str] = typer.Option(None, "--reward", "-r", help="Reward spec, e.g. hps or hps=1,clip=0.5 "
                                          "(default: shapes-clip on the embedded model, else hps)."),
+    eval_reward: Optional[str] = typer.Option(None, "--eval-reward", help="A held-out reward spec scored on the "
+                                              "final images only, never steering them (trace.json, PNG metadata)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model id or local diffusers folder (default: the embedded model)."),
     particles: Optional[int] = typer.Option(None, "--particles", help="FK particles per prompt."),
     n: Optional[int] = typer.Option(None, "--n", help="Best-of-N candidates per prompt."),
@@ -210,7 +213,7 @@ def generate(
                                    steps=steps, guidance_scale=guidance, height=height, width=width,
                                    negative_prompt=negative_prompt, nfe_budget=nfe_budget, save_all=save_all,
                                    device=device, dtype=io.parse_dtype(dtype), options=kwargs, progress=progress,
-                                   resume=resume, overwrite=overwrite)
+                                   resume=resume, overwrite=overwrite, eval_reward=eval_reward)
         if summary is not None:
             kept = f", {summary['skipped']} already there" if summary.get("skipped") else ""
             typer.echo(f"wrote {summary['written']} image(s) to {out_dir}{kept}  "
@@ -231,7 +234,7 @@ def rewards(debug: bool = typer.Option(False, "--debug")):
         t = Table()
         for header in ("name", "differentiable", "weights", "where to get them", "point at them with"):
             t.add_column(header, overflow="fold")  # long paths and URLs wrap, never end in "…"
-        for row in reward_table():
+        for row in reward_table(include_forms=True):  # and the http://HOST:PORT form
             t.add_row(row["name"], "yes" if row["differentiable"] else "no", row["weights"] or "-",
                       row["source"] or "-", row["point_at"] or "-")
         Console(width=200).print(t)
@@ -261,6 +264,10 @@ def methods(debug: bool = typer.Option(False, "--debug")):
 from steer.finetune.command import finetune  # noqa: E402  (``steer finetune``)
 
 app.command("finetune")(finetune)
+
+from steer.rewards.server import serve_reward  # noqa: E402  (``steer serve-reward``)
+
+app.command("serve-reward")(serve_reward)
 
 
 def main() -> None:

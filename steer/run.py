@@ -34,7 +34,7 @@ RANK_TRACE = re.compile(r"trace\.rank\d+\.json")
 SETTINGS = {"method": "--method", "reward": "--reward", "model": "--model", "seed": "--seed", "steps": "--steps",
             "guidance_scale": "--guidance", "height": "--height", "width": "--width",
             "negative_prompt": "--negative-prompt", "nfe_budget": "--nfe-budget", "dtype": "--dtype",
-            "options": "the method's options"}
+            "options": "the method's options", "eval_reward": "--eval-reward"}
 
 
 def _distributed():
@@ -48,7 +48,9 @@ def _distributed():
 
 
 def _record(k: int, prompt: str, result, path: Path, sha256: str) -> dict[str, Any]:
+    held_out = {} if result.eval_rewards is None else {"eval_reward": float(result.eval_rewards[0])}
     return {"index": k, "prompt": prompt, "file": path.name, "sha256": sha256, "reward": float(result.rewards[0]),
+            **held_out,
             "nfe": result.trace.nfe, "reward_calls": result.trace.reward_calls,
             "backward_calls": result.trace.backward_calls, "seconds": result.trace.seconds,
             "timings": dict(result.trace.timings)}
@@ -153,7 +155,7 @@ def _claim(out_dir: Path, prompts: list[str], settings: dict, resume: bool, over
 def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str, model: Optional[str], seed: int,
                  steps=None, guidance_scale=None, height=None, width=None, negative_prompt=None,
                  nfe_budget=None, save_all=False, device=None, dtype=None, options=None, progress=None,
-                 resume: bool = False, overwrite: bool = False) -> dict:
+                 resume: bool = False, overwrite: bool = False, eval_reward: Optional[str] = None) -> dict:
     """Run the job; returns a summary (written and skipped counts, NFE per prompt, seconds, timing breakdown)."""
     options = dict(options or {})
     out_dir = Path(out_dir)
@@ -162,7 +164,8 @@ def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str,
     settings = json.loads(json.dumps(
         {"method": method, "reward": reward, "model": model, "seed": seed, "steps": steps,
          "guidance_scale": guidance_scale, "height": height, "width": width, "negative_prompt": negative_prompt,
-         "nfe_budget": nfe_budget, "dtype": None if dtype is None else str(dtype), "options": options}, default=str))
+         "nfe_budget": nfe_budget, "dtype": None if dtype is None else str(dtype), "options": options,
+         "eval_reward": eval_reward}, default=str))
     done = _claim(out_dir, prompts, settings, resume, overwrite, state)
     if state is not None and device is None:
         device = state.device  # one accelerator per process
@@ -170,11 +173,13 @@ def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str,
                               guidance_scale=guidance_scale, height=height, width=width,
                               negative_prompt=negative_prompt)
     reward_model = resolve_reward(reward, device=getattr(process, "device", None), dtype=None)
+    eval_model = None if eval_reward is None else resolve_reward(eval_reward, device=getattr(process, "device", None))
     t_load = time.perf_counter() - t0
     job = {"method": method, "reward": reward, "model": model or "embedded default", "seed": seed,
            "steps": process.num_steps, "guidance_scale": getattr(process, "guidance_scale", guidance_scale),
            "height": height, "width": width, "negative_prompt": negative_prompt, "nfe_budget": nfe_budget,
-           "options": options, "versions": outputs.versions(), "settings": settings, "num_prompts": len(prompts)}
+           "options": options, "eval_reward": eval_reward, "versions": outputs.versions(),
+           "settings": settings, "num_prompts": len(prompts)}
     todo = [k for k in range(len(prompts)) if k not in done]
     if todo and (state is None or state.is_main_process):
         (out_dir / GRID).unlink(missing_ok=True)  # rewritten once every prompt has its image
@@ -188,11 +193,12 @@ def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str,
 
     try:
         if state is None:
-            _steer_prompts(todo, prompts, out_dir, process, reward_model, job, records, save_all, progress, write_trace)
+            _steer_prompts(todo, prompts, out_dir, process, (reward_model, eval_model), job, records, save_all,
+                           progress, write_trace)
         else:
             with state.split_between_processes(todo) as mine:
-                _steer_prompts(list(mine), prompts, out_dir, process, reward_model, job, records, save_all, progress,
-                               write_trace)
+                _steer_prompts(list(mine), prompts, out_dir, process, (reward_model, eval_model), job, records,
+                               save_all, progress, write_trace)
     except KeyboardInterrupt:
         status["interrupted"] = True
         raise
@@ -222,13 +228,16 @@ def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str,
             "seconds": time.perf_counter() - t0, "timing": timing}
 
 
-def _steer_prompts(indices, prompts, out_dir, process, reward_model, job, records, save_all, progress,
+def _steer_prompts(indices, prompts, out_dir, process, rewards, job, records, save_all, progress,
                    after_each) -> None:
+    """``rewards``: (the steering reward, the held-out eval reward or None)."""
+    reward_model, eval_model = rewards
     for k in indices:
         if progress is not None:
             progress.prompt(k, len(prompts), prompts[k])
         result = generate(process, prompts[k], method=job["method"], reward=reward_model, seed=job["seed"] + k,
-                          nfe_budget=job["nfe_budget"], callback=progress, **job["options"])
+                          nfe_budget=job["nfe_budget"], callback=progress, eval_reward=eval_model,
+                          **job["options"])
         with io.deferred_interrupts():  # a prompt's files, its record and the trace: all or none
             _save_prompt(k, prompts, out_dir, result, job, records, save_all)
             after_each()
@@ -240,6 +249,8 @@ def _save_prompt(k, prompts, out_dir, result, job, records, save_all) -> None:
     info = {"prompt": prompts[k], "model": job["model"], "method": job["method"], "options": job["options"],
             "seed": job["seed"] + k, "reward_spec": job["reward"], "reward": float(result.rewards[0]),
             "steps": job["steps"], "nfe": result.trace.nfe}
+    if result.eval_rewards is not None:
+        info.update(eval_reward_spec=job["eval_reward"], eval_reward=float(result.eval_rewards[0]))
     if save_all and result.candidates is not None:
         for j, image in enumerate(result.candidates[0]):
             cand = {**info, "candidate": j}

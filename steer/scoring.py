@@ -88,6 +88,16 @@ def _as_scores(r, images: Tensor, head: str) -> Tensor:
 _INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
+def eval_scores(reward, images: Tensor, prompts: Sequence[str], *, method: str = "?") -> Tensor:
+    """A held-out reward of finished images (B,): scored without gradients on a detached copy, not
+    counted as the method's reward calls (it never steers anything), errors named as ``score_images``'."""
+    if reads_latents(reward):
+        raise SteerError(f"eval reward {getattr(reward, 'name', reward)!r} reads latents; an eval reward scores the "
+                         f"returned images: give an image reward")
+    with torch.no_grad():
+        return score_images(reward, images.detach(), prompts, method=f"{method} (eval reward)")
+
+
 def decode(process, x0: Tensor, trace=None) -> Tensor:
     """process.decode(x0) -> images (B, 3, H, W), its time added to ``trace.timings['decode']``."""
     if trace is None:
@@ -96,22 +106,33 @@ def decode(process, x0: Tensor, trace=None) -> Tensor:
         return process.decode(x0)
 
 
+def reads_latents(reward) -> bool:
+    """True for a reward declared ``space = "latent"``: it scores x̂0 latents, no decode needed."""
+    return getattr(reward, "space", "image") == "latent"
+
+
 def decode_and_score(process, reward, x0: Tensor, prompts: Sequence[str], *, trace=None, method: str = "?",
                      step: Optional[int] = None, grad: bool = False) -> tuple[Tensor, Tensor]:
-    """Decode x̂0 (or final latents) (B, ...) and score them, in chunks of the process' ``batch_size``
-    (its latents per call); without gradients unless ``grad``. Returns images (B, 3, H, W) float32
-    and rewards (B,)."""
+    """Decode x̂0 (or final latents) (B, ...) and score them (a latent reward scores ``x0`` itself), in
+    chunks of the process' ``batch_size`` (its latents per call); without gradients unless ``grad``.
+    Returns images (B, 3, H, W) float32 and rewards (B,)."""
     chunk = getattr(process, "batch_size", None) or x0.shape[0]
     images, rewards = [], []
     with torch.set_grad_enabled(grad):
         for s in range(0, x0.shape[0], chunk):
             img = decode(process, x0[s:s + chunk], trace)  # (b, 3, H, W)
-            rewards.append(score_images(reward, img, prompts[s:s + chunk], trace=trace, method=method, step=step))
+            scored = x0[s:s + chunk] if reads_latents(reward) else img
+            rewards.append(score_images(reward, scored, prompts[s:s + chunk], trace=trace, method=method, step=step))
             images.append(img.float())
     return torch.cat(images), torch.cat(rewards)
 
 
 def score_latents(process, reward, x0: Tensor, prompts: Sequence[str], *, trace=None, method: str = "?",
                   step: Optional[int] = None, grad: bool = False) -> Tensor:
-    """The rewards (B,) of ``decode_and_score``."""
-    return decode_and_score(process, reward, x0, prompts, trace=trace, method=method, step=step, grad=grad)[1]
+    """The rewards (B,) of ``decode_and_score``; a latent reward (``space = "latent"``) skips the decode."""
+    if not reads_latents(reward):
+        return decode_and_score(process, reward, x0, prompts, trace=trace, method=method, step=step, grad=grad)[1]
+    chunk = getattr(process, "batch_size", None) or x0.shape[0]
+    with torch.set_grad_enabled(grad):
+        return torch.cat([score_images(reward, x0[s:s + chunk], prompts[s:s + chunk], trace=trace, method=method,
+                                       step=step) for s in range(0, x0.shape[0], chunk)])

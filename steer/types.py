@@ -56,6 +56,7 @@ class Cond:
     prompts: tuple[str, ...]
     tensors: Mapping[str, Tensor]
     guidance_scale: float = 1.0
+    detach_uncond: bool = False  # guidance's unconditional branch without gradients (Flow-GRPO's training)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -109,6 +110,7 @@ class Result:
     log_weights: Optional[Tensor] = None  # (P, K) where the method has weights
     prompts: tuple[str, ...] = ()
     initial_noise: Optional[Tensor] = None  # (P, ...) x_T of the selected samples, where a method optimizes it (ReNO)
+    eval_rewards: Optional[Tensor] = None  # (P,) a held-out reward of ``images`` (``eval_reward=``), never steered by
 
     def pil(self):
         """The selected images as PIL images."""

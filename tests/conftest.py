@@ -37,8 +37,9 @@ def _no_network(monkeypatch):
         return real_connect(self, address, *a, **k)
 
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    real_create = socket.create_connection  # saved first: the patched name must not call itself
     monkeypatch.setattr(socket, "create_connection", lambda addr, *a, **k: (
-        _blocked() if addr[0] not in ("127.0.0.1", "::1", "localhost") else socket.create_connection(addr, *a, **k)))
+        _blocked() if addr[0] not in ("127.0.0.1", "::1", "localhost") else real_create(addr, *a, **k)))
     yield
 
 

@@ -78,3 +78,22 @@ def slow_and_watched(images, prompts):
     (marks / "scored").touch()
     time.sleep(0.2)
     return brightness(images, prompts)
+
+
+def slow_brightness(images, prompts):
+    """Brightness after sleeping ``$STEER_TEST_SLOW`` seconds (default 2): a reward still scoring
+    when a test kills its server."""
+    import os
+    import time
+
+    time.sleep(float(os.environ.get("STEER_TEST_SLOW", "2")))
+    return brightness(images, prompts)
+
+
+def brightness_or_fault(images, prompts):
+    """Brightness, but a model that crashes on a prompt 'crash' and scores NaN for a prompt 'nan'
+    (served by tests/test_reward_server.py: HTTP 500 and 422)."""
+    if "crash" in prompts:
+        raise RuntimeError("the model crashed")
+    out = brightness(images, prompts)
+    return torch.where(torch.tensor([p == "nan" for p in prompts]), torch.tensor(float("nan")), out)

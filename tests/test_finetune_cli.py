@@ -6,6 +6,7 @@ import json
 
 import pytest
 import typer
+from PIL import Image
 from typer.testing import CliRunner
 
 from steer.finetune.command import finetune
@@ -63,6 +64,10 @@ def test_grpo_run_then_resume(tmp_path, prompts, model_dir):
     first = invoke(*common, "--max-steps", "2")
     assert first.exit_code == 0, first.output
     assert "saved LoRA" in first.output
+    progress = [ln for ln in first.output.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in progress] == ["1/2", "2/2"] and all("s/step  ETA" in ln for ln in progress)
+    with Image.open(out / "reward.png") as plot:  # reward vs step
+        assert plot.size == (640, 400) and len(set(plot.convert("RGB").getdata())) > 2
     second = invoke(*common, "--max-steps", "3", "--resume")
     assert second.exit_code == 0, second.output
     steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]

@@ -8,7 +8,7 @@ from steer.rewards.registry import COLUMNS, REWARDS
 
 PROMPTS = ["a red circle", "a blue square"]
 ENV_VARS = ("STEER_HPS_PATH", "STEER_PICKSCORE_PATH", "STEER_IMAGE_REWARD_PATH", "STEER_BERT_TOKENIZER_PATH",
-            "STEER_CLIP_PATH", "STEER_AESTHETIC_PATH")
+            "STEER_CLIP_PATH", "STEER_AESTHETIC_PATH", "STEER_HPSV3_PATH", "STEER_QWEN2VL_PATH")
 
 
 def brightness(images, prompts):
@@ -69,8 +69,8 @@ def test_spec_errors_name_the_fix(spec, message):
 def test_table_lists_every_reward():
     rows = table()
     assert [r["name"] for r in rows] == [r.name for r in REWARDS]
-    assert {"hps", "hps_v2.0", "pickscore", "image_reward", "clip", "aesthetic", "aesthetic_v1", "jpeg",
-            "shapes-clip", "shapes-check"} == {
+    assert {"hps", "hps_v2.0", "pickscore", "image_reward", "hpsv3", "clip", "aesthetic", "aesthetic_v1", "jpeg",
+            "shapes-clip", "shapes-check", "shapes-swap"} == {
         r["name"] for r in rows}
     for row in rows:
         assert tuple(row) == COLUMNS and isinstance(row["differentiable"], bool)

@@ -1,12 +1,12 @@
 """``steer finetune``: the typer command (registered in ``steer/cli.py``).
 
-    steer finetune --method draft|grpo|distill --reward SPEC --prompts FILE --out DIR
+    steer finetune --method draft|grpo|distill | --preset NAME --reward SPEC --prompts FILE --out DIR
                    [--model ID_OR_PATH] [--steer-method fk --particles 8 -o KEY=VALUE ...]
                    [--max-steps N] [--lora-rank R] [--set FIELD=VALUE ...] [--resume | --overwrite]
 
-Bad input exits with code 2 and one line on stderr (``--debug`` shows the traceback). Writes
-``DIR/lora`` (``pipe.load_lora_weights(DIR/lora)``), ``DIR/metrics.jsonl``, ``DIR/config.json`` and
-``DIR/checkpoints/``. Under ``accelerate launch`` every process trains and gradients are averaged.
+Bad input exits with code 2 and one line on stderr (``--debug`` shows the traceback). Shows progress
+(step, loss, reward, s/step, ETA). Writes ``DIR/lora`` (``pipe.load_lora_weights(DIR/lora)``),
+``DIR/metrics.jsonl``, ``DIR/config.json``, ``DIR/reward.png`` (reward vs step) and ``DIR/checkpoints/``. Under ``accelerate launch`` every process trains and gradients are averaged.
 
 ``DIR`` holds one run: a fresh run into a folder with an earlier one is refused unless ``--resume``
 (continue it: every setting must match the checkpoint's, except ``--max-steps``, and
@@ -27,15 +27,31 @@ from steer import io
 from steer.errors import SteerError
 
 
-def build_config(method: str, explicit: dict, settings: List[str], steer_options: dict):
-    """The method's config from explicit options, ``--set FIELD=VALUE`` pairs and steering options."""
+def _preset(name: Optional[str], method: Optional[str], steps, guidance):
+    """(preset config fields, method, steps, guidance): the preset's where not given explicitly."""
+    if name is None:
+        if method is None:
+            raise SteerError("--method is required (draft, grpo or distill), or give a --preset")
+        return {}, method, steps, guidance
+    from steer.finetune import presets
+
+    p = presets.get(name, method)
+    base = {**p.config, "preset": name}
+    return (base, p.method, p.process["num_inference_steps"] if steps is None else steps,
+            p.process["guidance_scale"] if guidance is None else guidance)
+
+
+def build_config(method: str, explicit: dict, settings: List[str], steer_options: dict, base: Optional[dict] = None):
+    """The method's config from a preset's fields (``base``), explicit options, ``--set FIELD=VALUE``
+    pairs and steering options, each overriding the one before."""
     from steer.finetune.config import CONFIGS
 
     if method not in CONFIGS:
         raise SteerError(f"--method must be one of {', '.join(CONFIGS)}, got {method!r}")
     cls = CONFIGS[method]
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in explicit.items() if v is not None and k in fields}
+    kwargs = dict(base or {})
+    kwargs.update({k: v for k, v in explicit.items() if v is not None and k in fields})
     defaults = {name: f.default if f.default is not dataclasses.MISSING else None for name, f in fields.items()}
     for key, value in io.parse_options(settings, defaults, "--set", allow_none=True).items():
         if key not in fields:
@@ -89,16 +105,19 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 class _Bar:
-    """A rich progress bar over optimizer steps (only on a terminal)."""
+    """Live progress over optimizer steps: step, loss, reward, s/step and ETA — a rich bar on a terminal,
+    else one line on stderr about every 5% of the run (and at the last step)."""
 
     def __init__(self, total: int):
-        self.total, self.progress = total, None
+        self.total, self.progress, self.every = total, None, max(1, total // 20)
+        self.seconds: list[float] = []
 
     def __enter__(self):
         if sys.stderr.isatty():
-            from rich.progress import Progress
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.progress = Progress(transient=True)
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
+                                     transient=True)
             self.progress.start()
             self.task = self.progress.add_task("fine-tuning", total=self.total)
         return self
@@ -107,24 +126,36 @@ class _Bar:
         if self.progress is not None:
             self.progress.stop()
 
+    def line(self, record: dict) -> str:
+        self.seconds.append(float(record.get("seconds") or 0.0))
+        recent = self.seconds[-10:]
+        per_step = sum(recent) / len(recent)
+        eta = per_step * (self.total - record["step"])
+        r, e = record.get("reward_mean"), record.get("eval_reward_mean")
+        return (f"step {record['step']}/{self.total}  loss {record['loss']:.4g}"
+                + (f"  reward {r:.4g}" if r is not None else "") + (f"  eval {e:.4g}" if e is not None else "")
+                + f"  {per_step:.2f} s/step  ETA {eta:.0f}s")
+
     def __call__(self, record: dict) -> None:
+        text = self.line(record)
         if self.progress is not None:
-            r = record.get("reward_mean")
-            self.progress.update(self.task, completed=record["step"],
-                                 description=f"step {record['step']}  reward {r:.4g}" if r is not None else "")
+            self.progress.update(self.task, completed=record["step"], description=text)
+        elif record["step"] % self.every == 0 or record["step"] == self.total:
+            typer.echo(text, err=True)
 
 
 def run_finetune(method: str, reward: str, prompts: list[str], out: Path, *, model: Optional[str], config,
                  resume: bool, steps: Optional[int], guidance: Optional[float], device: Optional[str],
-                 overwrite: bool = False):
+                 overwrite: bool = False, eval_reward: Optional[str] = None):
     from steer.api import resolve_process, resolve_reward
     from steer.finetune import METHODS
 
     process = resolve_process(model, device=device, num_inference_steps=steps, guidance_scale=guidance)
     reward_model = resolve_reward(reward, device=getattr(process, "device", None))
+    eval_model = None if eval_reward is None else resolve_reward(eval_reward, device=getattr(process, "device", None))
     with _Bar(config.max_steps) as bar, _one_line_warnings():
         return METHODS[method](process, reward_model, prompts, config, out_dir=out, resume=resume,
-                               overwrite=overwrite, callback=bar)
+                               overwrite=overwrite, callback=bar, eval_reward=eval_model)
 
 
 class _one_line_warnings(warnings.catch_warnings):
@@ -148,8 +179,13 @@ class _one_line_warnings(warnings.catch_warnings):
 
 
 def finetune(
-    method: str = typer.Option(..., "--method", "-m", help="draft (reward backprop), grpo (DDPO / Flow-GRPO) or distill."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="draft (reward backprop), grpo (DDPO / "
+                                         "Flow-GRPO) or distill (default: the preset's)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A reference's defaults: ddpo, flow_grpo, alignprop, "
+                                         "draft_k, draft_lv (flags and --set override them)."),
     reward: str = typer.Option("hps", "--reward", "-r", help="Reward spec, e.g. hps, jpeg or hps=1,clip=0.5."),
+    eval_reward: Optional[str] = typer.Option(None, "--eval-reward", help="A held-out reward spec logged per step "
+                                              "(eval_reward_mean in metrics.jsonl) on the step's images, never trained on."),
     prompts_file: Path = typer.Option(..., "--prompts", help="A text file with one prompt per line."),
     out: Path = typer.Option(..., "--out", help="Output folder (lora/, metrics.jsonl, checkpoints/)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model id or local diffusers folder."),
@@ -169,7 +205,7 @@ def finetune(
                                 "--max-steps may change; checkpoint_every, keep_checkpoints, gradient_checkpointing "
                                 "may change with a warning)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the earlier run in --out (checkpoints/, "
-                                   "metrics.jsonl, config.json, lora/, lora_ema/) and start afresh."),
+                                   "metrics.jsonl, config.json, lora/, lora_ema/, reward.png) and start afresh."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """Fine-tune a LoRA with a reward: reward backprop, GRPO, or distilled steering."""
@@ -177,6 +213,7 @@ def finetune(
         io.output_dir(out, create=False)
         _check_out(out, resume, overwrite)
         prompts = io.read_prompts(prompts_file)
+        base, method, steps, guidance = _preset(preset, method, steps, guidance)
         if method == "distill":
             opts = steer_options(steer_method, particles, option or [])
             explicit_steer = steer_method
@@ -186,9 +223,10 @@ def finetune(
             opts, explicit_steer = {}, None
         config = build_config(method, dict(max_steps=max_steps, lora_rank=lora_rank, lora_alpha=lora_alpha,
                                            learning_rate=learning_rate, seed=seed, steer_method=explicit_steer),
-                              settings or [], opts)
+                              settings or [], opts, base=base)
         result = run_finetune(method, reward, prompts, out, model=model, config=config, resume=resume,
-                              steps=steps, guidance=guidance, device=device, overwrite=overwrite)
+                              steps=steps, guidance=guidance, device=device, overwrite=overwrite,
+                              eval_reward=eval_reward)
         last = result.metrics[-1] if result.metrics else {}
         typer.echo(f"saved LoRA to {result.lora_dir} after {result.steps} steps"
                    + (f" (last mean reward {last['reward_mean']:.4g})" if last.get("reward_mean") is not None else ""))

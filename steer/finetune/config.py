@@ -51,6 +51,8 @@ class TrainConfig:
     seed: int = opt(0, "Seed of every random choice (prompts, noise, timesteps).", "runtime")
     checkpoint_every: int = opt(50, "Save a resumable checkpoint every N steps.", "runtime")
     keep_checkpoints: int = opt(2, "Checkpoints kept on disk (older ones are deleted).", "runtime")
+    preset: Optional[str] = opt(None, "The reference preset these settings started from (steer.finetune.presets).",
+                                "runtime")
 
     def __post_init__(self):
         self.target_modules = tuple(self.target_modules)
@@ -83,7 +85,13 @@ class DraftConfig(TrainConfig):
     """DRaFT-K / DRaFT-LV / AlignProp (see ``steer.finetune.draft``)."""
 
     variant: str = opt("draft", "draft (last K steps), lv (K=1 with n re-noised copies), alignprop "
-                                "(K drawn uniformly from 1..steps each update).", "method")
+                                "(K drawn at random each update, see truncation).", "method")
+    truncation: str = opt("gaussian", "alignprop: how the detach point D is drawn each update (gradients flow "
+                                      "through the last S - D steps): gaussian, D = int(N(mean·S, std·S)) "
+                                      "redrawn until 1 <= D < S (AlignProp's default), or uniform, D in 0..S-1.",
+                          "method")
+    truncation_mean: float = opt(0.84, "alignprop gaussian: mean of D as a fraction of the steps (42/50).", "method")
+    truncation_std: float = opt(0.1, "alignprop gaussian: std of D as a fraction of the steps (5/50).", "method")
     k: int = opt(1, "DRaFT-K: steps at the end of the chain that gradients flow through.", "method")
     lv_copies: int = opt(2, "DRaFT-LV: re-noised copies of the final sample (n).", "method")
     noise_level: float = opt(0.0, "Sampling kernel noise (DDIM η / flow-SDE a); 0 = deterministic, as DRaFT.", "method")
@@ -93,6 +101,10 @@ class DraftConfig(TrainConfig):
         super().__post_init__()
         _require(self.variant in ("draft", "lv", "alignprop"),
                  f"variant must be 'draft', 'lv' or 'alignprop', got {self.variant!r}")
+        _require(self.truncation in ("gaussian", "uniform"),
+                 f"truncation must be 'gaussian' or 'uniform', got {self.truncation!r}")
+        _require(0 < self.truncation_mean < 1, f"truncation_mean must be in (0, 1), got {self.truncation_mean}")
+        _require(self.truncation_std > 0, f"truncation_std must be > 0, got {self.truncation_std}")
         _require(self.k >= 1, f"k must be >= 1 (and at most the chain's steps), got {self.k}")
         _require(self.lv_copies >= 1, f"lv_copies must be >= 1, got {self.lv_copies}")
         _require(self.noise_level >= 0, f"noise_level must be >= 0, got {self.noise_level}")
@@ -110,13 +122,35 @@ class GRPOConfig(TrainConfig):
     kl_beta: float = opt(0.0, "β of the KL to the reference model (LoRA disabled); 0 = off (DDPO).", "method")
     timestep_fraction: float = opt(1.0, "Fraction of the chain's steps trained on per sample.", "method")
     inner_epochs: int = opt(1, "Passes over each batch of samples (the first pass has ratio 1).", "method")
+    advantages: str = opt("group", "group: (r − group mean) / (group std + 1e-4); per_prompt: DDPO's per-prompt "
+                                   "tracker (a buffer of each prompt's last rewards, batch statistics until it "
+                                   "holds min_count, + 1e-6); global_std: Flow-GRPO's (group mean, std of the whole "
+                                   "batch + 1e-4).", "method")
+    stat_buffer_size: int = opt(16, "per_prompt: rewards kept per prompt (DDPO: 16).", "method")
+    stat_min_count: int = opt(16, "per_prompt: rewards a prompt needs before its own statistics are used.", "method")
+    kl_scaling: str = opt("exact", "KL to the reference: exact (‖Δμ‖² / 2·kernel variance, the Gaussian KL) or "
+                                   "flow_grpo (‖Δμ‖² / 2σ_t², without the step's |Δt|; equal on diffusion).", "method")
+    timestep_selection: str = opt("random", "Which int(timestep_fraction·S) steps train: random (a random subset "
+                                            "per batch, DDPO) or first (the first ones in order, Flow-GRPO).",
+                                  "method")
+    detach_uncond: bool = opt(False, "Stop gradients through the unconditional branch of guidance (Flow-GRPO).",
+                              "method")
     noise_level: Optional[float] = opt(None, "Kernel noise: DDIM η (default 1.0, DDPO) or flow-SDE a "
                                              "(default 0.7, Flow-GRPO).", "method")
     learning_rate: float = opt(3e-4, "AdamW learning rate (DDPO: 3e-4).", "optimization")
 
     def __post_init__(self):
         super().__post_init__()
-        _require(self.group_size >= 2, f"group_size must be >= 2 (advantages are relative to the group), got {self.group_size}")
+        _require(self.advantages in ("group", "per_prompt", "global_std"),
+                 f"advantages must be 'group', 'per_prompt' or 'global_std', got {self.advantages!r}")
+        least = 1 if self.advantages == "per_prompt" else 2
+        _require(self.group_size >= least, f"group_size must be >= {least} (advantages are relative to the group"
+                                           f"{'' if least == 2 else ' or the prompt history'}), got {self.group_size}")
+        _require(self.stat_buffer_size >= 1 and self.stat_min_count >= 1,
+                 f"stat_buffer_size and stat_min_count must be >= 1, got {self.stat_buffer_size}, {self.stat_min_count}")
+        _require(self.kl_scaling in ("exact", "flow_grpo"), f"kl_scaling must be 'exact' or 'flow_grpo', got {self.kl_scaling!r}")
+        _require(self.timestep_selection in ("random", "first"),
+                 f"timestep_selection must be 'random' or 'first', got {self.timestep_selection!r}")
         _require(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
         _require(self.adv_clip_max > 0, f"adv_clip_max must be > 0, got {self.adv_clip_max}")
         _require(self.kl_beta >= 0, f"kl_beta must be >= 0, got {self.kl_beta}")

@@ -35,7 +35,7 @@ from steer.types import Cond
 
 def distill(process, reward, prompts: Sequence[str], config: Optional[DistillConfig] = None, *, out_dir,
             resume: bool = False, overwrite: bool = False, callback: Optional[Callable] = None,
-            accelerator=None) -> TrainResult:
+            accelerator=None, eval_reward=None) -> TrainResult:
     """Steer, keep the top samples, fine-tune a LoRA on them with the denoising loss; returns the LoRA."""
     from steer.catalog import check_options, resolve_method
 
@@ -45,7 +45,7 @@ def distill(process, reward, prompts: Sequence[str], config: Optional[DistillCon
     if config.max_steps != config.steps_per_round * config.rounds:
         config = replace(config, max_steps=config.steps_per_round * config.rounds)
     trainer = Trainer(process, reward, prompts, config, out_dir, method="distill", resume=resume, overwrite=overwrite,
-                      accelerator=accelerator, callback=callback)
+                      accelerator=accelerator, callback=callback, eval_reward=eval_reward)
     trainer.steer_fn = method
     return trainer.run(distill_step)
 
@@ -54,7 +54,7 @@ def steered_samples(trainer: Trainer, round_index: int) -> dict:
     """Round ``round_index``: ``samples_per_prompt`` steered samples per prompt (split over ranks by
     seed), the top ``top_fraction`` of each prompt's samples kept. Returns final latents and prompt indices."""
     config, process = trainer.config, trainer.process
-    latents, rewards, owners = [], [], []
+    latents, rewards, owners, held_out = [], [], [], []
     for rep in range(config.samples_per_prompt):
         generator = step_generator(config.seed, 10_000_000 + round_index * 1000 + rep, trainer.rank)
         for start in range(0, len(trainer.prompts), config.prompts_per_step):
@@ -63,10 +63,16 @@ def steered_samples(trainer: Trainer, round_index: int) -> dict:
                                       generator=generator, **dict(config.steer_options))
             latents.append(final_latents(trainer, result))
             rewards.append(result.rewards.float().cpu())
+            held_out.append(trainer.eval_scores(result.images, [trainer.prompts[i] for i in chunk]))
             owners += chunk
             trainer.trace.add_nfe(result.trace.nfe)
             trainer.trace.add_reward_calls(result.trace.reward_calls)
-    return keep_top(torch.cat(latents), torch.cat(rewards), torch.tensor(owners), config.top_fraction)
+    owners_t, rewards_t = torch.tensor(owners), torch.cat(rewards)
+    keep = keep_top(rewards_t, owners_t, config.top_fraction)
+    data = {"latents": torch.cat(latents)[keep].cpu(), "idx": owners_t[keep].tolist(), "rewards": rewards_t[keep]}
+    if trainer.eval_reward is not None:  # the held-out reward of the kept (trained-on) samples
+        data["eval_rewards"] = torch.cat(held_out)[keep]
+    return data
 
 
 def final_latents(trainer: Trainer, result) -> torch.Tensor:
@@ -77,15 +83,14 @@ def final_latents(trainer: Trainer, result) -> torch.Tensor:
     return result.latents.detach().float()
 
 
-def keep_top(latents: torch.Tensor, rewards: torch.Tensor, owners: torch.Tensor, fraction: float) -> dict:
-    """Per prompt, the ceil(fraction·n) highest-reward samples (RAFT's ranking within a prompt)."""
+def keep_top(rewards: torch.Tensor, owners: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The rows (sorted) of each prompt's ceil(fraction·n) highest-reward samples (RAFT's ranking within a prompt)."""
     keep = []
     for p in owners.unique().tolist():
         rows = torch.nonzero(owners == p).flatten()
         k = max(1, math.ceil(fraction * len(rows)))
         keep += rows[rewards[rows].argsort(descending=True)[:k]].tolist()
-    keep = torch.tensor(sorted(keep))
-    return {"latents": latents[keep].cpu(), "idx": owners[keep].tolist(), "rewards": rewards[keep]}
+    return torch.tensor(sorted(keep))
 
 
 def conditional(cond: Cond) -> Cond:
@@ -120,4 +125,5 @@ def distill_step(trainer: Trainer, generator: torch.Generator, step: int) -> dic
     idx = [data["idx"][r] for r in rows.tolist()]
     loss = denoising_loss(trainer, x0, trainer.cond(idx), generator)
     trainer.backward(loss)
-    return {"loss": float(loss.detach()), "rewards": data["rewards"], "prompts": [trainer.prompts[j] for j in idx]}
+    return {"loss": float(loss.detach()), "rewards": data["rewards"], "eval_rewards": data.get("eval_rewards"),
+            "prompts": [trainer.prompts[j] for j in idx]}

@@ -14,12 +14,23 @@ and log p(x_{i+1} | x_i) at sampling time; training recomputes the kernel with t
 ratio = exp(log p_new − log p_old), which is exactly 1 on the first pass over a batch. The reward
 is only evaluated, never differentiated, so ``jpeg`` and user callables work.
 
-Deviations: one subset of timesteps (``timestep_fraction`` of the S steps, drawn per batch) is shared
-by the whole batch, because ``Process.predict`` takes one step index per call (DDPO draws it per
-sample). Steps whose kernel is deterministic (σ = 0, e.g. DDIM's last step onto ᾱ = 1 with
+Options with their origin (presets in ``steer.finetune.presets`` set them as the references do):
+``advantages`` (``group`` default; ``per_prompt`` DDPO's tracker; ``global_std`` Flow-GRPO's; see
+``steer.finetune.advantages``), ``kl_scaling`` (``exact`` default: ‖Δμ‖²/(2·std²), the KL of the two
+Gaussian kernels; ``flow_grpo``: ‖Δμ‖²/(2σ_t²), Flow-GRPO's, without the SDE step's |Δt| — so a β
+means 1/|Δt| times less than under ``exact``), ``timestep_selection`` (``random`` subset, DDPO; ``first``
+int(fraction·n) in order, Flow-GRPO, which with fraction 0.99 never trains the last step),
+``detach_uncond`` (Flow-GRPO's current code detaches guidance's unconditional branch in training;
+DDPO keeps both branches' gradients, as does the default).
+
+Deviations: the int(``timestep_fraction`` · n) trained steps (at least one) are shared by the whole
+batch, because ``Process.predict`` takes one step index per call (DDPO draws them per sample), and
+are counted over the stochastic steps. The per-prompt / global statistics are this process' (the
+references gather every GPU's rewards first). Steps whose kernel is deterministic (σ = 0, e.g. DDIM's last step onto ᾱ = 1 with
 ``set_alpha_to_one``) have no density and are not trained on. Note: a last stochastic step landing on
 ᾱ ≈ 1 has σ ≈ sqrt(1 − ᾱ) ≈ 0.01, and its log-prob gradients (∝ 1/σ) then dominate the update with
-noise; "trailing" timestep spacing avoids such a step (measured in tests/test_finetune.py). Each optimizer step uses one micro-batch of P prompts × G samples; with
+noise; "trailing" timestep spacing avoids such a step (measured in tests/test_finetune.py). Each
+optimizer step uses one micro-batch of P prompts × G samples; with
 ``inner_epochs = E`` a batch is reused for E consecutive optimizer steps (PPO reuse; the clip acts
 from the second one).
 
@@ -28,6 +39,7 @@ Code names: ``group_size`` = G, ``clip_range`` = ε, ``kl_beta`` = β, ``adv_cli
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -35,31 +47,25 @@ from torch import Tensor
 
 from steer import chain, kernels, toolkit
 from steer.finetune import lora
+from steer.finetune.advantages import advantages, group_advantages  # noqa: F401  (re-exported)
 from steer.finetune.config import GRPOConfig
 from steer.finetune.trainer import Trainer, TrainResult
-from steer.scoring import score_latents
+from steer.scoring import decode_and_score
 
 
 def grpo(process, reward, prompts: Sequence[str], config: Optional[GRPOConfig] = None, *, out_dir,
          resume: bool = False, overwrite: bool = False, callback: Optional[Callable] = None,
-         accelerator=None) -> TrainResult:
+         accelerator=None, eval_reward=None) -> TrainResult:
     """DDPO (diffusion) / Flow-GRPO (flow) LoRA fine-tuning; returns the saved LoRA."""
     config = config or GRPOConfig()
     trainer = Trainer(process, reward, prompts, config, out_dir, method="grpo", resume=resume, overwrite=overwrite,
-                      accelerator=accelerator, callback=callback)
+                      accelerator=accelerator, callback=callback, eval_reward=eval_reward)
     return trainer.run(grpo_step)
 
 
 def noise_level(process, config: GRPOConfig) -> float:
     """η = 1 (DDPO) for diffusion, a = 0.7 (Flow-GRPO) for flow (``toolkit.STOCHASTIC``), unless set."""
     return toolkit.noise_level(process, "grpo", toolkit.STOCHASTIC if config.noise_level is None else config.noise_level)
-
-
-def group_advantages(rewards: Tensor, group_size: int, clip: float = 5.0, eps: float = 1e-4) -> Tensor:
-    """(r − mean_g) / (std_g + eps) within each prompt's group of G consecutive samples, clipped to ±clip."""
-    r = rewards.double().view(-1, group_size)  # (P, G); float64: rewards often differ only in late digits
-    adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, correction=0, keepdim=True) + eps)
-    return adv.clamp(-clip, clip).reshape(-1).float()  # (P·G,)
 
 
 @torch.no_grad()
@@ -82,12 +88,26 @@ def sample_batch(trainer: Trainer, generator: torch.Generator) -> dict:
     if not stochastic:
         raise ValueError("every step of this chain is deterministic, so GRPO has no log-probs to train; "
                          "raise noise_level or num_inference_steps")
-    rewards = score_latents(process, trainer.reward, x, cond.prompts, trace=trainer.trace, method="grpo")
-    T = max(1, round(config.timestep_fraction * len(stochastic)))
-    steps = [stochastic[j] for j in torch.randperm(len(stochastic), generator=generator)[:T].tolist()]
+    images, rewards = decode_and_score(process, trainer.reward, x, cond.prompts, trace=trainer.trace, method="grpo")
+    history = trainer.extra.setdefault("reward_history", {})  # per_prompt: each prompt's last rewards (checkpointed)
     return {"idx": idx, "states": torch.stack(states), "log_probs": torch.stack(log_probs),  # (S+1, B, ...), (S, B)
-            "rewards": rewards, "advantages": group_advantages(rewards, config.group_size, config.adv_clip_max),
-            "steps": steps}
+            "rewards": rewards, "advantages": advantages(config, rewards.cpu(), list(cond.prompts), history),
+            "eval_rewards": trainer.eval_scores(images, cond.prompts),
+            "steps": train_steps(stochastic, config, generator)}
+
+
+def train_steps(stochastic: list[int], config: GRPOConfig, generator: torch.Generator) -> list[int]:
+    """The int(timestep_fraction · n) steps (at least 1) of the n stochastic ones a batch trains on: the
+    first ones in order (Flow-GRPO) or a random subset (DDPO)."""
+    T = max(1, int(config.timestep_fraction * len(stochastic)))
+    if config.timestep_selection == "first":
+        return stochastic[:T]
+    return [stochastic[j] for j in torch.randperm(len(stochastic), generator=generator)[:T].tolist()]
+
+
+def clipped_surrogate(adv: Tensor, ratio: Tensor, clip_range: float) -> Tensor:
+    """PPO's clipped objective as a loss (DDPO / Flow-GRPO): mean(max(−A·ρ, −A·clamp(ρ, 1 − ε, 1 + ε)))."""
+    return torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
 
 
 def policy_loss(trainer: Trainer, batch: dict, i: int, cond) -> tuple[Tensor, dict]:
@@ -95,11 +115,13 @@ def policy_loss(trainer: Trainer, batch: dict, i: int, cond) -> tuple[Tensor, di
     process, config = trainer.process, trainer.config
     a = noise_level(process, config)
     x, x_next = batch["states"][i], batch["states"][i + 1]
+    if config.detach_uncond:
+        cond = replace(cond, detach_uncond=True)
     g = chain.propose(process, x, i, cond, noise_level=a, trace=trainer.trace).kernel
     ratio = torch.exp(kernels.log_prob(g, x_next, reduce="mean") - batch["log_probs"][i])  # (B,)
     adv = batch["advantages"].to(ratio.device)
     eps = config.clip_range
-    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - eps, 1 + eps)).mean()
+    loss = clipped_surrogate(adv, ratio, eps)
     info = {"ratio": ratio.detach(), "clip_fraction": float(((ratio - 1).abs() > eps).float().mean())}
     if config.kl_beta > 0:
         kl = kl_to_reference(trainer, x, i, cond, g, a)
@@ -110,11 +132,22 @@ def policy_loss(trainer: Trainer, batch: dict, i: int, cond) -> tuple[Tensor, di
 
 def kl_to_reference(trainer: Trainer, x: Tensor, i: int, cond, g, a: float) -> Tensor:
     """KL(π_θ(·|x_i) ‖ π_ref(·|x_i)) of two Gaussians with the same std, averaged over dimensions:
-    ‖μ_θ − μ_ref‖² / (2σ²) (as Flow-GRPO). The reference is the model with the LoRA disabled."""
+    ‖μ_θ − μ_ref‖² / (2·v) with v from ``kl_variance``. The reference is the model with the LoRA disabled."""
     process = trainer.process
     with torch.no_grad(), lora.lora_disabled(process):
         ref = chain.propose(process, x, i, cond, noise_level=a).kernel
-    return ((g.mean - ref.mean) ** 2).flatten(1).mean(dim=1) / (2 * g.std.float() ** 2)  # (B,)
+    v = kl_variance(process.schedule, i, g.std, trainer.config.kl_scaling)
+    return ((g.mean - ref.mean) ** 2).flatten(1).mean(dim=1) / (2 * v)  # (B,)
+
+
+def kl_variance(schedule, i: int, std: Tensor, scaling: str) -> Tensor:
+    """The variance the KL divides by: the kernel's std² (``exact``: the Gaussians' KL), or for
+    ``flow_grpo`` on a flow SDE step σ_t² = std² / |Δt| (Flow-GRPO divides by its ``std_dev_t²``,
+    which lacks the step's |Δt|; its β = 0.04 is therefore 1/|Δt| times weaker than the exact KL's)."""
+    v = std.float() ** 2
+    if scaling == "flow_grpo" and schedule.kind == "flow":
+        v = v / (schedule.sigmas[i] - schedule.sigmas[i + 1]).abs()
+    return v
 
 
 def grpo_step(trainer: Trainer, generator: torch.Generator, step: int) -> dict:
@@ -133,6 +166,7 @@ def grpo_step(trainer: Trainer, generator: torch.Generator, step: int) -> dict:
         total += float(loss.detach()) / len(cached["steps"])
         infos.append(info)
     kls = [f["kl"] for f in infos if "kl" in f]
-    return {"loss": total, "rewards": cached["rewards"], "prompts": [trainer.prompts[j] for j in cached["idx"]],
+    return {"loss": total, "rewards": cached["rewards"], "eval_rewards": cached.get("eval_rewards"),
+            "prompts": [trainer.prompts[j] for j in cached["idx"]],
             "clip_fraction": sum(f["clip_fraction"] for f in infos) / len(infos),
             "kl": sum(kls) / len(kls) if kls else None, "first_ratio": infos[0]["ratio"]}

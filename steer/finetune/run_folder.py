@@ -23,13 +23,13 @@ from steer.finetune import checkpoint, lora
 # settings a resume may change: FREE silently (max_steps extends or shortens the run), HARMLESS with a
 # warning (they change when checkpoints are written or how memory is spent, not the trained weights)
 FREE = ("max_steps",)
-HARMLESS = ("checkpoint_every", "keep_checkpoints", "gradient_checkpointing")
+HARMLESS = ("checkpoint_every", "keep_checkpoints", "gradient_checkpointing", "eval_reward")
 _FLAGS = {"method": "--method", "model": "--model", "denoiser": "--model", "reward": "--reward",
           "prompts": "--prompts (the file's contents)", "num_prompts": "--prompts", "num_inference_steps": "--steps",
           "guidance_scale": "--guidance", "learning_rate": "--learning-rate", "seed": "--seed",
           "lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha", "steer_method": "--steer-method",
           "steer_options": "--particles / -o", "processes": "the number of processes"}
-RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "lora", "lora_ema")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "lora", "lora_ema", "reward.png")
 
 
 def earlier_run(out_dir) -> list[str]:
@@ -87,6 +87,8 @@ def settings(trainer) -> dict[str, Any]:
            "denoiser": type(lora.denoiser(trainer.pipe)).__name__, "num_inference_steps": trainer.process.num_steps,
            "guidance_scale": getattr(trainer.process, "guidance_scale", None),
            "reward": getattr(trainer.reward, "name", type(trainer.reward).__name__),
+           "eval_reward": None if trainer.eval_reward is None else
+           getattr(trainer.eval_reward, "name", type(trainer.eval_reward).__name__),
            "prompts": hashlib.sha256("\n".join(trainer.prompts).encode()).hexdigest(),
            "num_prompts": len(trainer.prompts), "processes": trainer.world}
     return _plain({**{k: v for k, v in trainer.config.to_dict().items() if k != "method"}, **run})

@@ -31,6 +31,7 @@ from steer.budget import Trace
 from steer.finetune import checkpoint, lora, run_folder
 from steer.finetune.config import TrainConfig
 from steer.finetune.distributed import average_gradients, make_accelerator
+from steer.finetune.plot import reward_plot
 # the run-folder names, importable from here as before they moved to run_folder
 from steer.finetune.run_folder import _FLAGS, FREE, HARMLESS, RUN_FILES, _plain, clear_run, earlier_run  # noqa: F401
 from steer.types import Cond
@@ -67,11 +68,12 @@ class Trainer:
 
     def __init__(self, process, reward, prompts: Sequence[str], config: TrainConfig, out_dir, *,
                  method: str, resume: bool = False, overwrite: bool = False, accelerator=None,
-                 callback: Optional[Callable] = None):
+                 callback: Optional[Callable] = None, eval_reward=None):
         if not prompts:
             raise ValueError("no prompts to fine-tune on; pass at least one prompt")
         self.process, self.reward, self.prompts, self.config = process, reward, list(prompts), config
         self.method, self.callback = method, callback
+        self.eval_reward = eval_reward  # a held-out reward logged beside the trained one, never trained on
         self.out_dir = Path(out_dir)
         self.accelerator = accelerator or make_accelerator(process, config)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
@@ -147,6 +149,15 @@ class Trainer:
         self.accelerator.backward(loss / self.config.gradient_accumulation_steps)
         self.trace.add_backward()
 
+    def eval_scores(self, images: torch.Tensor, prompts: Sequence[str]) -> Optional[torch.Tensor]:
+        """The held-out ``eval_reward`` of a step's images (B,) on the CPU, or None without one. A method
+        returns them as ``"eval_rewards"`` in its step record; they never enter a loss."""
+        if self.eval_reward is None:
+            return None
+        from steer.scoring import eval_scores
+
+        return eval_scores(self.eval_reward, images, prompts, method=self.method).float().cpu()
+
     def pick_prompts(self, generator: torch.Generator, n: Optional[int] = None) -> list[int]:
         """Indices of ``n`` prompts (default ``prompts_per_step``) drawn uniformly with replacement."""
         n = n or self.config.prompts_per_step
@@ -220,9 +231,7 @@ class Trainer:
                 e.mul_(d).add_(p.detach(), alpha=1 - d)
 
     def _summarize(self, records: list[dict], step: int, grad_norm: float) -> dict[str, Any]:
-        rewards = torch.cat([torch.as_tensor(r["rewards"]).float().reshape(-1) for r in records if "rewards" in r])
-        if self.world > 1:
-            rewards = self.accelerator.gather(rewards.to(self.accelerator.device)).cpu()
+        rewards = self._gathered(records, "rewards")
         out = {"step": step + 1, "loss": sum(r["loss"] for r in records) / len(records),
                "reward_mean": float(rewards.mean()) if rewards.numel() else None,
                "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
@@ -231,7 +240,19 @@ class Trainer:
         for key in ("kl", "clip_fraction", "approx_kl"):
             vals = [r[key] for r in records if r.get(key) is not None]
             out[key] = sum(vals) / len(vals) if vals else None
+        if self.eval_reward is not None:
+            held_out = self._gathered(records, "eval_rewards")
+            out["eval_reward_mean"] = float(held_out.mean()) if held_out.numel() else None
+            out["eval_reward_std"] = float(held_out.std()) if held_out.numel() > 1 else 0.0
         return out
+
+    def _gathered(self, records: list[dict], key: str) -> torch.Tensor:
+        """The step's ``key`` scores of every micro-batch (and every rank), (N,)."""
+        parts = [torch.as_tensor(r[key]).float().reshape(-1) for r in records if r.get(key) is not None]
+        values = torch.cat(parts) if parts else torch.zeros(0)
+        if self.world > 1:
+            values = self.accelerator.gather(values.to(self.accelerator.device)).cpu()
+        return values
 
     # ---- output -------------------------------------------------------------------------
     @property
@@ -278,9 +299,16 @@ class Trainer:
                 io.write_json(self.out_dir / "config.json", self.config.to_dict())
                 if self.ema is not None:
                     ema_dir = self._save_ema()
+                reward_plot(self._logged(), self.out_dir / "reward.png")
         self.accelerator.wait_for_everyone()
         return TrainResult(lora_dir=lora_dir, ema_dir=ema_dir, steps=self.config.max_steps, metrics=metrics,
                            seconds=seconds)
+
+    def _logged(self) -> list[dict]:
+        """Every record of ``metrics.jsonl`` (the steps before a resume too)."""
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def _save_ema(self) -> Path:
         """Swap the EMA weights in, save them as lora_ema/, swap the trained weights back."""

@@ -58,6 +58,8 @@ class GuidedProcess(Process):
         if not cfg:
             return out
         uncond, text = out.chunk(2)
+        if cond.detach_uncond:  # gradients through the conditional branch only (Flow-GRPO's training step)
+            uncond = uncond.detach()
         return guide(uncond, text, cond.guidance_scale)  # (B, ...)
 
 

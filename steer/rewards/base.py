@@ -1,4 +1,5 @@
-"""The ``Reward`` protocol: images [B,3,H,W] in [0,1] and B prompts -> scores [B] (float32)."""
+"""The ``Reward`` protocol: images [B,3,H,W] in [0,1] (or, for ``space = "latent"``, latents [B,...])
+and B prompts -> scores [B] (float32)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -8,18 +9,27 @@ import torch
 from torch import Tensor
 
 
+SPACES = ("image", "latent")
+
+
 class Reward(ABC):
-    """A reward model. ``differentiable`` says whether gradients reach the pixels."""
+    """A reward model. ``differentiable`` says whether gradients reach the pixels. ``space``: what it
+    reads — ``"image"`` (decoded images (B, 3, H, W) in [0, 1], the default) or ``"latent"`` (the
+    denoiser's x̂0 / final latents (B, ...) as they are, so methods skip the VAE decode when scoring)."""
 
     name: str = "reward"
     differentiable: bool = False
+    space: str = "image"
 
     @abstractmethod
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         """The raw scores (B,)."""
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
-        if images.ndim != 4 or images.shape[1] != 3:
+        if self.space == "latent":
+            if not isinstance(images, Tensor) or images.ndim < 1:
+                raise ValueError(f"latent reward {self.name!r}: expects latents (B, ...), got {type(images).__name__}")
+        elif images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"reward {self.name!r}: images must be (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
         if len(prompts) != images.shape[0]:
             raise ValueError(f"reward {self.name!r}: {images.shape[0]} images but {len(prompts)} prompts")

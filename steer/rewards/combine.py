@@ -10,28 +10,33 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from steer.rewards.base import Reward
+from steer.rewards.base import SPACES, Reward
 
 
 class CallableReward(Reward):
     """Wraps a function ``fn(images, prompts) -> Tensor[B]`` (or a sequence of floats) as a ``Reward``.
 
-    ``differentiable`` defaults to the function's own ``differentiable`` attribute, else False.
+    ``differentiable`` and ``space`` default to the function's own attributes of those names, else
+    False and ``"image"``; ``space="latent"`` declares a function of x̂0 latents ``fn(latents, prompts)``.
     """
 
-    def __init__(self, fn: Callable, name: Optional[str] = None, differentiable: Optional[bool] = None):
+    def __init__(self, fn: Callable, name: Optional[str] = None, differentiable: Optional[bool] = None,
+                 space: Optional[str] = None):
         if not callable(fn):
             raise TypeError(f"a reward must be callable as fn(images, prompts), got {type(fn).__name__}")
         self.fn = fn
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
         self.differentiable = bool(getattr(fn, "differentiable", False) if differentiable is None else differentiable)
+        self.space = getattr(fn, "space", "image") if space is None else space
+        if self.space not in SPACES:
+            raise ValueError(f"reward {self.name!r}: space must be 'image' or 'latent', got {self.space!r}")
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         out = self.fn(images, prompts)
         return out if out is None or isinstance(out, Tensor) else torch.as_tensor(out)  # the dtype checked by Reward
 
     def __repr__(self) -> str:
-        return f"CallableReward({self.name!r}, differentiable={self.differentiable})"
+        return f"CallableReward({self.name!r}, differentiable={self.differentiable}, space={self.space!r})"
 
 
 class WeightedSum(Reward):
@@ -51,6 +56,12 @@ class WeightedSum(Reward):
         self.terms = [(float(w), r) for w, r in terms]
         self.name = "+".join(f"{w:g}*{r.name}" for w, r in self.terms)
         self.differentiable = all(r.differentiable for _, r in self.terms)
+        spaces = {r.space for _, r in self.terms}
+        if len(spaces) > 1:
+            latent = [r.name for _, r in self.terms if r.space == "latent"]
+            raise ValueError(f"weighted sum {self.name!r} mixes latent rewards ({', '.join(latent)}) with image "
+                             f"rewards; a sum reads one input: give image rewards, or latent rewards only")
+        self.space = spaces.pop()
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         total = None
@@ -110,13 +121,16 @@ def _append_cwd_for(module_name: str, err: ModuleNotFoundError) -> bool:
     return True
 
 
-def as_reward(obj, name: Optional[str] = None) -> Reward:
-    """A ``Reward`` from a ``Reward`` (unchanged), a callable, or a dotted path string."""
+def as_reward(obj, name: Optional[str] = None, space: Optional[str] = None) -> Reward:
+    """A ``Reward`` from a ``Reward`` (unchanged), a callable, or a dotted path string; ``space="latent"``
+    declares a callable of latents (else its ``space`` attribute, else ``"image"``)."""
     if isinstance(obj, Reward):
+        if space is not None and space != obj.space:
+            raise ValueError(f"reward {obj.name!r} reads {obj.space}s; it cannot be declared space={space!r}")
         return obj
     if isinstance(obj, str):
         target = import_dotted(obj)
         if isinstance(target, type) and issubclass(target, Reward):
             target = target()  # a Reward class with a no-argument constructor
-        return target if isinstance(target, Reward) else CallableReward(target, name=name or obj)
-    return CallableReward(obj, name=name)
+        return target if isinstance(target, Reward) else CallableReward(target, name=name or obj, space=space)
+    return CallableReward(obj, name=name, space=space)

@@ -36,8 +36,14 @@ def resize_short_side(images: Tensor, size: int) -> Tensor:
         return images
     new_long = int(size * long / short)  # torchvision truncates the long side
     new_h, new_w = (size, new_long) if h <= w else (new_long, size)
-    out = _bicubic(images, (h, new_w)).clamp(0.0, 1.0)  # (B, 3, h, w') horizontal pass first, as PIL
-    return _bicubic(out, (new_h, new_w)).clamp(0.0, 1.0)  # (B, 3, h', w')
+    return pil_bicubic(images, (new_h, new_w))
+
+
+def pil_bicubic(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """PIL's ``Image.resize(size, BICUBIC)`` on floats: antialiased, width pass then height pass, each
+    clipped to [0, 1] (PIL stores each pass as uint8)."""
+    out = _bicubic(images, (images.shape[-2], size[1])).clamp(0.0, 1.0)  # (B, 3, h, w') horizontal first
+    return _bicubic(out, tuple(size)).clamp(0.0, 1.0)  # (B, 3, h', w')
 
 
 def _bicubic(images: Tensor, size: tuple[int, int]) -> Tensor:

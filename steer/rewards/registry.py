@@ -2,8 +2,10 @@
 
 A spec is comma-separated terms ``name[=weight]``: ``"hps"``, ``"hps=1,clip=0.5"``,
 ``"image_reward,aesthetic=0.1"``; a term may also be a dotted path ``pkg.module:function`` to a
-user function ``fn(images, prompts) -> Tensor[B]`` (or to a ``Reward``). One term of weight 1 is the
-reward itself; anything else is a ``WeightedSum``. ``table()`` lists every reward for the CLI.
+user function ``fn(images, prompts) -> Tensor[B]`` (or to a ``Reward``), or the URL
+``http://HOST:PORT`` of a ``steer serve-reward`` server (``hps=1,http://127.0.0.1:8085=0.5``: a URL's
+weight follows its last ``=``). One term of weight 1 is the reward itself; anything else is a
+``WeightedSum``. ``table()`` lists every reward for the CLI (``include_forms``: and the URL form).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 
 from steer.rewards.base import Reward
 from steer.rewards.combine import WeightedSum, as_reward, import_dotted
+from steer.rewards.remote import is_url, normalize_url
 
 SPEC_EXAMPLE = "'hps' or 'hps=1,clip=0.5'"
 
@@ -65,6 +68,12 @@ def _image_reward(**kw):
     return ImageReward.from_pretrained(**kw)
 
 
+def _hpsv3(**kw):
+    from steer.rewards.hpsv3 import HPSv3Reward
+
+    return HPSv3Reward.from_pretrained(**kw)
+
+
 def _clip(**kw):
     from steer.rewards.clip import CLIPReward
 
@@ -85,6 +94,10 @@ REWARDS: tuple[RewardInfo, ...] = (
     RewardInfo("shapes-check", "steer.zoo.shapes.reward:ShapesCheckReward", False, "none", "-", "-",
                "the shapes world's exact checker: 1 if the image satisfies the caption, else 0",
                ("shapes_check",)),
+    RewardInfo("shapes-swap", "steer.zoo.shapes.reward:ShapesSwapReward", True, "ships with steer",
+               "steer/zoo/shapes/weights/clip", "path=",
+               "the shapes CLIP's P(true caption) against its corruptions (swapped relation, order, colours, "
+               "shapes): a held-out reward for --eval-reward", ("shapes_swap",)),
     RewardInfo("hps", _hps("v2.1"), True, "HPS_v2.1_compressed.pt", "https://huggingface.co/xswu/HPSv2",
                "path= / STEER_HPS_PATH", "HPSv2.1: cosine(image, text) of the HPS-tuned open_clip ViT-H-14 (~0.2-0.35)",
                ("hpsv2.1", "hps_v2.1")),
@@ -97,6 +110,11 @@ REWARDS: tuple[RewardInfo, ...] = (
                "https://huggingface.co/THUDM/ImageReward ; https://huggingface.co/bert-base-uncased",
                "path= / STEER_IMAGE_REWARD_PATH ; tokenizer_path= / STEER_BERT_TOKENIZER_PATH",
                "ImageReward v1.0 (BLIP + BERT + MLP), normalized (~N(0,1))", ("imagereward", "ir")),
+    RewardInfo("hpsv3", _hpsv3, True, "HPSv3.safetensors + Qwen2-VL-7B-Instruct tokenizer (tokenizer.json)",
+               "https://huggingface.co/MizzenAI/HPSv3 ; https://huggingface.co/Qwen/Qwen2-VL-7B-Instruct",
+               "path= / STEER_HPSV3_PATH ; tokenizer_path= / STEER_QWEN2VL_PATH",
+               "HPSv3 (Qwen2-VL-7B + reward head): mu at the <|Reward|> token, unbounded (best models ~10.3-10.6)",
+               ("hps_v3", "hpsv3.0")),
     RewardInfo("clip", _clip, True, _CLIP_L, "https://huggingface.co/openai/clip-vit-large-patch14",
                "path= / STEER_CLIP_PATH", "CLIP score: 100 * cosine(image, text), CLIP ViT-L/14", ("clip_score", "clipscore")),
     RewardInfo("aesthetic", _aesthetic("v2"), True, "sac+logos+ava1-l14-linearMSE.pth + " + _CLIP_L,
@@ -111,14 +129,22 @@ REWARDS: tuple[RewardInfo, ...] = (
     RewardInfo("jpeg", _jpeg, False, "none", "-", "-", "JPEG compressibility (DDPO): -kB at quality 95",
                ("jpeg_compressibility", "compressibility")),
 )
+# spec terms that are not names: listed by ``steer rewards``, never looked up by name
+SPEC_FORMS: tuple[RewardInfo, ...] = (
+    RewardInfo("http://HOST:PORT", "steer.rewards.remote:HttpReward", False, "those of the served spec, on the server",
+               "`steer serve-reward SPEC --port PORT` in the reward's own environment",
+               "the URL, e.g. hps=1,http://127.0.0.1:8085=0.5",
+               "any reward spec served over HTTP by `steer serve-reward` (no gradients cross HTTP)"),
+)
 COLUMNS = ("name", "differentiable", "weights", "source", "point_at", "description")
 
 
-def table() -> list[dict[str, object]]:
+def table(include_forms: bool = False) -> list[dict[str, object]]:
     """One dict per reward with the ``COLUMNS`` keys, for ``steer rewards`` to print: ``differentiable``
-    is a bool, the others are strings."""
+    is a bool, the others are strings. ``include_forms``: also the spec forms (``http://HOST:PORT``)."""
+    rows = REWARDS + (SPEC_FORMS if include_forms else ())
     return [{"name": r.name, "differentiable": r.differentiable, "weights": r.weights,
-             "source": r.source, "point_at": r.point_at, "description": r.description} for r in REWARDS]
+             "source": r.source, "point_at": r.point_at, "description": r.description} for r in rows]
 
 
 def _by_name() -> dict[str, RewardInfo]:
@@ -141,7 +167,7 @@ def info(name: str) -> RewardInfo:
     close = difflib.get_close_matches(_key(name), list(known), n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown reward {name!r}{hint} Known rewards: {', '.join(r.name for r in REWARDS)} "
-                     f"(or a dotted path 'pkg.module:function')")
+                     f"(or a dotted path 'pkg.module:function', or a served reward's URL http://HOST:PORT)")
 
 
 def parse_spec(spec: str) -> list[tuple[str, float]]:
@@ -150,17 +176,23 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
         raise ValueError(f"empty reward spec; write e.g. {SPEC_EXAMPLE}")
     terms, seen = [], set()
     for raw in spec.split(","):
-        name, sep, weight_text = raw.strip().partition("=")
+        term = raw.strip()
+        name, sep, weight_text = term.rpartition("=") if is_url(term) and "=" in term else term.partition("=")
         name = name.strip()
         if not name:
             raise ValueError(f"reward spec {spec!r} has an empty term; write e.g. {SPEC_EXAMPLE}")
         weight = _parse_weight(spec, name, weight_text) if sep else 1.0
-        key = name if ":" in name else info(name).name
+        key = _key_of(name)
         if key in seen:
             raise ValueError(f"reward {key!r} appears twice in spec {spec!r}; give it one weight")
         seen.add(key)
         terms.append((key, weight))
     return terms
+
+
+def _key_of(name: str) -> str:
+    """A spec term's canonical name: a URL normalized, a dotted path as written, a registry name resolved."""
+    return normalize_url(name) if is_url(name) else name if ":" in name else info(name).name
 
 
 def _parse_weight(spec: str, name: str, text: str) -> float:
@@ -175,7 +207,12 @@ def _parse_weight(spec: str, name: str, text: str) -> float:
 
 
 def build(name: str, **options) -> Reward:
-    """One reward by registry name (options go to its ``from_pretrained``) or dotted path."""
+    """One reward by registry name (options go to its ``from_pretrained``), URL (options go to
+    ``HttpReward``: ``read_timeout=``, ``image_format=``, ...) or dotted path."""
+    if is_url(name):
+        from steer.rewards.remote import HttpReward
+
+        return HttpReward(name, **options)
     if ":" in name:
         return as_reward(name)
     factory = info(name).build
@@ -190,7 +227,7 @@ def load(spec, device: Optional[torch.device | str] = None, dtype: Optional[torc
     """
     if not isinstance(spec, str):
         return _place(as_reward(spec), device, dtype)
-    options = {info(k).name if ":" not in k else k: v for k, v in (options or {}).items()}
+    options = {_key_of(k): v for k, v in (options or {}).items()}
     terms = parse_spec(spec)
     rewards = [(w, build(name, **options.get(name, {}))) for name, w in terms]
     reward = rewards[0][1] if len(rewards) == 1 and rewards[0][0] == 1.0 else WeightedSum(rewards)

@@ -44,7 +44,7 @@ from steer import chain, kernels, toolkit
 from steer.budget import Budget
 from steer.samplers import potentials, tempering
 from steer.samplers import resampling as rs
-from steer.scoring import decode, decode_and_score, score_images
+from steer.scoring import decode_and_score, score_latents
 from steer.types import Result, StepInfo
 
 METHOD = "fk"
@@ -166,8 +166,8 @@ def _fk_steps(process, reward, prompts, fk: Settings, generator, trace) -> Itera
         if i in fk.steps:
             r = move.reward
             if r is None:
-                _, r = decode_and_score(process, reward, move.prop.pred.x0, cond.prompts, trace=trace,
-                                        method=METHOD, step=i)
+                r = score_latents(process, reward, move.prop.pred.x0, cond.prompts, trace=trace, method=METHOD,
+                                  step=i)
             r = r.reshape(P, K).to(w.log_w.device)
             lam = _tilt(w, r, fk)
             log_g, state = potentials.intermediate(fk.potential, lam[:, None], r, w.state)
@@ -218,8 +218,7 @@ def _propose(process, reward, x, i, cond, fk: Settings, trace) -> Move:
     x_in = x.detach().float().requires_grad_(True)
     with torch.enable_grad():
         prop = chain.propose(process, x_in, i, cond, noise_level=fk.noise_level, trace=trace)
-        r = score_images(reward, decode(process, prop.pred.x0, trace), cond.prompts, trace=trace, method=METHOD,
-                         step=i)
+        r = score_latents(process, reward, prop.pred.x0, cond.prompts, trace=trace, method=METHOD, step=i, grad=True)
         if not r.requires_grad:
             raise RuntimeError(f"{METHOD}: guidance needs gradients through {getattr(process, 'name', 'the process')}'s "
                                f"denoiser, decode and the reward, but none reached the latents; use guidance=0")

@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from steer import chain, toolkit
 from steer.budget import Budget
-from steer.scoring import score_images
+from steer.scoring import reads_latents, score_images
 from steer.types import Result, StepInfo
 
 METHOD = "reno"
@@ -137,7 +137,8 @@ def _forward(process, terms, z, cond, trace, use_ckpt, it):
     for reward, w in terms:
         trace.add_reward_calls(images.shape[0])
         score = (lambda im, rw=reward: score_images(rw, im, cond.prompts, method=METHOD, step=it))
-        total = total + w * (checkpoint(score, images, use_reentrant=False) if use_ckpt else score(images))
+        scored = x if reads_latents(reward) else images  # a latent reward (space="latent") reads x_0
+        total = total + w * (checkpoint(score, scored, use_reentrant=False) if use_ckpt else score(scored))
     if not total.requires_grad:
         raise RuntimeError(f"{METHOD}: no gradient reaches the initial noise through "
                            f"{getattr(process, 'name', 'the process')}'s denoiser, decode and reward; ReNO needs "

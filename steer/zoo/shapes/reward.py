@@ -7,6 +7,9 @@
   so gradients reach the pixels.
 - ``ShapesCheckReward`` (not differentiable): 1.0 when the exact checker accepts the image for
   its caption, else 0.0. For evaluation and experiments, never as a training signal by default.
+- ``ShapesSwapReward`` (``shapes-swap``): the probability the shapes CLIP puts on the true caption
+  against all of its corruptions (``world.mismatches``: swapped relation, order, colours, shapes) —
+  a held-out reward for ``eval_reward``: an image that merely inflates the cosine does not raise it.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import torch
 from torch import Tensor
 
 from steer.rewards.base import Reward
-from steer.zoo.shapes import checker
+from steer.zoo.shapes import checker, world
 from steer.zoo.shapes.clip import clip, image_embeds, text_embeds
 
 
@@ -54,3 +57,24 @@ class ShapesCheckReward(Reward):
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         return checker.check(images.detach().float().cpu(), prompts).float()  # (B,)
+
+
+class ShapesSwapReward(Reward):
+    """P(true caption | image) among the caption and its corruptions, under the shapes CLIP (in [0, 1])."""
+
+    name = "shapes-swap"
+    differentiable = True
+
+    def __init__(self, path: Optional[str | os.PathLike] = None, device: str | torch.device = "cpu",
+                 clip_reward: Optional[ShapesClipReward] = None):
+        self.clip = clip_reward if clip_reward is not None else ShapesClipReward(path, device)
+
+    def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        c = self.clip
+        img = image_embeds(c.model, images.to(c.device, torch.float32))  # (B, D)
+        out = []
+        for e, caption in zip(img, prompts):
+            alternatives = [caption] + sorted({a for v in world.mismatches(caption).values() for a in v})
+            logits = c.logit_scale * (c._text(alternatives) @ e)  # (1 + A,)
+            out.append(torch.softmax(logits, 0)[0])
+        return torch.stack(out)  # (B,)
