@@ -17,6 +17,7 @@ import requests
 import torch
 
 import steer
+import steer.rewards
 from steer.errors import SteerError
 from steer.rewards import WeightedSum, load, wire
 from steer.rewards.remote import HttpReward, RewardServerError
@@ -141,6 +142,24 @@ def test_generate_scores_through_the_server(server, tiny_pipe, method, options):
     here = steer.generate(tiny_pipe, PROMPTS, reward=lambda im, p: local.brightness(im.contiguous(), p), **run)
     assert torch.equal(remote.images, here.images) and torch.equal(remote.rewards, here.rewards)
     assert remote.trace.reward_calls == here.trace.reward_calls > 0
+
+
+def test_grpo_fine_tunes_through_the_server(server, tmp_path):
+    """``steer finetune --method grpo --reward http://...``: the rewards of a run scored over HTTP equal the
+    local reward's, step for step (and so do the trained weights)."""
+    from steer.finetune import GRPOConfig, grpo, lora
+    from steer.pipelines import from_pipe
+    from tests.fixtures.tiny import build
+
+    cfg = GRPOConfig(max_steps=2, group_size=2, lora_rank=2, learning_rate=1e-2)
+    runs = {}
+    for name, reward in (("remote", load(server.url)), ("here", steer.rewards.as_reward(
+            lambda im, p: local.brightness(im.contiguous(), p)))):
+        process = from_pipe(build("sd"), num_inference_steps=2, guidance_scale=1.0)
+        result = grpo(process, reward, PROMPTS, cfg, out_dir=tmp_path / name)
+        runs[name] = ([m["reward_mean"] for m in result.metrics], lora.lora_state_dict(process.pipe))
+    assert runs["remote"][0] == runs["here"][0]
+    assert all(torch.equal(runs["remote"][1][k], runs["here"][1][k]) for k in runs["here"][1])
 
 
 def test_gradient_methods_refuse_an_http_reward(server, tiny_pipe):
