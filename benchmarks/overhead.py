@@ -23,7 +23,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads c
 import torch  # noqa: E402
 import _paths  # noqa: F401,E402  (repository root on sys.path: the fixtures live in tests/)
 
-# family -> (guidance_scale or None for unconditional, options for both sides, options for pipe(...) only)
+# family -> (guidance_scale or None for unconditional, options for both sides, options for pipe(...) only);
+# a family whose guidance goes by another name (Qwen-Image's true CFG) sets it in the shared options
+SMALL = {"height": 32, "width": 32}
 SETTINGS = {
     "sd": (5.0, {}, {}),
     "sd_v": (5.0, {}, {}),
@@ -32,6 +34,12 @@ SETTINGS = {
     "flux": (3.5, {"max_sequence_length": 64}, {}),
     "pixart": (4.5, {"clean_caption": False}, {"use_resolution_binning": False}),  # no bs4 here
     "ddpm": (None, {}, {}),
+    "sana": (4.5, SMALL, {"use_resolution_binning": False}),
+    "z_image": (4.0, SMALL, {}),
+    "qwenimage": ("true_cfg", {**SMALL, "true_cfg_scale": 4.0, "negative_prompt": " "}, {}),
+    "flux2": (4.0, SMALL, {}),
+    "wan": (5.0, {**SMALL, "num_frames": 5, "max_sequence_length": 64}, {}),
+    "ltx": (3.0, {**SMALL, "num_frames": 9, "max_sequence_length": 64}, {}),
 }
 PROMPTS = ["a red circle above a blue square", "two green triangles", "a yellow star", "a purple ring"]
 
@@ -51,23 +59,26 @@ def make_runners(family: str, steps: int, num_prompts: int):
     pipe = tiny.build(family)
     pipe.set_progress_bar_config(disable=True)
     options = dict(num_inference_steps=steps, **shared)
-    if guidance is not None:
-        options["guidance_scale"] = guidance
+    scale = {} if guidance in (None, "true_cfg") else {"guidance_scale": guidance}
+    options.update(scale)
     process = from_pipe(pipe, **options)
     prompts = PROMPTS[:num_prompts]
     x = process.init_noise(num_prompts, torch.Generator().manual_seed(0))
 
+    decode = getattr(process, "decode_video", process.decode)  # video: (B, F, 3, H, W), as pipe(...).frames
+
     def steer_fn():
-        return process.decode(chain.run(process, x, process.prepare(prompts)))
+        return decode(chain.run(process, x, process.prepare(prompts)))
 
     if guidance is None:  # unconditional pixel pipelines draw x_T themselves from the generator
         def diffusers_fn():
             return pipe(batch_size=num_prompts, generator=torch.Generator().manual_seed(0),
                         num_inference_steps=steps, output_type="pt").images
     else:
-        def diffusers_fn():
-            return pipe(prompts, latents=x.clone(), num_inference_steps=steps, guidance_scale=guidance,
-                        output_type="pt", **shared, **pipe_only).images
+        def diffusers_fn():  # prompt= by name: FLUX.2's first positional argument is an image
+            out = pipe(prompt=list(prompts), latents=x.clone(), num_inference_steps=steps, output_type="pt",
+                       **scale, **shared, **pipe_only)
+            return out.frames if hasattr(out, "frames") else out.images
 
     return steer_fn, diffusers_fn, type(pipe).__name__
 

@@ -29,7 +29,7 @@ are counted over the stochastic steps. The per-prompt / global statistics are th
 references gather every GPU's rewards first). Steps whose kernel is deterministic (σ = 0, e.g. DDIM's last step onto ᾱ = 1 with
 ``set_alpha_to_one``) have no density and are not trained on. Note: a last stochastic step landing on
 ᾱ ≈ 1 has σ ≈ sqrt(1 − ᾱ) ≈ 0.01, and its log-prob gradients (∝ 1/σ) then dominate the update with
-noise; "trailing" timestep spacing avoids such a step (measured in tests/test_finetune.py). Each
+noise; "trailing" timestep spacing avoids such a step (measured in the tests/fixtures/grey.py docstring). Each
 optimizer step uses one micro-batch of P prompts × G samples; with
 ``inner_epochs = E`` a batch is reused for E consecutive optimizer steps (PPO reuse; the clip acts
 from the second one).

@@ -19,6 +19,13 @@ FAMILIES: dict[str, str] = {
     "PixArtSigmaPipeline": "steer.pipelines.pixart:PixArtProcess",
     "DDPMPipeline": "steer.pipelines.ddpm:PixelProcess",
     "DDIMPipeline": "steer.pipelines.ddpm:PixelProcess",
+    "QwenImagePipeline": "steer.pipelines.qwenimage:QwenImageProcess",
+    "Flux2Pipeline": "steer.pipelines.flux2:Flux2Process",
+    "Flux2KleinPipeline": "steer.pipelines.flux2:Flux2Process",
+    "SanaPipeline": "steer.pipelines.sana:SanaProcess",
+    "ZImagePipeline": "steer.pipelines.z_image:ZImageProcess",
+    "WanPipeline": "steer.pipelines.wan:WanProcess",
+    "LTXPipeline": "steer.pipelines.ltx:LTXProcess",
 }
 
 
