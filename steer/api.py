@@ -131,7 +131,8 @@ def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Call
              seed: int = 0, steps: Optional[int] = None, guidance_scale: Optional[float] = None,
              height: Optional[int] = None, width: Optional[int] = None, negative_prompt: Optional[str] = None,
              batch_size: Optional[int] = None, device=None, dtype=None, nfe_budget: Optional[int] = None,
-             callback: Optional[Callable] = None, eval_reward=None, **options) -> Result:
+             callback: Optional[Callable] = None, eval_reward=None, num_frames: Optional[int] = None,
+             **options) -> Result:
     """Generate one reward-steered image per prompt.
 
     ``pipe``: a diffusers pipeline, a model id / local path, a ``steer.pipelines.Process``, or
@@ -141,7 +142,8 @@ def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Call
     ``hps``). Method options pass through by keyword; ``nfe_budget`` caps denoiser calls per prompt for
     every method. ``eval_reward`` (a spec, ``Reward`` or callable, like ``reward``): a held-out reward
     scored on the returned images only, never steering them, in ``Result.eval_rewards`` — the check on
-    reward hacking (an optimized reward that rises while a held-out one does not).
+    reward hacking (an optimized reward that rises while a held-out one does not). ``num_frames``: the
+    frames per video of a video pipeline (Wan, LTX-Video; an error on an image pipeline).
     """
     reward = default_reward(pipe) if reward is None else reward
     prompts = normalize_prompts(prompt)
@@ -152,7 +154,7 @@ def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Call
                             batch_size=batch_size, nfe_budget=nfe_budget, device=device, dtype=dtype)
     process = resolve_process(pipe, device=run["device"], dtype=run["dtype"], num_inference_steps=run["steps"],
                               guidance_scale=run["guidance_scale"], height=run["height"], width=run["width"],
-                              negative_prompt=negative_prompt, batch_size=run["batch_size"])
+                              negative_prompt=negative_prompt, batch_size=run["batch_size"], num_frames=num_frames)
     reward_model = resolve_reward(reward, device=getattr(process, "device", None))
     eval_model = None if eval_reward is None else resolve_reward(eval_reward, device=getattr(process, "device", None))
     generator = torch.Generator("cpu").manual_seed(run["seed"])
@@ -168,5 +170,6 @@ def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Call
     if eval_model is not None:
         from steer.scoring import eval_scores
 
-        result.eval_rewards = eval_scores(eval_model, result.images, prompts, method=name)
+        result.eval_rewards = eval_scores(eval_model, result.images, prompts, method=name, process=process,
+                                          latents=result.latents)
     return result

@@ -168,6 +168,8 @@ def generate(
     option: List[str] = typer.Option(None, "--option", "-o", help="Any other method option, KEY=VALUE (repeatable)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="num_inference_steps."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="guidance_scale."),
+    num_frames: Optional[int] = typer.Option(None, "--num-frames", help="Frames per video (video pipelines: "
+                                             "Wan, LTX-Video; they also write NNN.mp4)."),
     height: Optional[int] = typer.Option(None, "--height"),
     width: Optional[int] = typer.Option(None, "--width"),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt"),
@@ -184,7 +186,8 @@ def generate(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print the time breakdown."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
-    """Generate one reward-steered image per prompt into --out (NNN.png, grid.png, trace.json).
+    """Generate one reward-steered image per prompt into --out (NNN.png, grid.png, trace.json; a video
+    pipeline also writes NNN.mp4).
 
     --out holds one run: a used folder is refused unless --resume or --overwrite."""
     with io.boundary(debug, interrupted="interrupted: finished images and trace.json were kept"):
@@ -213,7 +216,8 @@ def generate(
                                    steps=steps, guidance_scale=guidance, height=height, width=width,
                                    negative_prompt=negative_prompt, nfe_budget=nfe_budget, save_all=save_all,
                                    device=device, dtype=io.parse_dtype(dtype), options=kwargs, progress=progress,
-                                   resume=resume, overwrite=overwrite, eval_reward=eval_reward)
+                                   resume=resume, overwrite=overwrite, eval_reward=eval_reward,
+                                   num_frames=num_frames)
         if summary is not None:
             kept = f", {summary['skipped']} already there" if summary.get("skipped") else ""
             typer.echo(f"wrote {summary['written']} image(s) to {out_dir}{kept}  "

@@ -11,6 +11,9 @@ killed run leaves a trace listing exactly the images it finished; the trace says
 refused unless ``resume`` (skip the prompts whose image is on disk and recorded in the trace with
 its sha256; every setting must match, more prompts may be appended) or ``overwrite`` (delete the
 earlier run's images and traces first). ``grid.png`` is written when every prompt has its image.
+A video pipeline's prompt also gets ``NNN.mp4`` (``NNN.webp`` without PyAV; ``outputs.save_video``),
+recorded as ``video`` / ``video_sha256`` and checked by ``resume`` like the image (``NNN.png`` is then
+its frame grid).
 """
 from __future__ import annotations
 
@@ -28,13 +31,14 @@ from steer.errors import SteerError
 
 TRACE, GRID = "trace.json", "grid.png"
 IMAGE = re.compile(r"\d{3,}(_\d{3,})?\.png")  # NNN.png and the --save-all candidates NNN_MMM.png
+VIDEO = re.compile(r"\d{3,}\.(mp4|webp)")  # a video pipeline's NNN.mp4 (or NNN.webp)
 RANK_TRACE = re.compile(r"trace\.rank\d+\.json")
 # the settings a resumed run must share with the earlier one (the images' bytes depend on them), with
 # the flag that sets each; --device and --save-all may change
 SETTINGS = {"method": "--method", "reward": "--reward", "model": "--model", "seed": "--seed", "steps": "--steps",
             "guidance_scale": "--guidance", "height": "--height", "width": "--width",
             "negative_prompt": "--negative-prompt", "nfe_budget": "--nfe-budget", "dtype": "--dtype",
-            "options": "the method's options", "eval_reward": "--eval-reward"}
+            "options": "the method's options", "eval_reward": "--eval-reward", "num_frames": "--num-frames"}
 
 
 def _distributed():
@@ -72,7 +76,8 @@ def earlier_run(out_dir: Path) -> list[str]:
     if not Path(out_dir).is_dir():
         return []
     return sorted(p.name for p in Path(out_dir).iterdir() if p.is_file() and
-                  (p.name in (TRACE, GRID) or IMAGE.fullmatch(p.name) or RANK_TRACE.fullmatch(p.name)))
+                  (p.name in (TRACE, GRID) or IMAGE.fullmatch(p.name) or VIDEO.fullmatch(p.name)
+                   or RANK_TRACE.fullmatch(p.name)))
 
 
 def clear_run(out_dir: Path) -> None:
@@ -125,8 +130,10 @@ def _finished(out_dir: Path, prompts: list[str], settings: dict) -> dict[int, di
                 now = f"now {prompts[k]!r}" if k < len(prompts) else f"now there are only {len(prompts)} prompts"
                 raise SteerError(f"--resume: prompt {k + 1} of the run in {out_dir} was {r.get('prompt')!r}, {now}; "
                                  f"resume with the same prompts (more may be appended), or start over with --overwrite")
-            name = r.get("file")
-            if isinstance(name, str) and IMAGE.fullmatch(name) and r.get("sha256") == _sha256(out_dir / name):
+            name, video = r.get("file"), r.get("video")
+            if isinstance(name, str) and IMAGE.fullmatch(name) and r.get("sha256") == _sha256(out_dir / name) and (
+                    video is None or (isinstance(video, str) and VIDEO.fullmatch(video)
+                                      and r.get("video_sha256") == _sha256(out_dir / video))):
                 done[k] = r
     return done
 
@@ -155,7 +162,8 @@ def _claim(out_dir: Path, prompts: list[str], settings: dict, resume: bool, over
 def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str, model: Optional[str], seed: int,
                  steps=None, guidance_scale=None, height=None, width=None, negative_prompt=None,
                  nfe_budget=None, save_all=False, device=None, dtype=None, options=None, progress=None,
-                 resume: bool = False, overwrite: bool = False, eval_reward: Optional[str] = None) -> dict:
+                 resume: bool = False, overwrite: bool = False, eval_reward: Optional[str] = None,
+                 num_frames: Optional[int] = None) -> dict:
     """Run the job; returns a summary (written and skipped counts, NFE per prompt, seconds, timing breakdown)."""
     options = dict(options or {})
     out_dir = Path(out_dir)
@@ -165,20 +173,21 @@ def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str,
         {"method": method, "reward": reward, "model": model, "seed": seed, "steps": steps,
          "guidance_scale": guidance_scale, "height": height, "width": width, "negative_prompt": negative_prompt,
          "nfe_budget": nfe_budget, "dtype": None if dtype is None else str(dtype), "options": options,
-         "eval_reward": eval_reward}, default=str))
+         "eval_reward": eval_reward, "num_frames": num_frames}, default=str))
     done = _claim(out_dir, prompts, settings, resume, overwrite, state)
     if state is not None and device is None:
         device = state.device  # one accelerator per process
     process = resolve_process(model, device=device, dtype=dtype, num_inference_steps=steps,
                               guidance_scale=guidance_scale, height=height, width=width,
-                              negative_prompt=negative_prompt)
+                              negative_prompt=negative_prompt, num_frames=num_frames)
     reward_model = resolve_reward(reward, device=getattr(process, "device", None), dtype=None)
     eval_model = None if eval_reward is None else resolve_reward(eval_reward, device=getattr(process, "device", None))
     t_load = time.perf_counter() - t0
     job = {"method": method, "reward": reward, "model": model or "embedded default", "seed": seed,
            "steps": process.num_steps, "guidance_scale": getattr(process, "guidance_scale", guidance_scale),
            "height": height, "width": width, "negative_prompt": negative_prompt, "nfe_budget": nfe_budget,
-           "options": options, "eval_reward": eval_reward, "versions": outputs.versions(),
+           "options": options, "eval_reward": eval_reward, "num_frames": getattr(process, "num_frames", None),
+           "versions": outputs.versions(),
            "settings": settings, "num_prompts": len(prompts)}
     todo = [k for k in range(len(prompts)) if k not in done]
     if todo and (state is None or state.is_main_process):
@@ -239,12 +248,12 @@ def _steer_prompts(indices, prompts, out_dir, process, rewards, job, records, sa
                           nfe_budget=job["nfe_budget"], callback=progress, eval_reward=eval_model,
                           **job["options"])
         with io.deferred_interrupts():  # a prompt's files, its record and the trace: all or none
-            _save_prompt(k, prompts, out_dir, result, job, records, save_all)
+            _save_prompt(k, prompts, out_dir, result, job, records, save_all, process)
             after_each()
 
 
-def _save_prompt(k, prompts, out_dir, result, job, records, save_all) -> None:
-    """Prompt ``k``'s PNG(s) (the selected image last) and its record."""
+def _save_prompt(k, prompts, out_dir, result, job, records, save_all, process=None) -> None:
+    """Prompt ``k``'s PNG(s) (the selected image last), its video on a video pipeline, and its record."""
     path = out_dir / f"{k:03d}.png"
     info = {"prompt": prompts[k], "model": job["model"], "method": job["method"], "options": job["options"],
             "seed": job["seed"] + k, "reward_spec": job["reward"], "reward": float(result.rewards[0]),
@@ -257,8 +266,20 @@ def _save_prompt(k, prompts, out_dir, result, job, records, save_all) -> None:
             if result.candidate_rewards is not None:
                 cand["reward"] = float(result.candidate_rewards[0, j])
             outputs.save_png(out_dir / f"{k:03d}_{j:03d}.png", image, cand)
+    video = _save_video(out_dir / f"{k:03d}", process, result, info) if hasattr(process, "decode_video") else {}
     sha256 = outputs.save_png(path, result.images[0], info)  # the selected image last: then it is recorded
-    records.append(_record(k, prompts[k], result, path, sha256))
+    records.append({**_record(k, prompts[k], result, path, sha256), **video})
+
+
+def _save_video(stem: Path, process, result, info) -> dict[str, str]:
+    """The selected video as ``stem.mp4`` (``.webp`` without PyAV); its record fields."""
+    from steer.pipelines.video import video_of
+
+    frames = video_of(process, result.images[:1], None if result.latents is None else result.latents[:1])[0]
+    path = stem.with_suffix("." + outputs.video_format())
+    fps = float(process.frame_rate)
+    sha256 = outputs.save_video(path, frames, fps, {**info, "num_frames": int(frames.shape[0]), "fps": fps})
+    return {"video": path.name, "video_sha256": sha256}
 
 
 def _write_trace(path: Path, trace: dict, record_lists: list[list[dict]], num_prompts: int) -> dict:

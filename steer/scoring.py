@@ -88,14 +88,17 @@ def _as_scores(r, images: Tensor, head: str) -> Tensor:
 _INTEGERS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def eval_scores(reward, images: Tensor, prompts: Sequence[str], *, method: str = "?") -> Tensor:
+def eval_scores(reward, images: Tensor, prompts: Sequence[str], *, method: str = "?", process=None,
+                latents: Optional[Tensor] = None) -> Tensor:
     """A held-out reward of finished images (B,): scored without gradients on a detached copy, not
-    counted as the method's reward calls (it never steers anything), errors named as ``score_images``'."""
+    counted as the method's reward calls (it never steers anything), errors named as ``score_images``'.
+    A video reward reads the videos' frames (``process`` and, for ``frame_layout=k``, ``latents``)."""
     if reads_latents(reward):
         raise SteerError(f"eval reward {getattr(reward, 'name', reward)!r} reads latents; an eval reward scores the "
                          f"returned images: give an image reward")
     with torch.no_grad():
-        return score_images(reward, images.detach(), prompts, method=f"{method} (eval reward)")
+        scored = reward_input(process, reward, latents, images.detach())
+        return score_images(reward, scored.detach(), prompts, method=f"{method} (eval reward)")
 
 
 def decode(process, x0: Tensor, trace=None) -> Tensor:
@@ -111,17 +114,31 @@ def reads_latents(reward) -> bool:
     return getattr(reward, "space", "image") == "latent"
 
 
+def reward_input(process, reward, x0: Optional[Tensor], images: Tensor) -> Tensor:
+    """What ``reward`` reads of ``images = process.decode(x0)``: the images, ``x0`` for a latent reward,
+    the frames (B, F, 3, H, W) for a video reward (``space = "video"``; ``video.video_of``)."""
+    space = getattr(reward, "space", "image")
+    if space == "latent":
+        return x0
+    if space == "video":
+        from steer.pipelines.video import video_of
+
+        return video_of(process, images, x0)
+    return images
+
+
 def decode_and_score(process, reward, x0: Tensor, prompts: Sequence[str], *, trace=None, method: str = "?",
                      step: Optional[int] = None, grad: bool = False) -> tuple[Tensor, Tensor]:
     """Decode x̂0 (or final latents) (B, ...) and score them (a latent reward scores ``x0`` itself), in
     chunks of the process' ``batch_size`` (its latents per call); without gradients unless ``grad``.
+    A video reward reads the frames (B, F, 3, H, W) behind each image (``reward_input``).
     Returns images (B, 3, H, W) float32 and rewards (B,)."""
     chunk = getattr(process, "batch_size", None) or x0.shape[0]
     images, rewards = [], []
     with torch.set_grad_enabled(grad):
         for s in range(0, x0.shape[0], chunk):
             img = decode(process, x0[s:s + chunk], trace)  # (b, 3, H, W)
-            scored = x0[s:s + chunk] if reads_latents(reward) else img
+            scored = reward_input(process, reward, x0[s:s + chunk], img)
             rewards.append(score_images(reward, scored, prompts[s:s + chunk], trace=trace, method=method, step=step))
             images.append(img.float())
     return torch.cat(images), torch.cat(rewards)

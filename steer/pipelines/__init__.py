@@ -49,7 +49,18 @@ def from_pipe(pipe, **options) -> Process:
             raise TypeError(f"options {sorted(options)} cannot be applied to an existing Process; "
                             f"build the process with them instead")
         return pipe
-    return adapter_for(pipe)(pipe, **options)
+    adapter = adapter_for(pipe)
+    check_video_options(adapter, type(pipe).__name__, options)
+    return adapter(pipe, **options)
+
+
+def check_video_options(adapter: type, pipeline: str, options) -> None:
+    """``num_frames`` given to a family that makes images: a one-line error naming the fix."""
+    if options.get("num_frames") is not None and not hasattr(adapter, "decode_video"):
+        from steer.errors import SteerError
+
+        raise SteerError(f"num_frames is an option of video pipelines (Wan, LTX-Video); {pipeline} makes images: "
+                         f"drop num_frames (--num-frames)")
 
 
 from steer.pipelines.loading import ModelNotFoundError, load  # noqa: E402

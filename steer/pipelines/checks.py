@@ -119,3 +119,26 @@ def bind_common(process, pipe, denoiser, *, num_inference_steps, batch_size, gui
         process.guidance_scale = check_guidance(guidance_scale)
     process.negative_prompt = negative_prompt
     positive_int("num_inference_steps", num_inference_steps, allow_none=False, maximum=MAX_STEPS)
+
+
+def resolution_bins(name: str, pipe, bins, height, width, use_resolution_binning, default: int):
+    """PixArt / Sana resolution binning: (height, width) to generate at, and the requested size to crop
+    back to (None: no binning). ``bins``: the pipeline's aspect-ratio table for its size (None if none);
+    ``default``: the pipeline's default side when ``height`` / ``width`` are not given."""
+    if use_resolution_binning and bins is None:
+        raise ValueError(f"{name}: no aspect-ratio bins for transformer sample_size "
+                         f"{pipe.transformer.config.sample_size}; pass use_resolution_binning=False")
+    if bins is None or use_resolution_binning is False:
+        return height, width, None
+    orig = (height or default, width or default)
+    return (*pipe.image_processor.classify_height_width_bin(*orig, ratios=bins), orig)
+
+
+def vae_decode(name: str, vae, x0, latent_shape):
+    """Latents x̂0 (B, *latent_shape) -> images (B, 3, H, W) in [0, 1] through an SD3-style VAE
+    (``z = x0 / scaling_factor + shift_factor``), differentiable."""
+    latents(name, x0, latent_shape)
+    config = vae.config
+    z = x0.to(vae.dtype) / config.scaling_factor + (config.shift_factor or 0.0)  # (B, C, h, w)
+    image = vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
+    return (image.float() / 2 + 0.5).clamp(0, 1)

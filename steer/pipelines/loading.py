@@ -9,6 +9,8 @@ answers. A model that is nowhere on disk and cannot be fetched raises ``ModelNot
 """
 from __future__ import annotations
 
+import importlib
+
 import json
 import os
 from pathlib import Path
@@ -40,6 +42,7 @@ def load(model_id_or_path: str | os.PathLike, device=None, dtype=None, **options
     torch_dtype = _dtype(dtype)
     index, source, local_only = _model_index(model_id_or_path)
     _check_family(index.get("_class_name"), model_id_or_path)
+    _check_options(index.get("_class_name"), options)
     try:
         pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, local_files_only=local_only)
     except OSError as err:  # files listed in model_index.json but missing on disk
@@ -47,6 +50,15 @@ def load(model_id_or_path: str | os.PathLike, device=None, dtype=None, **options
     if device is not None:
         pipe = pipe.to(device)
     return from_pipe(pipe, **options)
+
+
+def _check_options(class_name, options) -> None:
+    """Options the family cannot take (``num_frames`` for an image pipeline), refused before loading."""
+    from steer.pipelines import FAMILIES, check_video_options
+
+    if options.get("num_frames") is not None and class_name in FAMILIES:
+        module, name = FAMILIES[class_name].split(":")
+        check_video_options(getattr(importlib.import_module(module), name), class_name, options)
 
 
 def _model_index(model_id_or_path) -> tuple[dict, str, bool]:

@@ -65,6 +65,7 @@ class LTXProcess(VideoProcess):
         self.guidance_rescale = float(guidance_rescale)
         if isinstance(frame_rate, bool) or not isinstance(frame_rate, (int, float)) or not frame_rate > 0:
             raise ValueError(f"{self.name}: frame_rate={frame_rate!r} must be a positive number of frames per second")
+        self.frame_rate = float(frame_rate)
         self.decode_timestep = float(decode_timestep)
         noise_scale = self.decode_timestep if decode_noise_scale is None else float(decode_noise_scale)
         if self.vae.config.timestep_conditioning and noise_scale != 0:

@@ -59,7 +59,8 @@ class PixArtProcess(GuidedProcess):
         self.max_sequence_length = checks.positive_int("max_sequence_length", max_sequence_length, allow_none=False)
         config = pipe.transformer.config
         factor = pipe.vae_scale_factor
-        height, width, orig = self._resolution_bins(height, width, use_resolution_binning)
+        height, width, orig = checks.resolution_bins(self.name, pipe, aspect_ratio_bins(pipe), height, width,
+                                                     use_resolution_binning, config.sample_size * factor)
         self.height, self.width = checks.image_size(
             self.name, config.sample_size, factor * config.patch_size, height, width, pixels_per_sample=factor)
         self.orig_height, self.orig_width = orig or (self.height, self.width)  # what decode returns
@@ -67,18 +68,6 @@ class PixArtProcess(GuidedProcess):
         self.learned_sigma = config.out_channels is not None and config.out_channels // 2 == config.in_channels
         self.additional_conditions = bool(getattr(pipe.transformer, "use_additional_conditions", False))
         self.schedule = ddim_schedule(pipe.scheduler.config, num_inference_steps, device=self.device)
-
-    def _resolution_bins(self, height, width, use_resolution_binning):
-        """(height, width) to generate at, and the requested size to crop back to (None: no binning)."""
-        bins = aspect_ratio_bins(self.pipe)
-        if use_resolution_binning and bins is None:
-            raise ValueError(f"{self.name}: no aspect-ratio bins for transformer sample_size "
-                             f"{self.pipe.transformer.config.sample_size}; pass use_resolution_binning=False")
-        if bins is None or use_resolution_binning is False:
-            return height, width, None
-        default = self.pipe.transformer.config.sample_size * self.pipe.vae_scale_factor
-        orig = (height or default, width or default)
-        return (*self.pipe.image_processor.classify_height_width_bin(*orig, ratios=bins), orig)
 
     # ---- prepare ------------------------------------------------------------------------
     def _encode(self, prompts: list[str], negative: Optional[list[str]]) -> dict[str, Tensor]:

@@ -94,7 +94,8 @@ class SanaProcess(GuidedProcess):
         self.complex_human_instruction = self._instruction(complex_human_instruction)
         config = pipe.transformer.config
         factor = pipe.vae_scale_factor
-        height, width, orig = self._resolution_bins(height, width, use_resolution_binning)
+        height, width, orig = checks.resolution_bins(self.name, pipe, aspect_ratio_bins(pipe), height, width,
+                                                     use_resolution_binning, 1024)  # SanaPipeline's default
         self.height, self.width = checks.image_size(  # SanaPipeline.check_inputs: multiples of 32
             self.name, 1024, math.lcm(32, factor * config.patch_size), height, width)
         self.orig_height, self.orig_width = orig or (self.height, self.width)  # what decode returns
@@ -113,17 +114,6 @@ class SanaProcess(GuidedProcess):
             raise ValueError(f"{self.name}: complex_human_instruction must be a list of strings, "
                              f"'default' or None, got {value!r}")
         return value
-
-    def _resolution_bins(self, height, width, use_resolution_binning):
-        """(height, width) to generate at, and the requested size to crop back to (None: no binning)."""
-        bins = aspect_ratio_bins(self.pipe)
-        if use_resolution_binning and bins is None:
-            raise ValueError(f"{self.name}: no aspect-ratio bins for transformer sample_size "
-                             f"{self.pipe.transformer.config.sample_size}; pass use_resolution_binning=False")
-        if bins is None or use_resolution_binning is False:
-            return height, width, None
-        orig = (height or 1024, width or 1024)  # SanaPipeline's defaults
-        return (*self.pipe.image_processor.classify_height_width_bin(*orig, ratios=bins), orig)
 
     # ---- prepare ------------------------------------------------------------------------
     def _encode(self, prompts: list[str], negative: Optional[list[str]]) -> dict[str, Tensor]:

@@ -6,15 +6,17 @@ the pipeline's ``output_type="pt"`` returns). Rewards, ``Result.images`` and the
 (B, 3, H, W), so ``decode`` lays the frames out as one image per video (``frame_layout``):
 ``"grid"`` (default) tiles all F frames row-major into ceil(√F) columns (empty cells black), so an
 image reward scores every frame at once; an int k returns frame k alone (``0`` the first, ``-1``
-the last). ``frames(images)`` turns grids back into (B, F, 3, H, W). Proper video rewards (per-frame
-scores with a reduction) will replace the grid; until then the grid is the documented stand-in.
+the last). ``frames(images)`` turns grids back into (B, F, 3, H, W). Rewards declared
+``space = "video"`` (``steer.rewards.video``: an image reward per frame with a reduction,
+``hps@frames:min``; ``temporal_consistency``) read the frames themselves (``video_of``), not the grid;
+an image reward still scores the grid. ``frame_rate`` is what ``steer generate`` writes videos at.
 """
 from __future__ import annotations
 
 import math
 import operator
 from abc import abstractmethod
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -47,6 +49,7 @@ class VideoProcess(GuidedProcess):
 
     num_frames: int = 1
     frame_layout: Union[str, int] = "grid"
+    frame_rate: float = 16.0  # frames per second of a written video (Wan's; LTX-Video: its ``frame_rate``)
 
     def _set_frames(self, num_frames: int, frame_layout) -> None:
         self.num_frames = num_frames
@@ -62,7 +65,10 @@ class VideoProcess(GuidedProcess):
 
     def decode(self, x0: Tensor) -> Tensor:
         """Latents -> one image per video (B, 3, H', W') in [0, 1] laid out by ``frame_layout``."""
-        video = self.decode_video(x0)  # (B, F, 3, H, W)
+        return self.layout(self.decode_video(x0))
+
+    def layout(self, video: Tensor) -> Tensor:
+        """Frames (B, F, 3, H, W) -> one image per video (B, 3, H', W') laid out by ``frame_layout``."""
         if self.frame_layout != "grid":
             return video[:, self.frame_layout]  # (B, 3, H, W)
         B, F, C, H, W = video.shape
@@ -83,3 +89,21 @@ class VideoProcess(GuidedProcess):
                              f"pass what process.decode returned")
         cells = images.reshape(B, C, rows, GH // rows, cols, GW // cols).permute(0, 2, 4, 1, 3, 5)
         return cells.reshape(B, rows * cols, C, GH // rows, GW // cols)[:, :self.num_frames]  # (B, F, 3, H, W)
+
+
+def video_of(process, images: Tensor, latents: Optional[Tensor] = None) -> Tensor:
+    """The frames (B, F, 3, H, W) behind ``images = process.decode(latents)``: read back from the frame
+    grid (exact, differentiable, no second decode), else decoded from ``latents`` (``frame_layout=k``).
+    A process that makes images is a one-line error naming the fix."""
+    if process is None:
+        raise SteerError("a video reward (space='video') reads frames (B, F, 3, H, W); pass the video process "
+                         "that decoded the images (process=)")
+    if not isinstance(process, VideoProcess):
+        raise SteerError(f"{getattr(process, 'name', type(process).__name__)} makes images, and a video reward "
+                         f"(space='video') reads frames (B, F, 3, H, W): use an image reward, or a video pipeline")
+    if process.frame_layout == "grid":
+        return process.frames(images)  # (B, F, 3, H, W)
+    if latents is None:
+        raise SteerError(f"{process.name}: frame_layout={process.frame_layout!r} keeps one frame, and a video reward "
+                         f"reads them all; use frame_layout='grid'")
+    return process.decode_video(latents)  # (B, F, 3, H, W)

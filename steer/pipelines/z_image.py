@@ -126,8 +126,4 @@ class ZImageProcess(GuidedProcess):
 
     # ---- decode -------------------------------------------------------------------------
     def decode(self, x0: Tensor) -> Tensor:
-        checks.latents(self.name, x0, self.latent_shape)
-        config = self.vae.config
-        z = x0.to(self.vae.dtype) / config.scaling_factor + (config.shift_factor or 0.0)  # (B, C, h, w)
-        image = self.vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        return checks.vae_decode(self.name, self.vae, x0, self.latent_shape)  # (B, 3, H, W) in [0, 1]

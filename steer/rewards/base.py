@@ -1,5 +1,5 @@
-"""The ``Reward`` protocol: images [B,3,H,W] in [0,1] (or, for ``space = "latent"``, latents [B,...])
-and B prompts -> scores [B] (float32)."""
+"""The ``Reward`` protocol: images [B,3,H,W] in [0,1] (or, for ``space = "latent"``, latents [B,...];
+for ``space = "video"``, frames [B,F,3,H,W] in [0,1]) and B prompts -> scores [B] (float32)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -9,13 +9,15 @@ import torch
 from torch import Tensor
 
 
-SPACES = ("image", "latent")
+SPACES = ("image", "latent", "video")
 
 
 class Reward(ABC):
     """A reward model. ``differentiable`` says whether gradients reach the pixels. ``space``: what it
-    reads — ``"image"`` (decoded images (B, 3, H, W) in [0, 1], the default) or ``"latent"`` (the
-    denoiser's x̂0 / final latents (B, ...) as they are, so methods skip the VAE decode when scoring)."""
+    reads — ``"image"`` (decoded images (B, 3, H, W) in [0, 1], the default), ``"latent"`` (the
+    denoiser's x̂0 / final latents (B, ...) as they are, so methods skip the VAE decode when scoring) or
+    ``"video"`` (decoded videos' frames (B, F, 3, H, W) in [0, 1], from a video pipeline's
+    ``decode_video``; one video is one reward call)."""
 
     name: str = "reward"
     differentiable: bool = False
@@ -29,6 +31,10 @@ class Reward(ABC):
         if self.space == "latent":
             if not isinstance(images, Tensor) or images.ndim < 1:
                 raise ValueError(f"latent reward {self.name!r}: expects latents (B, ...), got {type(images).__name__}")
+        elif self.space == "video":
+            if not isinstance(images, Tensor) or images.ndim != 5 or images.shape[2] != 3:
+                shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+                raise ValueError(f"video reward {self.name!r}: frames must be (B, F, 3, H, W) in [0, 1], got {shape}")
         elif images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"reward {self.name!r}: images must be (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
         if len(prompts) != images.shape[0]:

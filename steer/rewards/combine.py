@@ -29,7 +29,7 @@ class CallableReward(Reward):
         self.differentiable = bool(getattr(fn, "differentiable", False) if differentiable is None else differentiable)
         self.space = getattr(fn, "space", "image") if space is None else space
         if self.space not in SPACES:
-            raise ValueError(f"reward {self.name!r}: space must be 'image' or 'latent', got {self.space!r}")
+            raise ValueError(f"reward {self.name!r}: space must be 'image' or 'latent' (or 'video'), got {self.space!r}")
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         out = self.fn(images, prompts)
@@ -58,6 +58,12 @@ class WeightedSum(Reward):
         self.differentiable = all(r.differentiable for _, r in self.terms)
         spaces = {r.space for _, r in self.terms}
         if len(spaces) > 1:
+            if "video" in spaces:
+                video = [r.name for _, r in self.terms if r.space == "video"]
+                other = next(r.name for _, r in self.terms if r.space != "video")
+                raise ValueError(f"weighted sum {self.name!r} mixes video rewards ({', '.join(video)}) with "
+                                 f"{'latent' if 'latent' in spaces else 'image'} rewards; a sum reads one input: "
+                                 f"score image rewards per frame ({other}@frames)")
             latent = [r.name for _, r in self.terms if r.space == "latent"]
             raise ValueError(f"weighted sum {self.name!r} mixes latent rewards ({', '.join(latent)}) with image "
                              f"rewards; a sum reads one input: give image rewards, or latent rewards only")

@@ -4,8 +4,11 @@ A spec is comma-separated terms ``name[=weight]``: ``"hps"``, ``"hps=1,clip=0.5"
 ``"image_reward,aesthetic=0.1"``; a term may also be a dotted path ``pkg.module:function`` to a
 user function ``fn(images, prompts) -> Tensor[B]`` (or to a ``Reward``), or the URL
 ``http://HOST:PORT`` of a ``steer serve-reward`` server (``hps=1,http://127.0.0.1:8085=0.5``: a URL's
-weight follows its last ``=``). One term of weight 1 is the reward itself; anything else is a
-``WeightedSum``. ``table()`` lists every reward for the CLI (``include_forms``: and the URL form).
+weight follows its last ``=``). A term ``NAME@frames[:mean|min][:STRIDE]`` scores the image reward
+NAME on every STRIDE-th frame of a video and reduces over frames (``hps@frames:min:4``,
+``hps@frames,temporal_consistency=0.5``; ``steer.rewards.video``). One term of weight 1 is the reward
+itself; anything else is a ``WeightedSum``. ``table()`` lists every reward for the CLI
+(``include_forms``: and the URL and per-frame forms).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 from steer.rewards.base import Reward
 from steer.rewards.combine import WeightedSum, as_reward, import_dotted
 from steer.rewards.remote import is_url, normalize_url
+from steer.rewards.video import FrameReward, frames_key, parse_frames
 
 SPEC_EXAMPLE = "'hps' or 'hps=1,clip=0.5'"
 
@@ -86,6 +90,12 @@ def _jpeg(**kw):
     return JpegCompressibility(**kw)
 
 
+def _temporal(**kw):
+    from steer.rewards.video import TemporalConsistencyReward
+
+    return TemporalConsistencyReward.from_pretrained(**kw)
+
+
 _CLIP_L = "openai/clip-vit-large-patch14 (transformers dir)"
 REWARDS: tuple[RewardInfo, ...] = (
     RewardInfo("shapes-clip", "steer.zoo.shapes.reward:ShapesClipReward", True, "ships with steer",
@@ -128,6 +138,14 @@ REWARDS: tuple[RewardInfo, ...] = (
                "LAION aesthetic predictor v1: linear head on normalized CLIP-L/14 embedding", ()),
     RewardInfo("jpeg", _jpeg, False, "none", "-", "-", "JPEG compressibility (DDPO): -kB at quality 95",
                ("jpeg_compressibility", "compressibility")),
+    RewardInfo("temporal_consistency", _temporal, True, _CLIP_L + " (or any transformers CLIP dir)",
+               "https://huggingface.co/openai/clip-vit-large-patch14", "path= / STEER_CLIP_PATH",
+               "videos: mean cosine of consecutive frames' CLIP image embeddings (1 = still)",
+               ("temporal", "temporal_clip")),
+    RewardInfo("shapes-temporal", "steer.zoo.shapes.reward:shapes_temporal", True, "ships with steer",
+               "steer/zoo/shapes/weights/clip", "path=",
+               "videos: temporal_consistency on the shapes world's CLIP (offline; for tests and demos)",
+               ("shapes_temporal",)),
 )
 # spec terms that are not names: listed by ``steer rewards``, never looked up by name
 SPEC_FORMS: tuple[RewardInfo, ...] = (
@@ -135,6 +153,10 @@ SPEC_FORMS: tuple[RewardInfo, ...] = (
                "`steer serve-reward SPEC --port PORT` in the reward's own environment",
                "the URL, e.g. hps=1,http://127.0.0.1:8085=0.5",
                "any reward spec served over HTTP by `steer serve-reward` (no gradients cross HTTP)"),
+    RewardInfo("NAME@frames[:mean|min][:STRIDE]", "steer.rewards.video:FrameReward", True,
+               "those of NAME", "-", "the spec term, e.g. hps@frames:min:4=0.5",
+               "videos: the image reward NAME on every STRIDE-th frame (default 1), mean or min over frames "
+               "(differentiable iff NAME is)"),
 )
 COLUMNS = ("name", "differentiable", "weights", "source", "point_at", "description")
 
@@ -191,8 +213,11 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
 
 
 def _key_of(name: str) -> str:
-    """A spec term's canonical name: a URL normalized, a dotted path as written, a registry name resolved."""
-    return normalize_url(name) if is_url(name) else name if ":" in name else info(name).name
+    """A spec term's canonical name: a URL normalized, a dotted path as written, a registry name resolved;
+    a per-frame term as ``BASE@frames:REDUCE:STRIDE``."""
+    base, frames = parse_frames(name)
+    key = normalize_url(base) if is_url(base) else base if ":" in base else info(base).name
+    return frames_key(key, frames)
 
 
 def _parse_weight(spec: str, name: str, text: str) -> float:
@@ -208,7 +233,11 @@ def _parse_weight(spec: str, name: str, text: str) -> float:
 
 def build(name: str, **options) -> Reward:
     """One reward by registry name (options go to its ``from_pretrained``), URL (options go to
-    ``HttpReward``: ``read_timeout=``, ``image_format=``, ...) or dotted path."""
+    ``HttpReward``: ``read_timeout=``, ``image_format=``, ...) or dotted path; ``NAME@frames...`` is
+    NAME (built with the options) wrapped in a ``FrameReward``."""
+    base, frames = parse_frames(name)
+    if frames is not None:
+        return FrameReward(build(base, **options), reduce=frames[0], stride=frames[1])
     if is_url(name):
         from steer.rewards.remote import HttpReward
 
@@ -229,7 +258,8 @@ def load(spec, device: Optional[torch.device | str] = None, dtype: Optional[torc
         return _place(as_reward(spec), device, dtype)
     options = {_key_of(k): v for k, v in (options or {}).items()}
     terms = parse_spec(spec)
-    rewards = [(w, build(name, **options.get(name, {}))) for name, w in terms]
+    # a per-frame term takes its own options, else those of the reward it wraps
+    rewards = [(w, build(name, **options.get(name, options.get(parse_frames(name)[0], {})))) for name, w in terms]
     reward = rewards[0][1] if len(rewards) == 1 and rewards[0][0] == 1.0 else WeightedSum(rewards)
     return _place(reward, device, dtype)
 

@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from steer import chain, toolkit
 from steer.budget import Budget
-from steer.scoring import reads_latents, score_images
+from steer.scoring import reward_input, score_images
 from steer.types import Result, StepInfo
 
 METHOD = "reno"
@@ -137,7 +137,7 @@ def _forward(process, terms, z, cond, trace, use_ckpt, it):
     for reward, w in terms:
         trace.add_reward_calls(images.shape[0])
         score = (lambda im, rw=reward: score_images(rw, im, cond.prompts, method=METHOD, step=it))
-        scored = x if reads_latents(reward) else images  # a latent reward (space="latent") reads x_0
+        scored = reward_input(process, reward, x, images)  # a latent reward reads x_0, a video reward frames
         total = total + w * (checkpoint(score, scored, use_reentrant=False) if use_ckpt else score(scored))
     if not total.requires_grad:
         raise RuntimeError(f"{METHOD}: no gradient reaches the initial noise through "

@@ -10,6 +10,8 @@
 - ``ShapesSwapReward`` (``shapes-swap``): the probability the shapes CLIP puts on the true caption
   against all of its corruptions (``world.mismatches``: swapped relation, order, colours, shapes) —
   a held-out reward for ``eval_reward``: an image that merely inflates the cosine does not raise it.
+- ``shapes_temporal`` (``shapes-temporal``): ``steer.rewards.video.TemporalConsistencyReward`` on the
+  shapes CLIP — videos' mean cosine of consecutive frames' image embeddings, offline.
 """
 from __future__ import annotations
 
@@ -78,3 +80,17 @@ class ShapesSwapReward(Reward):
             logits = c.logit_scale * (c._text(alternatives) @ e)  # (1 + A,)
             out.append(torch.softmax(logits, 0)[0])
         return torch.stack(out)  # (B,)
+
+
+def shapes_temporal(path: Optional[str | os.PathLike] = None, device: str | torch.device = "cpu",
+                    batch_size: Optional[int] = None):
+    """``temporal_consistency`` on the shapes CLIP (``shapes-temporal``): the mean cosine of consecutive
+    frames' image embeddings, offline."""
+    from steer.rewards.video import TemporalConsistencyReward
+    from steer.zoo.quiet import quiet_loading
+    from steer.zoo.shapes.clip import WEIGHTS_DIR
+
+    with quiet_loading():
+        reward = TemporalConsistencyReward.from_pretrained(WEIGHTS_DIR if path is None else path,
+                                                           batch_size=batch_size)
+    return reward.to(device=device)
