@@ -8,6 +8,11 @@ the same prompts, initial latents, steps and guidance (``output_type="pt"``). Bo
 medians are compared, so machine load affects both alike. Prints a markdown table.
 
     python benchmarks/overhead.py [--steps 10] [--repeats 7] [--prompts 2] [--threads 1]
+    python benchmarks/overhead.py --wrap [--families sd lumina2 auraflow cogview4]
+
+``--wrap`` times ``steer.wrap(pipe, method=...)`` (best-of-N with n=4 and FK with 4 particles, a cheap
+pixel reward) against the plain ``pipe(..., num_images_per_prompt=4)`` at equal NFE: the cost of the
+step tap, the callback, decoding and scoring every particle, and FK's x̂0 decodes at its scoring steps.
 """
 from __future__ import annotations
 
@@ -102,6 +107,58 @@ def measure(family: str, steps: int, repeats: int, num_prompts: int) -> dict:
                 max_diff=max_diff)
 
 
+WRAP_FAMILIES = ("sd", "lumina2", "auraflow", "cogview4")
+WRAP_SIZE = {"lumina2": 64}  # Lumina2Pipeline hard-codes vae_scale_factor 8
+
+
+def measure_wrap(family: str, steps: int, repeats: int, num_prompts: int) -> list[dict]:
+    """Rows (one per method) of wrapped-call time / plain-call time at equal NFE (4 latents per prompt)."""
+    import steer
+
+    module = importlib.import_module(f"tests.fixtures.tiny.{family}")
+    pipe = module.build_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    size = WRAP_SIZE.get(family, 32)
+    call = dict(num_inference_steps=steps, guidance_scale=4.0, output_type="pt", height=size, width=size)
+    prompts = PROMPTS[:num_prompts]
+
+    def redness(images, _prompts):
+        return images[:, 0].mean((1, 2)) - images[:, 2].mean((1, 2))
+
+    def plain():
+        return pipe(prompts, num_images_per_prompt=4, generator=torch.Generator().manual_seed(0), **call)
+
+    rows = []
+    for method, options in (("best_of_n", {"n": 4}), ("fk", {"particles": 4})):
+        steered = steer.wrap(pipe, method=method, reward=redness, **options)
+
+        def wrapped():
+            return steered(prompts, generator=torch.Generator().manual_seed(0), **call)
+
+        with torch.no_grad():
+            wrapped(), plain()
+            w_t, p_t = [], []
+            for _ in range(repeats):
+                w_t.append(timed(wrapped))
+                p_t.append(timed(plain))
+        w, p = statistics.median(w_t), statistics.median(p_t)
+        rows.append(dict(family=family, pipeline=type(pipe).__name__, method=method, wrap_ms=1e3 * w,
+                         plain_ms=1e3 * p, ratio=w / p))
+    return rows
+
+
+def main_wrap(args) -> None:
+    print(f"steer.wrap vs plain pipe(num_images_per_prompt=4), {args.threads} thread(s); {args.steps} steps, "
+          f"{args.prompts} prompts, median of {args.repeats} alternating runs")
+    print()
+    print("| family | pipeline | method | wrap (ms) | plain (ms) | wrap / plain |")
+    print("|---|---|---|---|---|---|")
+    for family in args.families or WRAP_FAMILIES:
+        for r in measure_wrap(family, args.steps, args.repeats, args.prompts):
+            print(f"| {r['family']} | {r['pipeline']} | {r['method']} | {r['wrap_ms']:.1f} | {r['plain_ms']:.1f} | "
+                  f"{r['ratio']:.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10)
@@ -109,8 +166,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2, choices=range(1, len(PROMPTS) + 1))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--families", nargs="*", default=None, help="subset of tests.fixtures.tiny.FAMILIES")
+    parser.add_argument("--wrap", action="store_true", help="time steer.wrap against the plain pipeline call")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.wrap:
+        return main_wrap(args)
     from tests.fixtures.tiny import FAMILIES
 
     families = [f for f in (args.families or FAMILIES) if available(f)]

@@ -1,0 +1,229 @@
+"""``steer.wrap`` (this module is ``steer.steered``: a module named ``steer.wrap`` would shadow the function
+``steer.wrap`` once imported): a diffusers pipeline that steers itself, called with its own signature.
+
+    steered = steer.wrap(pipe, method="fk", reward="hps", particles=8)
+    out = steered("a cat", num_inference_steps=30, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
+    out.images            # the pipeline's own output class, one image per prompt (output_type as asked)
+    out.rewards, out.steer_trace, out.candidate_rewards, out.log_weights (FK), out.steer_latents
+
+What runs where. The particle methods run *inside* the pipeline's own ``__call__``: it is called once
+with ``num_images_per_prompt=K`` (K particles per prompt, prompt-major; pipelines without that argument
+get the prompt list repeated), ``output_type="latent"``, and a ``callback_on_step_end`` that hands the
+latents to the method after every step (``steer.wrap_methods``); the method may replace them — FK
+resamples particles there and, in kernel mode, adds the kernel's noise. ``pipe.scheduler.step`` is
+wrapped for the call (``steer.wrap_step``) to read the model output it is given: x̂0 and steer's
+kernel (DDIM η / Flow-GRPO SDE) at that step; it is restored afterwards, also on errors. The final
+K·P latents are decoded with the family's rule (``steer.wrap_decode``), scored, and the best of each
+prompt is post-processed by the pipeline's own ``image_processor`` into the pipeline's output class.
+
+Methods: ``best_of_n`` / ``bon`` (``n``; by default the pipeline's own scheduler samples, any
+scheduler; ``noise_level`` > 0 uses steer's kernel) and ``fk`` (``steer.samplers.fk``'s options and
+defaults except ``guidance``, which needs gradients through the denoiser; needs a first-order ᾱ or
+flow-σ scheduler: DDIM, DDPM, DPM-Solver, FlowMatchEuler, ...).
+
+Same images as ``steer.generate``: for ``StableDiffusionPipeline`` with its scheduler a
+``DDIMScheduler`` (steer samples SD with DDIM on the config's schedule), the same seed as a
+``torch.Generator`` and the same options, ``wrap(pipe, method="fk", ...)`` gives the particles, the
+resampling and the images of ``steer.generate(pipe, prompt, method="fk", ...)``: the pipeline draws the
+initial noise first from the generator, as steer does, then every step draws the resampling uniforms and
+the kernel noise from it in steer's order (``tests/test_wrap.py`` checks equality). With another
+scheduler class the pipeline's own schedule (timesteps, σ's) is used, so the chains differ from
+steer.generate's DDIM; with a list of generators the draws cannot line up (refused).
+
+Not supported: ``return_dict=False`` gives the pipeline's tuple (the trace is then ``steered.last``),
+a list of generators, ``num_images_per_prompt`` > 1 (K is the method's), prompts given only as
+embeddings (rewards read the prompt text), video outputs, the safety checker (latents are decoded by
+steer; the pipeline's ``run_safety_checker`` is applied when it has one), FK's gradient proposal,
+pipelines that step other than once per step through ``pipe.scheduler``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Callable, Optional
+
+import torch
+
+from steer.budget import Trace
+from steer.errors import SteerError
+from steer.scoring import reads_latents, score_images
+from steer import toolkit, wrap_decode, wrap_methods, wrap_step
+
+_OURS = ("num_images_per_prompt", "output_type", "return_dict", "callback_on_step_end",
+         "callback_on_step_end_tensor_inputs")
+
+
+def wrap(pipe, method: str = "fk", reward=None, *, decode: Optional[Callable] = None, **options) -> "Steered":
+    """A callable with ``pipe``'s own call signature that returns ``pipe``'s own output type with one
+    steered image per prompt. ``method``: ``"fk"`` or ``"best_of_n"`` (``"bon"``); ``reward``: a spec,
+    a ``Reward`` or a callable (images, prompts) -> scores; ``options``: the method's (``particles=``,
+    ``lam=``, ``n=``, ...); ``decode``: latents -> images in [-1, 1] for a pipeline not in
+    ``steer.wrap_decode.RULES``. A pipeline that cannot be steered is refused here in one line."""
+    if not isinstance(method, str) or method not in wrap_methods.METHODS:
+        raise SteerError(f"steer.wrap: method {method!r} does not run inside a pipeline call; choose one of "
+                         f"{', '.join(wrap_methods.METHODS)} (other methods: steer.generate)")
+    if reward is None:
+        raise SteerError("steer.wrap: pass reward= (a spec such as 'hps', a Reward, or a callable "
+                         "images, prompts -> scores)")
+    _check_pipeline(pipe)
+    decoder = wrap_decode.decoder_for(pipe, decode)
+    model = _reward(reward, getattr(pipe, "device", None))
+    try:
+        particles = wrap_methods.METHODS[method](model, **options)
+    except TypeError as e:
+        raise SteerError(f"steer.wrap({method}): {e}".splitlines()[0]) from None
+    level = particles.kernel_level(wrap_step.chain_kind(pipe.scheduler) or "diffusion")
+    if level is not None:
+        wrap_step.check_kernel_scheduler(pipe.scheduler, method)
+    return Steered(pipe, particles, decoder.custom)
+
+
+def _reward(reward, device):
+    """A ``Reward`` from a spec, a ``Reward`` or a callable (as ``steer.generate`` resolves it)."""
+    from steer import rewards
+    from steer.rewards.base import Reward
+
+    if isinstance(reward, Reward):
+        return reward
+    if isinstance(reward, str):
+        return rewards.load(reward, device=device)
+    if callable(reward):
+        return rewards.as_reward(reward)
+    raise SteerError(f"steer.wrap: reward must be a spec string such as 'hps', a Reward, or a callable "
+                     f"(images, prompts) -> scores; got {type(reward).__name__}")
+
+
+def _check_pipeline(pipe) -> None:
+    name = type(pipe).__name__
+    params = inspect.signature(pipe.__call__).parameters
+    if "callback_on_step_end" not in params or "latents" not in getattr(pipe, "_callback_tensor_inputs", ()):
+        raise SteerError(f"steer.wrap: {name}.__call__ has no callback_on_step_end that sees the latents, so particles "
+                         f"cannot be resampled inside it; use steer.generate (adapters: steer.pipelines.FAMILIES)")
+    if "output_type" not in params or getattr(pipe, "scheduler", None) is None:
+        raise SteerError(f"steer.wrap: {name} has no output_type= or no scheduler; it cannot be steered by wrap")
+
+
+class Steered:
+    """``pipe`` with a particle method inside its call; ``last`` holds the last call's steer outputs."""
+
+    def __init__(self, pipe, particles, decode=None):
+        self.pipe, self.particles, self.decode = pipe, particles, decode
+        self.last: Optional[dict] = None
+        self.__signature__ = inspect.signature(pipe.__call__)
+
+    def __call__(self, prompt=None, *args, **kwargs):
+        pipe, method = self.pipe, self.particles
+        name = f"steer.wrap({method.method})"
+        prompts = _prompts(prompt, name)
+        taken = [k for k in _OURS[:1] if kwargs.get(k, 1) != 1]
+        if taken:
+            raise SteerError(f"{name}: num_images_per_prompt is the method's particle count; pass particles=/n= "
+                             f"to steer.wrap and leave num_images_per_prompt at 1")
+        generator = kwargs.get("generator")
+        if isinstance(generator, (list, tuple)):
+            raise SteerError(f"{name}: pass one torch.Generator, not a list (resampling and the kernel draw from it)")
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+        kind = wrap_step.chain_kind(pipe.scheduler)
+        level = method.kernel_level(kind or "diffusion")
+        if level is not None:
+            kind = wrap_step.check_kernel_scheduler(pipe.scheduler, method.method)
+            if kwargs.get("eta"):
+                raise SteerError(f"{name}: the kernel's noise is steer's; pass eta= / noise_level= to steer.wrap, "
+                                 f"not to the call")
+        output_type = kwargs.pop("output_type", "pil")
+        return_dict = kwargs.pop("return_dict", True)
+        user_callback = kwargs.pop("callback_on_step_end", None)
+        inputs = list(dict.fromkeys(["latents", *(kwargs.pop("callback_on_step_end_tensor_inputs", None) or [])]))
+        P, K = len(prompts), method.particles
+        trace = Trace(num_prompts=P)
+        decoder = wrap_decode.decoder_for(pipe, self.decode, **_size(pipe, kwargs))
+        flat_prompts = [p for p in prompts for _ in range(K)]  # prompt-major (P·K,)
+        tap = wrap_step.StepTap(pipe.scheduler, kind, level, trace)
+
+        def on_step(pipeline, i, t, callback_kwargs):
+            if i == 0:
+                method.begin(flat_prompts, kind, _num_steps(pipeline), generator, trace, decoder)
+            record = wrap_step.check_tap_ran(tap, i, pipeline)
+            callback_kwargs["latents"] = method.step(i, callback_kwargs["latents"], record)
+            if user_callback is not None:
+                callback_kwargs = user_callback(pipeline, i, t, callback_kwargs)
+            return callback_kwargs
+
+        call = dict(kwargs, generator=generator, output_type="latent", return_dict=True, callback_on_step_end=on_step,
+                    callback_on_step_end_tensor_inputs=inputs)
+        if "num_images_per_prompt" in inspect.signature(pipe.__call__).parameters:
+            call["num_images_per_prompt"], call_prompt = K, prompt
+        else:
+            call_prompt = flat_prompts
+            if isinstance(call.get("negative_prompt"), (list, tuple)):
+                call["negative_prompt"] = [n for n in call["negative_prompt"] for _ in range(K)]
+        with tap.installed():
+            out = pipe(call_prompt, *args, **call)
+        return self._finish(out, prompts, flat_prompts, trace, decoder, output_type, return_dict)
+
+    def _finish(self, out, prompts, flat_prompts, trace, decoder, output_type, return_dict):
+        pipe, method = self.pipe, self.particles
+        field = "images" if "images" in {f.name for f in dataclasses.fields(out)} else None
+        if field is None:
+            raise SteerError(f"steer.wrap: {type(out).__name__} has no images field (video outputs are not supported)")
+        latents = getattr(out, field)  # (P·K, ...)
+        P, K = len(prompts), method.particles
+        if not torch.is_tensor(latents) or latents.shape[0] != P * K:
+            shape = tuple(getattr(latents, "shape", ()))
+            raise SteerError(f"steer.wrap: {type(pipe).__name__} returned {shape} latents for "
+                             f"{P} prompts x {K} particles; it does not lay particles out by num_images_per_prompt")
+        with torch.no_grad():
+            with trace.timed("decode"):
+                raw = decoder.raw(latents)  # (P·K, 3, H, W)
+            scored = latents.float() if reads_latents(method.reward) else wrap_decode.to_unit(raw)
+            rewards = score_images(method.reward, scored, flat_prompts, trace=trace, method=method.method)
+        extra = method.finish(rewards)
+        best = toolkit.best_rows(rewards, P)  # (P,)
+        images = self._postprocess(raw[best.to(raw.device)], latents[best.to(latents.device)], output_type)
+        fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+        result = type(out)(**{**fields, **images})
+        self.last = dict(steer_trace=trace.stop_clock(), rewards=rewards[best], candidate_rewards=rewards.reshape(P, K),
+                         steer_latents=latents[best.to(latents.device)], **extra)
+        if not return_dict:
+            return result.to_tuple()
+        for k, v in self.last.items():
+            setattr(result, k, v)
+        return result
+
+    def _postprocess(self, raw, latents, output_type) -> dict:
+        """The kept images as the pipeline itself would return them (its image_processor, its safety checker)."""
+        pipe = self.pipe
+        if output_type == "latent":
+            return {"images": latents}
+        fields = {}
+        nsfw = None
+        if getattr(pipe, "safety_checker", None) is not None and hasattr(pipe, "run_safety_checker"):
+            raw, nsfw = pipe.run_safety_checker(raw, raw.device, raw.dtype)
+            fields["nsfw_content_detected"] = nsfw
+        denorm = None if nsfw is None else [not flagged for flagged in nsfw]
+        fields["images"] = pipe.image_processor.postprocess(raw, output_type=output_type, do_denormalize=denorm)
+        return fields
+
+
+def _prompts(prompt, name: str) -> list[str]:
+    if prompt is None:
+        raise SteerError(f"{name}: pass prompt= as text (rewards read the prompt); prompt_embeds alone are not enough")
+    try:
+        return toolkit.prompt_list(name, prompt)
+    except ValueError as e:
+        raise SteerError(str(e)) from None
+
+
+def _size(pipe, kwargs) -> dict:
+    """height / width of the call (FLUX's packed latents need them to unpack), the pipeline's defaults if unset."""
+    default = getattr(pipe, "default_sample_size", None)
+    factor = getattr(pipe, "vae_scale_factor", None)
+    fallback = None if default is None or factor is None else default * factor
+    return {"height": kwargs.get("height") or fallback, "width": kwargs.get("width") or fallback}
+
+
+def _num_steps(pipe) -> int:
+    """The number of denoising steps of this call (img2img: after ``strength``)."""
+    n = getattr(pipe, "_num_timesteps", None)
+    return int(n) if n else len(pipe.scheduler.timesteps)
