@@ -134,11 +134,15 @@ def resolution_bins(name: str, pipe, bins, height, width, use_resolution_binning
     return (*pipe.image_processor.classify_height_width_bin(*orig, ratios=bins), orig)
 
 
-def vae_decode(name: str, vae, x0, latent_shape):
-    """Latents x̂0 (B, *latent_shape) -> images (B, 3, H, W) in [0, 1] through an SD3-style VAE
-    (``z = x0 / scaling_factor + shift_factor``), differentiable."""
+def vae_decode(name: str, vae, x0, latent_shape, crop_to=None):
+    """Latents x̂0 (B, *latent_shape) -> images (B, 3, H, W) in [0, 1] through the VAE
+    (``z = x0 / scaling_factor + shift_factor``, no shift when the VAE has none), differentiable.
+    ``crop_to``: (image_processor, width, height) to resize-and-crop back to after resolution binning."""
     latents(name, x0, latent_shape)
     config = vae.config
-    z = x0.to(vae.dtype) / config.scaling_factor + (config.shift_factor or 0.0)  # (B, C, h, w)
+    z = x0.to(vae.dtype) / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)  # (B, C, h, w)
     image = vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
+    if crop_to is not None:
+        processor, width, height = crop_to
+        image = processor.resize_and_crop_tensor(image, width, height)
     return (image.float() / 2 + 0.5).clamp(0, 1)

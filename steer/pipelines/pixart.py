@@ -101,9 +101,6 @@ class PixArtProcess(GuidedProcess):
 
     # ---- decode -------------------------------------------------------------------------
     def decode(self, x0: Tensor) -> Tensor:
-        checks.latents(self.name, x0, self.latent_shape)
-        z = x0.to(self.vae.dtype) / self.vae.config.scaling_factor  # (B, C, h, w)
-        image = self.vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
-        if (self.orig_height, self.orig_width) != (self.height, self.width):
-            image = self.pipe.image_processor.resize_and_crop_tensor(image, self.orig_width, self.orig_height)
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        binned = (self.orig_height, self.orig_width) != (self.height, self.width)
+        crop_to = (self.pipe.image_processor, self.orig_width, self.orig_height) if binned else None
+        return checks.vae_decode(self.name, self.vae, x0, self.latent_shape, crop_to)  # (B, 3, H, W) in [0, 1]
