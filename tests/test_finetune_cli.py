@@ -37,10 +37,13 @@ def invoke(*args):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--method", "dpo"], "--method must be one of"),
+    (["--method", "ppo"], "--method must be one of"),
+    (["--method", "dpo", "--set", "beta=0"], "beta must be a positive number"),
+    (["--method", "draft", "--dataset", "pairs.parquet"], "--dataset is read by --method dpo or kto"),
+    (["--method", "kto", "--set", "source=disk"], "source must be 'steering', 'dataset' or 'verifier'"),
     (["--method", "grpo", "--set", "group_size=1"], "group_size must be >= 2"),
     (["--method", "draft", "--set", "nope=1"], "has no setting 'nope'"),
-    (["--method", "draft", "--particles", "4"], "only apply to --method distill"),
+    (["--method", "draft", "--particles", "4"], "only apply to --method distill, dpo or kto"),
     (["--method", "distill", "--steer-method", "fkk"], "unknown method 'fkk'"),
     (["--method", "draft", "--resume"], "no checkpoint"),
 ])
@@ -91,3 +94,19 @@ def test_grpo_run_then_resume(tmp_path, prompts, model_dir):
     assert fresh.exit_code == 0, fresh.output
     assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-000001.pt"]
+
+
+def test_dpo_on_a_dataset_needs_no_prompts_or_reward(tmp_path, model_dir):
+    from tests.test_preference import _rows, write_parquet
+
+    data = write_parquet(tmp_path / "pairs.parquet", _rows(8, ties=2))
+    result = invoke("--method", "dpo", "--dataset", data, "--model", model_dir, "--out", tmp_path / "run",
+                    "--max-steps", "2", "--steps", "2", "--set", "train_batch_size=2", "--set", "beta=500")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").exists()
+    records = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and records[-1]["implicit_accuracy"] is not None
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["source"] == "dataset" and config["method"] == "dpo"
+    missing = invoke("--method", "kto", "--out", tmp_path / "other")
+    assert missing.exit_code == 2 and "--prompts FILE is required" in missing.output

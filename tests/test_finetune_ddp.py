@@ -1,10 +1,11 @@
 """Two CPU processes (gloo, through accelerate) train the same LoRA: each rank draws its own prompts
-and noise, gradients are averaged, and both ranks end with identical weights."""
+and noise (DPO: its own online pairs), gradients are averaged, and both ranks end with identical weights."""
 from __future__ import annotations
 
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -15,13 +16,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, method: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), ACCELERATE_USE_CPU="true")
     torch.set_num_threads(1)
     from accelerate import Accelerator
 
-    from steer.finetune import DraftConfig, draft, lora
+    from steer.finetune import DPOConfig, DraftConfig, dpo, draft, lora
     from steer.pipelines import from_pipe
     from steer.rewards.base import Reward
     from tests.fixtures.tiny import build
@@ -35,16 +36,22 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     accelerator = Accelerator(cpu=True)
     assert accelerator.num_processes == world
     process = from_pipe(build("sd"), num_inference_steps=2, guidance_scale=1.0)
-    cfg = DraftConfig(max_steps=2, k=2, learning_rate=1e-2)
-    result = draft(process, Brightness(), ["a red circle", "a blue square", "a green star"], cfg,
-                   out_dir=os.path.join(out, "run"), accelerator=accelerator)
+    if method == "dpo":
+        fn, cfg = dpo, DPOConfig(max_steps=2, steer_method="best_of_n", steer_options={"n": 2}, beta=500.0,
+                                 learning_rate=1e-2, train_batch_size=2)
+    else:
+        fn, cfg = draft, DraftConfig(max_steps=2, k=2, learning_rate=1e-2)
+    result = fn(process, Brightness(), ["a red circle", "a blue square", "a green star"], cfg,
+                out_dir=os.path.join(out, "run"), accelerator=accelerator)
     torch.save({"lora": lora.lora_state_dict(process), "rewards": [m["reward_mean"] for m in result.metrics]},
                os.path.join(out, f"rank{rank}.pt"))
     accelerator.wait_for_everyone()
 
 
-def test_two_process_gloo_run_ends_with_identical_lora(tmp_path):
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+@pytest.mark.parametrize("method", ["draft", "dpo"])
+def test_two_process_gloo_run_ends_with_identical_lora(tmp_path, method):
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), method), nprocs=2, join=True,
+                       start_method="spawn")
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert a["lora"].keys() == b["lora"].keys()
     assert all(torch.equal(a["lora"][k], b["lora"][k]) for k in a["lora"])

@@ -1,7 +1,7 @@
 """``steer finetune``: the typer command (registered in ``steer/cli.py``).
 
-    steer finetune --method draft|grpo|distill | --preset NAME --reward SPEC --prompts FILE --out DIR
-                   [--model ID_OR_PATH] [--steer-method fk --particles 8 -o KEY=VALUE ...]
+    steer finetune --method draft|grpo|distill|dpo|kto | --preset NAME --reward SPEC --prompts FILE --out DIR
+                   [--dataset PICKAPIC_PATH] [--model ID_OR_PATH] [--steer-method fk --particles 8 -o KEY=VALUE ...]
                    [--max-steps N] [--lora-rank R] [--set FIELD=VALUE ...] [--resume | --overwrite]
 
 Bad input exits with code 2 and one line on stderr (``--debug`` shows the traceback). Shows progress
@@ -31,7 +31,7 @@ def _preset(name: Optional[str], method: Optional[str], steps, guidance):
     """(preset config fields, method, steps, guidance): the preset's where not given explicitly."""
     if name is None:
         if method is None:
-            raise SteerError("--method is required (draft, grpo or distill), or give a --preset")
+            raise SteerError("--method is required (draft, grpo, distill, dpo or kto), or give a --preset")
         return {}, method, steps, guidance
     from steer.finetune import presets
 
@@ -39,6 +39,20 @@ def _preset(name: Optional[str], method: Optional[str], steps, guidance):
     base = {**p.config, "preset": name}
     return (base, p.method, p.process["num_inference_steps"] if steps is None else steps,
             p.process["guidance_scale"] if guidance is None else guidance)
+
+
+STEERED = ("distill", "dpo", "kto")  # methods whose data come from a steering method
+
+
+def _prompts(prompts_file: Optional[Path], dataset: Optional[str], method: str) -> list[str]:
+    """The prompts: ``--prompts`` (required unless ``--dataset`` supplies the captions of dpo / kto)."""
+    if dataset is not None and method not in ("dpo", "kto"):
+        raise SteerError(f"--dataset is read by --method dpo or kto, not {method}")
+    if prompts_file is None:
+        if dataset is None:
+            raise SteerError("--prompts FILE is required (one prompt per line), or --dataset for dpo / kto")
+        return []
+    return io.read_prompts(prompts_file)
 
 
 def build_config(method: str, explicit: dict, settings: List[str], steer_options: dict, base: Optional[dict] = None):
@@ -57,10 +71,10 @@ def build_config(method: str, explicit: dict, settings: List[str], steer_options
         if key not in fields:
             raise SteerError(f"--set {key}: {method} has no setting {key!r}; its settings: {', '.join(fields)}")
         kwargs[key] = value
-    if method == "distill":
+    if method in STEERED:
         kwargs["steer_options"] = steer_options
     elif steer_options:
-        raise SteerError("--steer-method options (--particles, -o) only apply to --method distill")
+        raise SteerError("--steer-method options (--particles, -o) only apply to --method distill, dpo or kto")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -144,14 +158,15 @@ class _Bar:
             typer.echo(text, err=True)
 
 
-def run_finetune(method: str, reward: str, prompts: list[str], out: Path, *, model: Optional[str], config,
+def run_finetune(method: str, reward: Optional[str], prompts: list[str], out: Path, *, model: Optional[str], config,
                  resume: bool, steps: Optional[int], guidance: Optional[float], device: Optional[str],
                  overwrite: bool = False, eval_reward: Optional[str] = None):
     from steer.api import resolve_process, resolve_reward
     from steer.finetune import METHODS
 
     process = resolve_process(model, device=device, num_inference_steps=steps, guidance_scale=guidance)
-    reward_model = resolve_reward(reward, device=getattr(process, "device", None))
+    needs_reward = reward is not None or getattr(config, "source", None) != "dataset"
+    reward_model = resolve_reward(reward or "hps", device=getattr(process, "device", None)) if needs_reward else None
     eval_model = None if eval_reward is None else resolve_reward(eval_reward, device=getattr(process, "device", None))
     with _Bar(config.max_steps) as bar, _one_line_warnings():
         return METHODS[method](process, reward_model, prompts, config, out_dir=out, resume=resume,
@@ -180,18 +195,27 @@ class _one_line_warnings(warnings.catch_warnings):
 
 def finetune(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="draft (reward backprop), grpo (DDPO / "
-                                         "Flow-GRPO) or distill (default: the preset's)."),
+                                         "Flow-GRPO), distill, dpo (Diffusion-DPO) or kto (Diffusion-KTO) "
+                                         "(default: the preset's)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="A reference's defaults: ddpo, flow_grpo, alignprop, "
                                          "draft_k, draft_lv (flags and --set override them)."),
-    reward: str = typer.Option("hps", "--reward", "-r", help="Reward spec, e.g. hps, jpeg or hps=1,clip=0.5."),
+    reward: Optional[str] = typer.Option(None, "--reward", "-r", help="Reward spec, e.g. hps, jpeg or hps=1,clip=0.5 "
+                                         "(default hps; a --dataset run needs none)."),
     eval_reward: Optional[str] = typer.Option(None, "--eval-reward", help="A held-out reward spec logged per step "
                                               "(eval_reward_mean in metrics.jsonl) on the step's images, never trained on."),
-    prompts_file: Path = typer.Option(..., "--prompts", help="A text file with one prompt per line."),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="A text file with one prompt per line "
+                                                "(required unless --dataset gives the captions)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="dpo / kto: a Pick-a-Pic-layout preference "
+                                          "dataset (.parquet / .jsonl file or folder: caption, jpg_0, jpg_1, "
+                                          "label_0), streamed; sets source=dataset."),
     out: Path = typer.Option(..., "--out", help="Output folder (lora/, metrics.jsonl, checkpoints/)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model id or local diffusers folder."),
-    steer_method: str = typer.Option("fk", "--steer-method", help="distill: steering method (fk, dts_star, best_of_n, reno)."),
-    particles: Optional[int] = typer.Option(None, "--particles", help="distill: particles (fk) or candidates (best_of_n)."),
-    option: List[str] = typer.Option(None, "--option", "-o", help="distill: steering option KEY=VALUE (repeatable)."),
+    steer_method: str = typer.Option("fk", "--steer-method", help="distill / dpo / kto: steering method that makes "
+                                     "the samples (fk, dts_star, best_of_n, reno)."),
+    particles: Optional[int] = typer.Option(None, "--particles", help="distill / dpo / kto: particles (fk) or "
+                                            "candidates (best_of_n)."),
+    option: List[str] = typer.Option(None, "--option", "-o", help="distill / dpo / kto: steering option KEY=VALUE "
+                                     "(repeatable)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps."),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the rank)."),
@@ -208,21 +232,22 @@ def finetune(
                                    "metrics.jsonl, config.json, lora/, lora_ema/, reward.png) and start afresh."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
-    """Fine-tune a LoRA with a reward: reward backprop, GRPO, or distilled steering."""
+    """Fine-tune a LoRA with a reward: reward backprop, GRPO, distilled steering, or preference optimization."""
     with io.boundary(debug, interrupted="interrupted: the last checkpoint was kept; continue with --resume"):
         io.output_dir(out, create=False)
         _check_out(out, resume, overwrite)
-        prompts = io.read_prompts(prompts_file)
         base, method, steps, guidance = _preset(preset, method, steps, guidance)
-        if method == "distill":
+        prompts = _prompts(prompts_file, dataset, method)
+        if method in STEERED:
             opts = steer_options(steer_method, particles, option or [])
             explicit_steer = steer_method
         else:
             if particles is not None or option:
-                raise SteerError("--particles and --option only apply to --method distill")
+                raise SteerError("--particles and --option only apply to --method distill, dpo or kto")
             opts, explicit_steer = {}, None
         config = build_config(method, dict(max_steps=max_steps, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                                           learning_rate=learning_rate, seed=seed, steer_method=explicit_steer),
+                                           learning_rate=learning_rate, seed=seed, steer_method=explicit_steer,
+                                           dataset=dataset, source="dataset" if dataset else None),
                               settings or [], opts, base=base)
         result = run_finetune(method, reward, prompts, out, model=model, config=config, resume=resume,
                               steps=steps, guidance=guidance, device=device, overwrite=overwrite,

@@ -196,4 +196,83 @@ class DistillConfig(TrainConfig):
     method = "distill"
 
 
-CONFIGS = {"draft": DraftConfig, "grpo": GRPOConfig, "distill": DistillConfig}
+@dataclass
+class PreferenceConfig(TrainConfig):
+    """What Diffusion-DPO and Diffusion-KTO share: where the preference data comes from
+    (``steer.finetune.preference_data``) and the micro-batch."""
+
+    beta: float = opt(5000.0, "β of the implicit reward β·(log p_θ − log p_ref) (Diffusion-DPO: 5000).", "method")
+    source: str = opt("steering", "Where the preference data comes from: steering (online pairs: a steered sample "
+                                  "against a base one, labelled by the reward), dataset (a Pick-a-Pic-layout "
+                                  "dataset on disk, see dataset), verifier (samples labelled pass / fail by "
+                                  "reward > threshold).", "data")
+    dataset: Optional[str] = opt(None, "source=dataset: a .parquet or .jsonl file, or a folder of them, with the "
+                                       "columns caption, jpg_0, jpg_1, label_0 (Pick-a-Pic).", "data")
+    shuffle_buffer: int = opt(1000, "source=dataset: rows in the streaming shuffle buffer.", "data")
+    steer_method: str = opt("fk", "source=steering / verifier: the method that makes the samples (fk, dts_star, "
+                                  "best_of_n, reno, ...).", "data")
+    steer_options: dict = opt({}, "Options of the steering method (e.g. particles=8).", "data")
+    loser: str = opt("base", "source=steering: the other sample of a pair: base (the current model's plain sample, "
+                             "seed for seed) or worst (the lowest-reward of samples_per_prompt steered samples).",
+                     "data")
+    samples_per_prompt: int = opt(1, "source=steering / verifier: samples (steering: pairs) drawn per prompt and "
+                                     "round.", "data")
+    regenerate_every: int = opt(0, "Re-draw the online data from the current LoRA every N optimizer steps "
+                                   "(on-policy); 0 = draw it once before training (off-policy).", "data")
+    threshold: float = opt(0.5, "source=verifier: a sample is desirable when its reward > threshold.", "data")
+    train_batch_size: int = opt(4, "Pairs (DPO) or samples (KTO) per micro-batch.", "method")
+    loss_space: str = opt("model", "Denoising errors on the model's own output (model: ε / v / flow velocity, the "
+                                   "papers') or on the implied clean sample x̂0 (x0: weights step t by 1/SNR_t).",
+                          "method")
+    learning_rate: float = opt(1e-4, "AdamW learning rate.", "optimization")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.loss_space in ("model", "x0"), f"loss_space must be 'model' or 'x0', got {self.loss_space!r}")
+        _require(math.isfinite(self.beta) and self.beta > 0,
+                 f"beta must be a positive number (Diffusion-DPO uses 5000, Diffusion-KTO 1000), got {self.beta}")
+        _require(self.source in ("steering", "dataset", "verifier"),
+                 f"source must be 'steering', 'dataset' or 'verifier', got {self.source!r}")
+        _require(self.source != "dataset" or bool(self.dataset),
+                 "source='dataset' needs dataset=PATH (a .parquet / .jsonl file or folder; --dataset on the CLI)")
+        _require(self.dataset is None or self.source == "dataset",
+                 f"dataset={self.dataset!r} is only read with source='dataset' (--dataset sets both)")
+        _require(self.loser in ("base", "worst"), f"loser must be 'base' or 'worst', got {self.loser!r}")
+        _require(self.loser != "worst" or self.source != "steering" or self.samples_per_prompt >= 2,
+                 "loser='worst' needs samples_per_prompt >= 2 (the worst of several steered samples)")
+        _require(self.samples_per_prompt >= 1, f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
+        _require(self.regenerate_every >= 0, f"regenerate_every must be >= 0, got {self.regenerate_every}")
+        _require(math.isfinite(self.threshold), f"threshold must be a finite number, got {self.threshold}")
+        _require(self.shuffle_buffer >= 1, f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+        _require(self.train_batch_size >= 1, f"train_batch_size must be >= 1, got {self.train_batch_size}")
+
+
+@dataclass
+class DPOConfig(PreferenceConfig):
+    """Diffusion-DPO (see ``steer.finetune.dpo``)."""
+
+    method = "dpo"
+
+
+@dataclass
+class KTOConfig(PreferenceConfig):
+    """Diffusion-KTO (see ``steer.finetune.kto``)."""
+
+    beta: float = opt(1000.0, "β of the implicit reward (Diffusion-KTO's code: 1000).", "method")
+    lambda_desirable: float = opt(1.0, "λ_D: weight of desirable samples' loss.", "method")
+    lambda_undesirable: float = opt(1.0, "λ_U: weight of undesirable samples' loss.", "method")
+    desirable_fraction: Optional[float] = opt(None, "Draw desirable samples with this probability (Diffusion-KTO's "
+                                                    "positive_ratio); None = uniformly over all samples.", "data")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.lambda_desirable > 0 and self.lambda_undesirable > 0,
+                 f"lambda_desirable and lambda_undesirable must be > 0, got {self.lambda_desirable}, "
+                 f"{self.lambda_undesirable}")
+        _require(self.desirable_fraction is None or 0 < self.desirable_fraction < 1,
+                 f"desirable_fraction must be in (0, 1) or None, got {self.desirable_fraction}")
+
+    method = "kto"
+
+
+CONFIGS = {"draft": DraftConfig, "grpo": GRPOConfig, "distill": DistillConfig, "dpo": DPOConfig, "kto": KTOConfig}

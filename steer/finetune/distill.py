@@ -53,32 +53,46 @@ def distill(process, reward, prompts: Sequence[str], config: Optional[DistillCon
 def steered_samples(trainer: Trainer, round_index: int) -> dict:
     """Round ``round_index``: ``samples_per_prompt`` steered samples per prompt (split over ranks by
     seed), the top ``top_fraction`` of each prompt's samples kept. Returns final latents and prompt indices."""
+    config = trainer.config
+    drawn = draw(trainer, trainer.steer_fn, dict(config.steer_options), config.samples_per_prompt,
+                 10_000_000 + round_index * 1000)
+    keep = keep_top(drawn["rewards"], torch.tensor(drawn["idx"]), config.top_fraction)
+    data = {"latents": drawn["latents"][keep], "idx": [drawn["idx"][k] for k in keep.tolist()],
+            "rewards": drawn["rewards"][keep]}
+    if trainer.eval_reward is not None:  # the held-out reward of the kept (trained-on) samples
+        data["eval_rewards"] = drawn["eval_rewards"][keep]
+    return data
+
+
+def draw(trainer: Trainer, method: Callable, options: dict, reps: int, salt: int) -> dict:
+    """``reps`` samples of every prompt from steering ``method`` (the current LoRA's model), in chunks of
+    ``prompts_per_step`` prompts; repetition ``r`` draws from ``step_generator(seed, salt + r, rank)``.
+    Returns final latents (N, ...) on the CPU, their prompt indices (rep-major), rewards (N,) and, with an
+    ``eval_reward``, its scores (N,). NFE and reward calls are counted into the trainer's trace."""
     config, process = trainer.config, trainer.process
     latents, rewards, owners, held_out = [], [], [], []
-    for rep in range(config.samples_per_prompt):
-        generator = step_generator(config.seed, 10_000_000 + round_index * 1000 + rep, trainer.rank)
+    for rep in range(reps):
+        generator = step_generator(config.seed, salt + rep, trainer.rank)
         for start in range(0, len(trainer.prompts), config.prompts_per_step):
             chunk = list(range(start, min(start + config.prompts_per_step, len(trainer.prompts))))
-            result = trainer.steer_fn(process, trainer.reward, [trainer.prompts[i] for i in chunk],
-                                      generator=generator, **dict(config.steer_options))
+            result = method(process, trainer.reward, [trainer.prompts[i] for i in chunk], generator=generator,
+                            **options)
             latents.append(final_latents(trainer, result))
             rewards.append(result.rewards.float().cpu())
             held_out.append(trainer.eval_scores(result.images, [trainer.prompts[i] for i in chunk]))
             owners += chunk
             trainer.trace.add_nfe(result.trace.nfe)
             trainer.trace.add_reward_calls(result.trace.reward_calls)
-    owners_t, rewards_t = torch.tensor(owners), torch.cat(rewards)
-    keep = keep_top(rewards_t, owners_t, config.top_fraction)
-    data = {"latents": torch.cat(latents)[keep].cpu(), "idx": owners_t[keep].tolist(), "rewards": rewards_t[keep]}
-    if trainer.eval_reward is not None:  # the held-out reward of the kept (trained-on) samples
-        data["eval_rewards"] = torch.cat(held_out)[keep]
-    return data
+    out = {"latents": torch.cat(latents).cpu(), "idx": owners, "rewards": torch.cat(rewards)}
+    if trainer.eval_reward is not None:
+        out["eval_rewards"] = torch.cat(held_out)
+    return out
 
 
 def final_latents(trainer: Trainer, result) -> torch.Tensor:
     """The final latents the steering method selected (``Result.latents`` decode to its images)."""
     if result.latents is None:
-        raise ValueError(f"steering method {trainer.config.steer_method!r} returned no latents to distil; "
+        raise ValueError(f"steering method {trainer.config.steer_method!r} returned no latents to train on; "
                          f"use fk, dts_star, best_of_n or reno")
     return result.latents.detach().float()
 

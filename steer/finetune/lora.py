@@ -126,8 +126,6 @@ def adapter_metadata(pipe) -> dict:
 def save_lora(pipe, directory: str | Path) -> Path:
     """Write ``pytorch_lora_weights.safetensors`` with the family's ``save_lora_weights`` and the adapter
     metadata; ``type(pipe).from_pretrained(...).load_lora_weights(directory)`` restores it."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-
     pipe = pipeline_of(pipe)
     name = denoiser_name(pipe)
     saver = getattr(type(pipe), "save_lora_weights", None)
@@ -136,7 +134,7 @@ def save_lora(pipe, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     if f"{name}_lora_layers" not in params:
         return _save_peft_format(pipe, directory)
-    layers = convert_state_dict_to_diffusers(lora_state_dict(pipe))
+    layers = lora_state_dict(pipe)  # peft keys (lora_A / lora_B), which every diffusers LoRA loader reads
     kwargs = {f"{name}_lora_layers": layers}
     if f"{name}_lora_adapter_metadata" in params:
         kwargs[f"{name}_lora_adapter_metadata"] = adapter_metadata(pipe)

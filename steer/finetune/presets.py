@@ -12,6 +12,8 @@ choices (mixed precision, batch layout over GPUs, checkpoint cadence) are left t
   ``config/base.py``, ``scripts/train_sd3.py``, ``flow_grpo/stat_tracking.py``.
 - ``alignprop``: mihirp1998/AlignProp at its current (TRL-based) ``config/alignprop_config.py`` and
   ``sd_pipeline.py``; the TRL pipeline's LoRA (r = 4, α = 4).
+- ``diffusion_dpo``: SalesforceAIResearch/DiffusionDPO ``launchers/sd15.sh`` and ``train.py``.
+- ``diffusion_kto``: jacklishufan/diffusion-kto ``exps/example.sh`` and ``train_kto_sd_v1.5.py``.
 - ``draft_k`` / ``draft_lv``: DRaFT (Clark et al. 2024) has no official code; the values are the
   paper's small-scale setting as third-party reimplementations report it — not verified against the
   paper's appendix here (stated in ``origin``).
@@ -41,6 +43,8 @@ _FG = "flow_grpo config/grpo.py geneval_sd3"
 _FGB = "flow_grpo config/base.py"
 _AP = "AlignProp config/alignprop_config.py"
 _DRAFT = "DRaFT paper small-scale setting, as reimplementations report it (unverified)"
+_DPO = "DiffusionDPO launchers/sd15.sh"
+_KTO = "diffusion-kto exps/example.sh"
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("ddpo", "grpo",
@@ -135,6 +139,45 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                    "num_inference_steps / guidance_scale": _DRAFT},
            deviations=("no official code exists; the optimizer and LoRA values are not verified against the "
                        "paper's appendix", "gradient clipping: DRaFT's value is unknown; steer's 1.0 is kept")),
+    Preset("diffusion_dpo", "dpo",
+           config=dict(beta=5000.0, learning_rate=2.048e-5, lr_warmup_steps=500, max_steps=2000,
+                       train_batch_size=1, gradient_accumulation_steps=128, adam_beta1=0.9, adam_beta2=0.999,
+                       adam_weight_decay=1e-2, adam_epsilon=1e-8, max_grad_norm=1.0, loss_space="model"),
+           process=dict(num_inference_steps=50, guidance_scale=7.5),
+           origin={"beta": f"{_DPO} --beta_dpo 5000", "learning_rate": f"{_DPO} --learning_rate 1e-8 --scale_lr: "
+                                                                     f"1e-8 × the effective batch 2048",
+                   "lr_warmup_steps / max_steps": f"{_DPO} --lr_warmup_steps 500 --max_train_steps 2000",
+                   "train_batch_size / gradient_accumulation_steps": f"{_DPO} --train_batch_size 1 "
+                                                                     f"--gradient_accumulation_steps 128 (per GPU)",
+                   "adam_*": "DiffusionDPO train.py argparse defaults (weight decay 1e-2)",
+                   "max_grad_norm": "DiffusionDPO train.py --max_grad_norm 1.0",
+                   "loss_space": "DiffusionDPO train.py: the ε-prediction MSE",
+                   "num_inference_steps / guidance_scale": "diffusers StableDiffusionPipeline defaults (the "
+                                                          "reference evaluates with them)"},
+           deviations=("the reference fine-tunes the full UNet; this preset trains a LoRA (steer's "
+                       "fine-tuning is LoRA-only), so its learning rate is likely too small for a LoRA",
+                       "2048 pairs per step = 16 GPUs × 128 accumulation; here gradient_accumulation_steps = 128 "
+                       "on each process: launch 16 processes for the paper's batch",
+                       "t is one of the chain's sampling steps, shared by the micro-batch (the reference: one of "
+                       "1000 per pair)", "no random horizontal flip of dataset images")),
+    Preset("diffusion_kto", "kto",
+           config=dict(beta=1000.0, learning_rate=1e-7, lr_warmup_steps=200, max_steps=20000, train_batch_size=2,
+                       lambda_desirable=1.0, lambda_undesirable=1.0, desirable_fraction=0.8, lora_rank=8, adam_weight_decay=1e-2,
+                       lora_alpha=8.0, max_grad_norm=1.0, loss_space="model"),
+           process=dict(num_inference_steps=50, guidance_scale=7.5),
+           origin={"beta": "diffusion-kto train_kto_sd_v1.5.py --beta_dpo default 1000 (example.sh keeps it)",
+                   "learning_rate / lr_warmup_steps / max_steps": f"{_KTO} --learning_rate 1e-07 "
+                                                                  f"--lr_warmup_steps 200 --max_train_steps 20000",
+                   "train_batch_size": f"{_KTO} --train_batch_size 2 (per GPU, 4 GPUs)",
+                   "lambda_desirable / lambda_undesirable": "train_kto_sd_v1.5.py --lambda_d_kto / --lambda_u_kto 1",
+                   "desirable_fraction": f"{_KTO} --positive_ratio 0.8",
+                   "lora_rank / lora_alpha": f"{_KTO} --rank 8", "max_grad_norm / adam_weight_decay": "train_kto_sd_v1.5.py defaults 1.0 / 1e-2",
+                   "loss_space": "train_kto_sd_v1.5.py: the ε-prediction MSE",
+                   "num_inference_steps / guidance_scale": "diffusers StableDiffusionPipeline defaults"},
+           deviations=("example.sh passes --rank 8 without --use_lora, i.e. it trains the full UNet at 1e-7; "
+                       "here a rank-8 LoRA, for which 1e-7 is likely too small",
+                       "the KL reference point is averaged over this run's processes (the reference: over its "
+                       "GPUs, the same rule)", "t is one of the chain's sampling steps, shared by the micro-batch")),
 )}
 
 

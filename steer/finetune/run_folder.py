@@ -86,7 +86,7 @@ def settings(trainer) -> dict[str, Any]:
     run = {"method": trainer.method, "model": name or type(trainer.pipe).__name__,
            "denoiser": type(lora.denoiser(trainer.pipe)).__name__, "num_inference_steps": trainer.process.num_steps,
            "guidance_scale": getattr(trainer.process, "guidance_scale", None),
-           "reward": getattr(trainer.reward, "name", type(trainer.reward).__name__),
+           "reward": None if trainer.reward is None else getattr(trainer.reward, "name", type(trainer.reward).__name__),
            "eval_reward": None if trainer.eval_reward is None else
            getattr(trainer.eval_reward, "name", type(trainer.eval_reward).__name__),
            "prompts": hashlib.sha256("\n".join(trainer.prompts).encode()).hexdigest(),

@@ -68,8 +68,8 @@ class Trainer:
 
     def __init__(self, process, reward, prompts: Sequence[str], config: TrainConfig, out_dir, *,
                  method: str, resume: bool = False, overwrite: bool = False, accelerator=None,
-                 callback: Optional[Callable] = None, eval_reward=None):
-        if not prompts:
+                 callback: Optional[Callable] = None, eval_reward=None, needs_prompts: bool = True):
+        if needs_prompts and not prompts:
             raise ValueError("no prompts to fine-tune on; pass at least one prompt")
         self.process, self.reward, self.prompts, self.config = process, reward, list(prompts), config
         self.method, self.callback = method, callback
@@ -237,7 +237,8 @@ class Trainer:
                "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
                "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0],
                "nfe": self.trace.nfe, "reward_calls": self.trace.reward_calls}
-        for key in ("kl", "clip_fraction", "approx_kl"):
+        for key in ("kl", "clip_fraction", "approx_kl", "implicit_accuracy", "kl_reference", "model_error",
+                    "reference_error", "desirable_share"):
             vals = [r[key] for r in records if r.get(key) is not None]
             out[key] = sum(vals) / len(vals) if vals else None
         if self.eval_reward is not None:

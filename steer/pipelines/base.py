@@ -46,6 +46,14 @@ class Process(ABC):
     def decode(self, x0: Tensor) -> Tensor:
         """Latents (B, *latent_shape) -> images (B, 3, H, W) in [0, 1], differentiable."""
 
+    def encode(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Images (B, 3, H, W) in [0, 1] at the process' size -> clean latents x0 (B, *latent_shape),
+        the inverse of ``decode`` (used to train on images from disk, e.g. a preference dataset).
+        Families with a VAE encoder implement it; the others refuse."""
+        raise ValueError(f"{self.name} cannot encode images into latents; train from samples instead "
+                         f"(source='steering' or 'verifier'), or use a Stable Diffusion, SDXL, SD3 or PixArt "
+                         f"pipeline")
+
     # ---- shared -------------------------------------------------------------------------
     @property
     def num_steps(self) -> int:

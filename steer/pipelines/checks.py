@@ -146,3 +146,25 @@ def vae_decode(name: str, vae, x0, latent_shape, crop_to=None):
         processor, width, height = crop_to
         image = processor.resize_and_crop_tensor(image, width, height)
     return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+def vae_encode(name: str, vae, images, latent_shape, generator=None, unscale=None):
+    """Images (B, 3, H, W) in [0, 1] -> clean latents x0 (B, *latent_shape): a sample of the VAE's
+    posterior (as the pipelines' training scripts draw it), then ``(z − shift_factor) · scaling_factor``,
+    the inverse of ``vae_decode`` (``unscale``: a family's own inverse of its latent scaling instead). No
+    gradient flows into the VAE. The images must already have the process' size."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name}: images to encode must be (B, 3, H, W), got {tuple(images.shape)}")
+    with torch.no_grad():
+        x = (images.to(device=vae.device, dtype=vae.dtype) * 2 - 1).clamp(-1, 1)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=generator) if generator is not None else posterior.mode()
+        if unscale is not None:
+            x0 = unscale(z.float())
+        else:
+            config = vae.config
+            x0 = (z.float() - (getattr(config, "shift_factor", None) or 0.0)) * config.scaling_factor
+    if tuple(x0.shape[1:]) != tuple(latent_shape):
+        raise ValueError(f"{name}: images of size {tuple(images.shape[2:])} encode to latents "
+                         f"{tuple(x0.shape[1:])}, not the process' {tuple(latent_shape)}; resize them first")
+    return x0

@@ -104,3 +104,7 @@ class PixArtProcess(GuidedProcess):
         binned = (self.orig_height, self.orig_width) != (self.height, self.width)
         crop_to = (self.pipe.image_processor, self.orig_width, self.orig_height) if binned else None
         return checks.vae_decode(self.name, self.vae, x0, self.latent_shape, crop_to)  # (B, 3, H, W) in [0, 1]
+
+    def encode(self, images: Tensor, generator=None) -> Tensor:
+        """Images in [0, 1] at the process' size -> x0 = (z − shift_factor) · scaling_factor (inverse of ``decode``)."""
+        return checks.vae_encode(self.name, self.vae, images, self.latent_shape, generator)

@@ -64,3 +64,7 @@ class StableDiffusionProcess(GuidedProcess):
         image = self.vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
+
+    def encode(self, images: Tensor, generator=None) -> Tensor:
+        """Images in [0, 1] -> x0 = scaling_factor · z, z a sample of the VAE posterior (the inverse of ``decode``)."""
+        return checks.vae_encode(self.name, self.vae, images, self.latent_shape, generator)

@@ -68,3 +68,7 @@ class StableDiffusion3Process(GuidedProcess):
     # ---- decode -------------------------------------------------------------------------
     def decode(self, x0: Tensor) -> Tensor:
         return checks.vae_decode(self.name, self.vae, x0, self.latent_shape)  # (B, 3, H, W) in [0, 1]
+
+    def encode(self, images: Tensor, generator=None) -> Tensor:
+        """Images in [0, 1] at the process' size -> x0 = (z − shift_factor) · scaling_factor (inverse of ``decode``)."""
+        return checks.vae_encode(self.name, self.vae, images, self.latent_shape, generator)

@@ -78,3 +78,25 @@ class StableDiffusionXLProcess(StableDiffusionProcess):
         mean = torch.tensor(mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
         std = torch.tensor(std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
         return z * std / config.scaling_factor + mean
+
+    def _scale(self, z: Tensor) -> Tensor:
+        """The inverse of ``_unscale``: a VAE latent -> the UNet's latent space."""
+        config = self.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is None or std is None:
+            return z * config.scaling_factor
+        mean = torch.tensor(mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+        return (z - mean) * config.scaling_factor / std
+
+    def encode(self, images: Tensor, generator=None) -> Tensor:
+        """Images in [0, 1] -> latents (the inverse of ``decode``; the VAE runs in float32 when it must upcast)."""
+        vae = self.vae
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            return checks.vae_encode(self.name, vae, images, self.latent_shape, generator, unscale=self._scale)
+        finally:
+            if upcast:
+                vae.to(torch.float16)
