@@ -13,7 +13,18 @@ deterministic sampler (best-of-N with n = 1: DDIM η = 0, one sample per seed):
 - ``alignprop`` — AlignProp (``draft``, variant alignprop: randomized truncation) on ``shapes-clip``;
 - ``grpo-clip`` — GRPO (DDPO on DDIM η = 1) on ``shapes-clip``;
 - ``grpo-check`` — GRPO on the exact checker ``shapes-check`` (non-differentiable, verifiable: the
-  Flow-GRPO / GenEval setting).
+  Flow-GRPO / GenEval setting);
+- ``dpo`` — Diffusion-DPO on online pairs (``steer.finetune.preference_data``, source ``steering``): per
+  caption ``--distill-samples`` FK samples (the teacher's particles: the distillation row's sampling
+  budget) each against the base model's sample, labelled by ``shapes-clip``, drawn once (off-policy);
+- ``kto`` — Diffusion-KTO on verifier labels: ``--distill-samples`` FK samples per caption, desirable
+  when the exact checker passes them (source ``verifier``).
+
+DPO and KTO take their denoising errors in the same space as distillation (``--distill-loss``, x̂0 by
+default: on the grey world, DPO with the papers' ε-errors moved fresh samples the wrong way in 4 of 14
+runs over β and learning rate, with x̂0-errors in none of 8; tests/test_preference.py) with
+β = ``--dpo-beta`` / ``--kto-beta`` = 500 (the papers' 5000 / 1000 are for ε-errors of 4×64×64 latents),
+``--pref-batch`` pairs / samples per step. ``--guided 1`` fits the guided prediction (distill, DPO, KTO).
 
 Every fine-tuning call gets ``eval_reward=ShapesSwapReward(clip_reward=...)``, so the held-out reward
 of the training samples is logged beside the optimized one (second table, with the loss; mean of the
@@ -100,7 +111,8 @@ try:
 finally:
     if _ADDED:
         sys.path.remove(str(HERE))
-from steer.finetune import DistillConfig, DraftConfig, GRPOConfig, distill, draft, grpo  # noqa: E402
+from steer.finetune import DistillConfig, DPOConfig, DraftConfig, GRPOConfig, KTOConfig  # noqa: E402
+from steer.finetune import distill, dpo, draft, grpo, kto  # noqa: E402
 from steer.finetune.lora import denoiser, load_lora, lora_state_dict  # noqa: E402
 from steer.io import write_json  # noqa: E402
 from steer.pipelines import from_pipe  # noqa: E402
@@ -109,7 +121,7 @@ from steer.zoo.shapes import pipeline, world  # noqa: E402
 from steer.zoo.shapes.evaluate import relational_heldout_captions  # noqa: E402
 from steer.zoo.shapes.reward import ShapesCheckReward, ShapesClipReward, ShapesSwapReward  # noqa: E402
 
-ROWS = ("base", "fk", "distill", "draft", "alignprop", "grpo-clip", "grpo-check")
+ROWS = ("base", "fk", "distill", "draft", "alignprop", "grpo-clip", "grpo-check", "dpo", "kto")
 TRAINED = ROWS[2:]
 SETS = ("train", "heldout", "single")
 
@@ -118,6 +130,7 @@ DEFAULTS = {
     "train_captions": (32, 8), "heldout": (104, 16), "seeds": (4, 2),
     "distill_steps": (200, 60), "distill_samples": (2, 1),
     "draft_steps": (100, 30), "alignprop_steps": (100, 20), "grpo_steps": (40, 8),
+    "dpo_steps": (100, 20), "kto_steps": (100, 20),
 }
 
 
@@ -148,7 +161,9 @@ def labels(args) -> dict[str, str]:
     K = args.teacher_particles
     return {"base": "base (1×)", "fk": f"FK-{K} teacher ({K}×)", "distill": f"distill FK-{K} → LoRA",
             "draft": f"DRaFT-{args.draft_k} → LoRA (shapes-clip)", "alignprop": "AlignProp → LoRA (shapes-clip)",
-            "grpo-clip": "GRPO → LoRA (shapes-clip)", "grpo-check": "GRPO → LoRA (shapes-check)"}
+            "grpo-clip": "GRPO → LoRA (shapes-clip)", "grpo-check": "GRPO → LoRA (shapes-check)",
+            "dpo": f"Diffusion-DPO, FK-{K} vs base pairs → LoRA (shapes-clip)",
+            "kto": f"Diffusion-KTO, FK-{K} samples, checker labels → LoRA (shapes-check)"}
 
 
 def train_setup(row: str, args, n_captions: int):
@@ -159,7 +174,7 @@ def train_setup(row: str, args, n_captions: int):
             steer_method="fk", steer_options={"particles": args.teacher_particles},
             samples_per_prompt=args.distill_samples, max_steps=args.distill_steps, learning_rate=args.distill_lr,
             train_batch_size=args.distill_batch, prompts_per_step=min(8, n_captions), loss_space=args.distill_loss,
-            checkpoint_every=args.distill_steps, **common), "shapes-clip"
+            guided=bool(args.guided), checkpoint_every=args.distill_steps, **common), "shapes-clip"
     if row == "draft":
         return draft, DraftConfig(variant="draft", k=args.draft_k, noise_level=0.0, max_steps=args.draft_steps,
                                   learning_rate=args.draft_lr, prompts_per_step=args.draft_prompts,
@@ -174,6 +189,16 @@ def train_setup(row: str, args, n_captions: int):
                                 max_steps=args.grpo_steps, learning_rate=args.grpo_lr,
                                 checkpoint_every=args.grpo_steps, **common), \
             "shapes-clip" if row == "grpo-clip" else "shapes-check"
+    if row in ("dpo", "kto"):
+        shared = dict(steer_method="fk", steer_options={"particles": args.teacher_particles},
+                      samples_per_prompt=args.distill_samples, prompts_per_step=min(8, n_captions),
+                      loss_space=args.distill_loss, guided=bool(args.guided), train_batch_size=args.pref_batch, **common)
+        if row == "dpo":  # online pairs: the FK sample against the base sample, labelled by shapes-clip
+            return dpo, DPOConfig(source="steering", loser="base", max_steps=args.dpo_steps, learning_rate=args.dpo_lr,
+                                  beta=args.dpo_beta, checkpoint_every=args.dpo_steps, **shared), "shapes-clip"
+        # verifier labels: FK samples, desirable when the exact checker passes them
+        return kto, KTOConfig(source="verifier", threshold=0.5, max_steps=args.kto_steps, learning_rate=args.kto_lr,
+                              beta=args.kto_beta, checkpoint_every=args.kto_steps, **shared), "shapes-check"
     raise ValueError(row)
 
 
@@ -288,11 +313,22 @@ def plain(obj):
     return json.loads(json.dumps(obj))
 
 
+def same_config(cached: dict, config) -> bool:
+    """The cached training config equals ``config``; a field the cache predates must hold its default."""
+    import dataclasses
+
+    now = plain(config.to_dict())
+    defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+    newer = {k for k in now if k not in cached}
+    return ({k: now[k] for k in now if k in cached} == cached
+            and all(k in defaults and now[k] == plain(defaults[k]) for k in newer))
+
+
 def check_trained(row, args, captions, cells: Cells) -> None:
     """A cached trained row must have been trained with the config this run would use."""
     cached = cells.get(row, "training")
     _, config, _ = train_setup(row, args, len(captions))
-    if cached is not None and (cached["config"] != plain(config.to_dict()) or cached["captions"] != captions):
+    if cached is not None and (not same_config(cached["config"], config) or cached["captions"] != captions):
         raise SystemExit(f"row {row!r} in {cells.path} was trained with other settings; delete "
                          f"{cells.path / row} (or pass another --cache) to retrain it")
 
@@ -474,6 +510,15 @@ def parse(argv):
     g.add_argument("--grpo-group", type=int, default=8)
     g.add_argument("--grpo-prompts", type=int, default=2)
     g.add_argument("--grpo-fraction", type=float, default=0.6, help="first fraction of the chain's steps trained")
+    g.add_argument("--guided", type=int, choices=(0, 1), default=0,
+                   help="distill / dpo / kto fit the guided prediction (1) or the conditional branch (0)")
+    g.add_argument("--pref-batch", type=int, default=4, help="dpo: pairs, kto: samples per step")
+    g.add_argument("--dpo-steps", type=int, help="(100; quick 20)")
+    g.add_argument("--dpo-lr", type=float, default=1e-3)
+    g.add_argument("--dpo-beta", type=float, default=500.0, help="β (x0-space errors; the paper's 5000 is for ε)")
+    g.add_argument("--kto-steps", type=int, help="(100; quick 20)")
+    g.add_argument("--kto-lr", type=float, default=1e-3)
+    g.add_argument("--kto-beta", type=float, default=500.0)
     args = ap.parse_args(argv)
     for name, (full, quick) in DEFAULTS.items():
         if getattr(args, name) is None:

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-ROWS = ["base", "fk", "distill", "draft"]
+ROWS = ["base", "fk", "distill", "draft", "dpo", "kto"]
+TRAINED = ["distill", "draft", "dpo", "kto"]
 SMOKE = ["--train-captions", "2", "--heldout", "2", "--singles", "1", "--seeds", "1", "--steps", "3",
          "--teacher-particles", "2", "--distill-steps", "2", "--distill-samples", "1", "--draft-steps", "2",
-         "--draft-prompts", "1", "--rows", ",".join(ROWS)]
+         "--draft-prompts", "1", "--dpo-steps", "2", "--kto-steps", "2", "--pref-batch", "1",
+         "--rows", ",".join(ROWS)]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def test_the_smoke_run_fills_every_cell_of_the_requested_rows(first_run):
             assert (cache / row / f"{name}.json").is_file()
     for row in ("base", "fk", "grpo-clip"):
         assert out["rows"][row]["training"] is None
-    for row in ("distill", "draft"):
+    for row in TRAINED:
         t = out["rows"][row]["training"]
         assert t["steps"] == 2 and t["nfe"] > 0 and t["wall_seconds"] > 0 and t["seconds_per_step"] > 0
         assert t["peak_rss_growth_mib"] >= 0 and t["lora_b_norm"] >= 0
@@ -60,6 +62,10 @@ def test_the_smoke_run_fills_every_cell_of_the_requested_rows(first_run):
         assert not (cache / row / "run" / "checkpoints").exists()
     # distill's training NFE: one FK-2 sample per caption (2 x 3 NFE each) plus one loss forward per kept sample
     assert out["rows"]["distill"]["training"]["nfe"] == 2 * 2 * 3 + 2 * 2
+    # DPO: per caption an FK-2 and a base sample, then per step one pair through model and reference;
+    # KTO: per caption an FK-2 sample, then per step one sample through model and reference
+    assert out["rows"]["dpo"]["training"]["nfe"] == 2 * (2 * 3 + 3) + 2 * 2 * 2
+    assert out["rows"]["kto"]["training"]["nfe"] == 2 * 2 * 3 + 2 * 2
 
 
 def test_the_report_has_both_tables_with_every_row(first_run, amortize):
@@ -72,7 +78,7 @@ def test_the_report_has_both_tables_with_every_row(first_run, amortize):
     assert "share of teacher's gain kept" in main_table.splitlines()[0]
     assert labels["grpo-clip"] not in report
     assert [line.split(" | ")[0] for line in cost_table.splitlines()[2:]] == \
-        [f"| {labels['distill']}", f"| {labels['draft']}"]  # training costs: the trained rows only
+        [f"| {labels[r]}" for r in TRAINED]  # training costs: the trained rows only
     for line in main_table.splitlines():
         assert line.count("|") == 10
     for line in cost_table.splitlines():

@@ -56,7 +56,7 @@ def test_kto_loss_is_the_sigmoid_utility_with_a_clamped_batch_reference_point():
 
 
 def _errors_of(process, x0, cond, seed):
-    holder = SimpleNamespace(process=process, trace=Trace(num_prompts=1), config=SimpleNamespace(loss_space="model"))
+    holder = SimpleNamespace(process=process, trace=Trace(num_prompts=1), config=SimpleNamespace(loss_space="model", guided=False))
     return denoising_errors(holder, x0, cond, torch.Generator().manual_seed(seed)), holder.trace
 
 

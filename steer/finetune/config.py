@@ -176,6 +176,9 @@ class DistillConfig(TrainConfig):
     loss_space: str = opt("model", "Denoising loss on the model's own output (model: ε / v / flow velocity, "
                                    "RAFT) or on the implied clean sample x̂0 (x0: weights noisy steps by 1/SNR).",
                           "method")
+    guided: bool = opt(False, "Fit the guided prediction (classifier-free guidance at the process' "
+                              "guidance_scale, as the sampler uses it) instead of the conditional branch alone.",
+                       "method")
     learning_rate: float = opt(1e-4, "AdamW learning rate.", "optimization")
 
     def __post_init__(self):
@@ -224,6 +227,9 @@ class PreferenceConfig(TrainConfig):
     loss_space: str = opt("model", "Denoising errors on the model's own output (model: ε / v / flow velocity, the "
                                    "papers') or on the implied clean sample x̂0 (x0: weights step t by 1/SNR_t).",
                           "method")
+    guided: bool = opt(False, "Denoising errors of the guided prediction (classifier-free guidance at the "
+                              "process' guidance_scale, as the sampler uses it; model and reference alike) "
+                              "instead of the conditional branch alone (the papers').", "method")
     learning_rate: float = opt(1e-4, "AdamW learning rate.", "optimization")
 
     def __post_init__(self):

@@ -120,7 +120,7 @@ def denoising_loss(trainer: Trainer, x0: torch.Tensor, cond: Cond, generator: to
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # (B, C, h, w)
     x_i = kernels.add_noise(process.schedule, i, x0, noise)
     target = kernels.training_target(process.schedule, i, x0, noise)
-    output = process.denoise(x_i, i, conditional(cond)).float()
+    output = process.denoise(x_i, i, cond if trainer.config.guided else conditional(cond)).float()
     trainer.trace.add_nfe(x0.shape[0])
     if trainer.config.loss_space == "x0":
         return torch.nn.functional.mse_loss(kernels.to_prediction(process.schedule, i, x_i, output).x0, x0.float())

@@ -80,7 +80,7 @@ def denoising_errors(trainer: Trainer, x0: Tensor, cond, generator: torch.Genera
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # (B, C, h, w)
     x_i = kernels.add_noise(process.schedule, i, x0, noise)
     target = kernels.training_target(process.schedule, i, x0, noise).float()
-    c = conditional(cond)
+    c = cond if trainer.config.guided else conditional(cond)
     model = process.denoise(x_i, i, c).float()
     with torch.no_grad(), lora.lora_disabled(process):
         ref = process.denoise(x_i, i, c).float()
