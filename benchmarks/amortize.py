@@ -78,9 +78,10 @@ the CI-sized run.
 
     python benchmarks/amortize.py [--quick] [--rows base,fk,distill,...] [--seeds 4] [--cache DIR]
 
-Budget: the default run targets <= 90 minutes on 2 cores and ``--quick`` <= 15; both are
-extrapolated from a smoke run's per-sample and per-step times (benchmarks/README.md), not yet
-measured end to end. Evaluation dominates: the teacher alone samples 8 x 592 chains.
+Budget: the default run targets <= 90 minutes on 2 cores and ``--quick`` <= 15. Measured on
+2026-12-02: the first seven rows 75 min (2 threads) and ``dpo`` + ``kto`` 19 min (1 thread), on a
+machine loaded by a second benchmark and tests (benchmarks/README.md); ``--quick`` is not yet
+measured end to end. The teacher's evaluation dominates: it samples 8 x 592 chains (20 of the 75 min).
 
 Uses ``measure``, ``steer_all`` and ``summarize`` (with its ``bootstrap``) of ``benchmarks/shapes.py``
 (imported unchanged: the same estimator and seeding as the headline benchmark).

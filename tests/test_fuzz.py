@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -67,6 +67,8 @@ def test_api_bad_numbers_are_one_line_steer_errors(method, name, bad, others):
     """A non-finite, absurd or mistyped value for any method option is a one-line SteerError."""
     if name in ("potential", "scheme", "preset") and isinstance(bad, str) and bad:
         bad = "nonsense"  # strings are those options' type: a wrong one
+    # λ = +∞ is valid for DTS* (its max backup; dts refuses it and names dts_star, which is tested)
+    assume(not (name == "lam" and bad == math.inf and method in ("dts_star", "dts*")))
     with pytest.raises(SteerError) as e:
         _generate("a", method, {**others, name: bad}, {})
     _one_line(e.value)

@@ -273,3 +273,61 @@ def test_online_pairs_with_equal_rewards_and_bad_settings_are_errors(tmp_path):
             DPOConfig(**bad)
     with pytest.raises(ValueError, match="desirable_fraction"):
         KTOConfig(desirable_fraction=1.0)
+
+
+# ---- Process.encode: images from disk into the chain's latent space ------------------------------------
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "pixart"])
+def test_encode_gives_latents_of_the_process_shape(family):
+    process = tiny_process(family, steps=2)
+    images = torch.rand(2, 3, process.height, process.width, generator=torch.Generator().manual_seed(0))
+    x0 = process.encode(images)  # the posterior mode without a generator
+    assert x0.shape == (2, *process.latent_shape) and torch.isfinite(x0).all()
+    config = process.vae.config
+    z = process.vae.encode(images * 2 - 1).latent_dist.mode()
+    shift = getattr(config, "shift_factor", None) or 0.0
+    if family != "sdxl":  # decode divides by scaling_factor (and adds shift_factor): encode is its inverse
+        assert torch.allclose(x0, (z - shift) * config.scaling_factor, atol=1e-6)
+    sampled = process.encode(images, torch.Generator().manual_seed(1))
+    assert not torch.equal(sampled, x0)  # a posterior sample, reproducible from the generator
+    assert torch.equal(sampled, process.encode(images, torch.Generator().manual_seed(1)))
+    with pytest.raises(ValueError, match="resize them first"):
+        process.encode(torch.rand(1, 3, process.height * 2, process.width * 2))
+
+
+def test_sdxl_latent_scaling_round_trips_with_latents_mean_and_std():
+    process = tiny_process("sdxl", steps=2)
+    channels = process.latent_shape[0]
+    process.vae.register_to_config(latents_mean=[0.1 * c for c in range(channels)],
+                                   latents_std=[1.0 + 0.5 * c for c in range(channels)])
+    z = torch.randn(2, *process.latent_shape)
+    assert torch.allclose(process._unscale(process._scale(z)), z, atol=1e-5)
+
+
+def test_families_without_an_encoder_refuse_in_one_line():
+    process = tiny_process("flux", steps=2)
+    with pytest.raises(ValueError, match="cannot encode images into latents; train from samples instead"):
+        process.encode(torch.rand(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_models_take_the_velocity_as_the_target(family):
+    # rectified flow: x_i = (1 − σ) x0 + σ ε and the target is the velocity ε − x0 (kernels.training_target)
+    from steer import kernels
+
+    process = tiny_process(family, steps=3)
+    lora.attach_lora(lora.pipeline_of(process), 4, init_seed=0)  # zero-initialized: model = reference
+    x0 = torch.randn(2, *process.latent_shape, generator=torch.Generator().manual_seed(2))
+    cond = process.prepare(PROMPTS)
+    (model, ref), _ = _errors_of(process, x0, cond, seed=7)
+    g = torch.Generator().manual_seed(7)  # the draws of denoising_errors: the step, then the noise
+    i = int(torch.randint(process.num_steps, (1,), generator=g))
+    noise = torch.randn(x0.shape, generator=g)
+    assert process.schedule.kind == "flow"
+    sigma = process.schedule.sigmas[i]
+    x_i = kernels.add_noise(process.schedule, i, x0, noise)
+    assert torch.allclose(x_i, (1 - sigma) * x0 + sigma * noise, atol=1e-6)
+    from steer.finetune.distill import conditional
+
+    with torch.no_grad():
+        expected = (process.denoise(x_i, i, conditional(cond)).float() - (noise - x0)).pow(2).flatten(1).mean(1)
+    assert torch.allclose(model.detach(), expected, atol=1e-5) and torch.allclose(ref, expected, atol=1e-5)
