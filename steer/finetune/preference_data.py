@@ -187,6 +187,6 @@ def labelled_batch(trainer: Trainer, data: dict, generator: torch.Generator) -> 
                            rewards=data["rewards"], eval_rewards=data.get("eval_rewards"))
 
 
-def stream_generator(trainer: Trainer, epoch: int) -> int:
+def stream_seed(trainer: Trainer, epoch: int) -> int:
     """The shuffle seed of epoch ``epoch`` of a dataset stream (the run's seed and the epoch)."""
     return int(torch.randint(2 ** 31 - 1, (1,), generator=step_generator(trainer.config.seed, SALT + epoch)))

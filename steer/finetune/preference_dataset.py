@@ -28,7 +28,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from steer.finetune.preference_data import PreferenceBatch, stream_generator
+from steer.finetune.preference_data import PreferenceBatch, stream_seed
 from steer.finetune.trainer import Trainer
 
 COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0")
@@ -94,7 +94,7 @@ class PairStream:
 
     def _open(self) -> None:
         t = self.trainer
-        ds, files = open_stream(self.path, seed=stream_generator(t, self.epoch), buffer=t.config.shuffle_buffer,
+        ds, files = open_stream(self.path, seed=stream_seed(t, self.epoch), buffer=t.config.shuffle_buffer,
                                 rank=t.rank, world=t.world)
         self._root = Path(files[0]).parent
         self._rows = iter(ds)
@@ -201,8 +201,9 @@ def dataset_batch(trainer: Trainer, generator: torch.Generator, *, paired: bool)
         return PreferenceBatch(x0=x0, cond=process.prepare(captions), prompts=captions)
     desirable = torch.cat([torch.ones(n_pairs, dtype=torch.bool), torch.zeros(n_pairs, dtype=torch.bool)])
     keep = torch.arange(config.train_batch_size)  # winners first, then losers, B in all
-    return PreferenceBatch(x0=x0[keep], cond=process.prepare(captions + captions).index(keep.tolist()),
-                           prompts=[(captions + captions)[k] for k in keep.tolist()], desirable=desirable[keep])
+    rows = [k % n_pairs for k in keep.tolist()]  # each sample's caption row (every caption encoded once)
+    return PreferenceBatch(x0=x0[keep], cond=process.prepare(captions).index(rows),
+                           prompts=[captions[r] for r in rows], desirable=desirable[keep])
 
 
 def _image_size(process) -> tuple[int, int]:
