@@ -11,12 +11,19 @@ medians are compared, so machine load affects both alike. Prints a markdown tabl
     python benchmarks/overhead.py --wrap [--families sd lumina2 auraflow cogview4]
 
 ``--wrap`` times ``steer.wrap(pipe, method=...)`` (best-of-N with n=4 and FK with 4 particles, a cheap
-pixel reward) against the plain ``pipe(..., num_images_per_prompt=4)`` at equal NFE: the cost of the
-step tap, the callback, decoding and scoring every particle, and FK's x̂0 decodes at its scoring steps.
+pixel reward) against the plain ``pipe(..., num_images_per_prompt=4)`` at equal NFE, whole (the cost
+of the step tap, the callback, decoding and scoring every particle, and FK's x̂0 decodes at its
+scoring steps) and with the method's own decodes and reward calls taken out, against the plain call's
+denoising loop alone (``output_type="latent"``): the ``loop ratio``, what wrapping adds to the loop.
+As wall times of separate calls on a shared CPU are noisy (±10%), the time spent inside steer's own
+hooks (the scheduler tap and the method's per-step hook, less the decodes and reward calls made there)
+is also summed within each wrapped call; 1 + hooks / plain latent call is the same overhead measured
+without the noise of comparing two calls.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import platform
@@ -112,51 +119,105 @@ WRAP_SIZE = {"lumina2": 64}  # Lumina2Pipeline hard-codes vae_scale_factor 8
 
 
 def measure_wrap(family: str, steps: int, repeats: int, num_prompts: int) -> list[dict]:
-    """Rows (one per method) of wrapped-call time / plain-call time at equal NFE (4 latents per prompt)."""
+    """Rows (one per method): the wrapped call against the plain call at equal NFE (4 latents per prompt),
+    whole and split. Per repeat, alternating: the wrapped call (its trace times its decodes and reward
+    calls), the plain call with ``output_type="pt"`` and the plain call with ``output_type="latent"``
+    (the denoising loop alone). ``loop ratio`` = (wrapped − its decodes − its reward calls) / plain
+    latent call: what steer adds inside the pipeline's loop (scheduler tap, callback, kernel, FK's
+    bookkeeping); the rest of ``wrap / plain`` is the method's own work (scoring every particle, FK's
+    x̂0 decodes at its scoring steps) and the plain call's post-processing."""
     import steer
 
     module = importlib.import_module(f"tests.fixtures.tiny.{family}")
     pipe = module.build_pipeline()
     pipe.set_progress_bar_config(disable=True)
     size = WRAP_SIZE.get(family, 32)
-    call = dict(num_inference_steps=steps, guidance_scale=4.0, output_type="pt", height=size, width=size)
+    call = dict(num_inference_steps=steps, guidance_scale=4.0, height=size, width=size)
     prompts = PROMPTS[:num_prompts]
 
     def redness(images, _prompts):
         return images[:, 0].mean((1, 2)) - images[:, 2].mean((1, 2))
 
-    def plain():
-        return pipe(prompts, num_images_per_prompt=4, generator=torch.Generator().manual_seed(0), **call)
+    def plain(output_type):
+        return lambda: pipe(prompts, num_images_per_prompt=4, generator=torch.Generator().manual_seed(0),
+                            output_type=output_type, **call)
 
     rows = []
     for method, options in (("best_of_n", {"n": 4}), ("fk", {"particles": 4})):
         steered = steer.wrap(pipe, method=method, reward=redness, **options)
 
-        def wrapped():
-            return steered(prompts, generator=torch.Generator().manual_seed(0), **call)
+        hooks = HookClock(steered)
 
-        with torch.no_grad():
-            wrapped(), plain()
-            w_t, p_t = [], []
+        def wrapped():
+            return steered(prompts, generator=torch.Generator().manual_seed(0), output_type="pt", **call)
+
+        with torch.no_grad(), hooks.installed():
+            wrapped(), plain("pt")(), plain("latent")()
+            w_t, work_t, hook_t, p_t, l_t = [], [], [], [], []
             for _ in range(repeats):
+                hooks.seconds = 0.0
                 w_t.append(timed(wrapped))
-                p_t.append(timed(plain))
-        w, p = statistics.median(w_t), statistics.median(p_t)
-        rows.append(dict(family=family, pipeline=type(pipe).__name__, method=method, wrap_ms=1e3 * w,
-                         plain_ms=1e3 * p, ratio=w / p))
+                timings = steered.last["steer_trace"].timings
+                work_t.append(timings.get("decode", 0.0) + timings.get("reward", 0.0))
+                hook_t.append(hooks.seconds)
+                p_t.append(timed(plain("pt")))
+                l_t.append(timed(plain("latent")))
+        med = statistics.median
+        loop = med([w - k for w, k in zip(w_t, work_t)])
+        rows.append(dict(family=family, pipeline=type(pipe).__name__, method=method, wrap_ms=1e3 * med(w_t),
+                         plain_ms=1e3 * med(p_t), ratio=med(w_t) / med(p_t), work_ms=1e3 * med(work_t),
+                         loop_ms=1e3 * loop, latent_ms=1e3 * med(l_t), loop_ratio=loop / med(l_t),
+                         hooks_ms=1e3 * med(hook_t), hooks_ratio=1 + med(hook_t) / med(l_t)))
     return rows
 
 
+class HookClock:
+    """Wall time spent in steer's own code inside the pipeline's loop: the scheduler tap after each
+    ``scheduler.step`` and the method's per-step hook, less the decodes and reward calls made there
+    (FK's scoring, the method's own work, timed by the trace). Summed over a call in ``seconds``."""
+
+    def __init__(self, steered):
+        self.steered, self.seconds = steered, 0.0
+
+    def _clocked(self, fn, trace_of):
+        def run(*args, **kwargs):
+            trace = trace_of(args)
+            before = sum(trace.timings.get(k, 0.0) for k in ("decode", "reward"))
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                work = sum(trace.timings.get(k, 0.0) for k in ("decode", "reward")) - before
+                self.seconds += time.perf_counter() - t0 - work
+        return run
+
+    @contextlib.contextmanager
+    def installed(self):
+        from steer import wrap_step
+
+        method, tap_after = self.steered.particles, wrap_step.StepTap._after
+        wrap_step.StepTap._after = self._clocked(tap_after, lambda args: args[0].trace)
+        method.step = self._clocked(type(method).step.__get__(method), lambda args: method.trace)
+        try:
+            yield self
+        finally:
+            wrap_step.StepTap._after = tap_after
+            del method.step
+
+
 def main_wrap(args) -> None:
-    print(f"steer.wrap vs plain pipe(num_images_per_prompt=4), {args.threads} thread(s); {args.steps} steps, "
-          f"{args.prompts} prompts, median of {args.repeats} alternating runs")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"steer.wrap vs plain pipe(num_images_per_prompt=4), {args.threads} thread(s), load average {load:.1f}; "
+          f"{args.steps} steps, {args.prompts} prompts, median of {args.repeats} alternating runs")
     print()
-    print("| family | pipeline | method | wrap (ms) | plain (ms) | wrap / plain |")
-    print("|---|---|---|---|---|---|")
+    print("| family | pipeline | method | wrap (ms) | plain (ms) | wrap / plain | decodes + rewards (ms) | "
+          "wrap loop (ms) | plain latent (ms) | loop ratio | in steer's hooks (ms) | 1 + hooks / plain latent |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for family in args.families or WRAP_FAMILIES:
         for r in measure_wrap(family, args.steps, args.repeats, args.prompts):
             print(f"| {r['family']} | {r['pipeline']} | {r['method']} | {r['wrap_ms']:.1f} | {r['plain_ms']:.1f} | "
-                  f"{r['ratio']:.3f} |", flush=True)
+                  f"{r['ratio']:.3f} | {r['work_ms']:.1f} | {r['loop_ms']:.1f} | {r['latent_ms']:.1f} | "
+                  f"{r['loop_ratio']:.3f} | {r['hooks_ms']:.1f} | {r['hooks_ratio']:.3f} |", flush=True)
 
 
 def main() -> None:

@@ -6,11 +6,12 @@ is driven by two hooks: ``step(i, latents, record)`` from ``callback_on_step_end
 may return new latents: that is how particles are resampled and, in kernel mode, how the kernel's noise
 is added), and ``finish(rewards)`` on the final particles' rewards (P·K,) -> what to keep.
 
-FK (``steer.samplers.fk``, whose pieces are reused: settings, λ schedule, potentials, ESS-triggered
-resampling) at a scoring step i scores x̂0(x_i) — the prediction from the model output the scheduler
-was given at step i (``wrap_step``) — exactly the x̂0 ``steer.generate(method="fk")`` scores; adds
-log G_i to the log-weights; resamples a prompt's particles when ESS < threshold·K (the kernel means
-of x_{i+1} are reindexed by the ancestors); then draws x_{i+1} = mean + std·ε from the shared generator.
+FK (``steer.samplers.fk``, whose seam is reused: ``resolve`` for the settings, ``initial_weights``,
+``reweight`` for the λ schedule, potentials and ESS-triggered resampling, ``final_weights``) at a
+scoring step i scores x̂0(x_i) — the prediction from the model output the scheduler was given at step
+i (``wrap_step``) — exactly the x̂0 ``steer.generate(method="fk")`` scores; adds log G_i to the
+log-weights; resamples a prompt's particles when ESS < threshold·K (the kernel means of x_{i+1} are
+reindexed by the ancestors); then draws x_{i+1} = mean + std·ε from the shared generator.
 The draws come in steer's order (init noise by the pipeline, then per step: resampling uniforms,
 kernel noise), so with the same generator, scheduler schedule and kernel the particles are steer's.
 """
@@ -24,7 +25,6 @@ import torch
 from torch import Tensor
 
 from steer import chain, kernels, toolkit
-from steer.samplers import potentials
 from steer.samplers import resampling as rs
 from steer.scoring import score_latents
 
@@ -93,9 +93,9 @@ class FK:
 
     def _settings(self, kind: str, num_steps: int):
         o = self.options
-        return fk_sampler._settings(_stand_in(kind, num_steps), self.reward, o["particles"], o["potential"], o["lam"],
-                                    o["every"], o["t_start"], o["t_end"], o["ess_threshold"], o["scheme"],
-                                    o["noise_level"], o["eta"], o["guidance"])
+        return fk_sampler.resolve(_stand_in(kind, num_steps), self.reward, o["particles"], o["potential"], o["lam"],
+                                  o["every"], o["t_start"], o["t_end"], o["ess_threshold"], o["scheme"],
+                                  o["noise_level"], o["eta"], o["guidance"])
 
     def kernel_level(self, kind: str) -> float:
         return self._settings(kind, 1000).noise_level
@@ -104,8 +104,7 @@ class FK:
         self.fk = self._settings(kind, num_steps)
         self.prompts, self.generator, self.trace, self.decoder = prompts, generator, trace, decoder
         P, K = trace.num_prompts, self.particles
-        self.w = fk_sampler.Weights(torch.zeros(P, K), potentials.PotentialState(),
-                                    torch.full((P,), 0.0 if self.fk.potential == "tempered" else self.fk.lam))
+        self.w = fk_sampler.initial_weights(P, self.fk)
         self.lineage = torch.arange(P * K)  # (P·K,) the initial particle each one descends from
 
     def step(self, i: int, latents: Tensor, record) -> Tensor:
@@ -115,23 +114,18 @@ class FK:
         if i in self.fk.steps:
             r = score_latents(self.decoder, self.reward, record.pred.x0, self.prompts, trace=self.trace,
                               method=self.method, step=i).reshape(P, K).cpu()
-            lam = fk_sampler._tilt(self.w, r, self.fk)
-            log_g, state = potentials.intermediate(self.fk.potential, lam[:, None], r, self.w.state)
             # the Move's x carries each particle's root id, so the lineage follows the resampling
             move = fk_sampler.Move(x=self.lineage.float(), prop=prop)
-            move, self.w = fk_sampler._maybe_resample(move, fk_sampler.Weights(self.w.log_w + log_g, state, lam),
-                                                      self.fk, self.generator, info)
+            move, self.w = fk_sampler.reweight(move, self.w, r, self.fk, self.generator, info)
             prop, self.lineage = move.prop, move.x.long()
-            info.update(best_reward=r.max(1).values.tolist(), lam=lam.tolist(),
-                        lineage=self.lineage.reshape(P, K).tolist())
+            info.update(lineage=self.lineage.reshape(P, K).tolist())
         info["ess"] = rs.ess(self.w.log_w).tolist()
         self.trace.record(**info)
         return _sample(prop.kernel, latents, self.generator)
 
     def finish(self, rewards: Tensor) -> dict:
         r = rewards.reshape(self.w.log_w.shape).cpu()
-        lam = fk_sampler._tilt(self.w, r, self.fk)
-        log_w = rs.normalize(self.w.log_w + potentials.final(lam[:, None], r, self.w.state))
+        log_w, lam = fk_sampler.final_weights(self.w, r, self.fk)
         self.trace.record(step=len(self.trace.steps), ess=rs.ess(log_w).tolist(), best_reward=r.max(1).values.tolist(),
                           lam=lam.tolist())
         return {"log_weights": log_w, "lineage": self.lineage.reshape(log_w.shape)}

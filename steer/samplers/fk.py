@@ -110,8 +110,8 @@ def fk(process, reward, prompts: Sequence[str] | str, *, generator: Optional[tor
     (P, K, ...): resampling them by ``log_weights`` gives samples of the tilted target.
     """
     prompts = toolkit.prompt_list(METHOD, prompts)
-    settings = _settings(process, reward, particles, potential, lam, every, t_start, t_end, ess_threshold,
-                         scheme, noise_level, eta, guidance)
+    settings = resolve(process, reward, particles, potential, lam, every, t_start, t_end, ess_threshold,
+                       scheme, noise_level, eta, guidance)
     K, S = settings.particles, process.num_steps
     scored = S if settings.guidance > 0 else len(settings.steps)
     trace = toolkit.plan(METHOD, len(prompts), budget, unit_nfe=S, nfe=K * S, reward_calls=K * (scored + 1),
@@ -121,8 +121,11 @@ def fk(process, reward, prompts: Sequence[str] | str, *, generator: Optional[tor
     return toolkit.from_candidates(process, prompts, trace, images, rewards, latents, log_weights=log_w)
 
 
-def _settings(process, reward, particles, potential, lam, every, t_start, t_end, ess_threshold, scheme,
-              noise_level, eta, guidance) -> Settings:
+def resolve(process, reward, particles, potential, lam, every, t_start, t_end, ess_threshold, scheme,
+            noise_level, eta, guidance) -> Settings:
+    """FK's options checked and resolved against ``process`` (its chain kind and number of steps); the
+    seam ``steer.wrap``'s FK shares with this loop, as are ``initial_weights``, ``reweight`` and
+    ``final_weights``."""
     K = toolkit.integer(METHOD, "particles", particles)
     toolkit.choice(METHOD, "potential", potential, potentials.POTENTIALS)
     lam = toolkit.number(METHOD, "lam", lam, allow_inf=potential == "tempered", maximum=toolkit.MAX_LAM)
@@ -158,8 +161,7 @@ def _fk_steps(process, reward, prompts, fk: Settings, generator, trace) -> Itera
     P, K = len(prompts), fk.particles
     cond = process.prepare(prompts).repeat(K)
     x = process.init_noise(P * K, generator)  # (P·K, *latent)
-    w = Weights(torch.zeros(P, K, device=x.device), potentials.PotentialState(),
-                torch.full((P,), 0.0 if fk.potential == "tempered" else fk.lam, device=x.device))
+    w = initial_weights(P, fk, x.device)
     for i in range(process.num_steps):
         move = _propose(process, reward, x, i, cond, fk, trace)
         info = {"step": i}
@@ -168,22 +170,40 @@ def _fk_steps(process, reward, prompts, fk: Settings, generator, trace) -> Itera
             if r is None:
                 r = score_latents(process, reward, move.prop.pred.x0, cond.prompts, trace=trace, method=METHOD,
                                   step=i)
-            r = r.reshape(P, K).to(w.log_w.device)
-            lam = _tilt(w, r, fk)
-            log_g, state = potentials.intermediate(fk.potential, lam[:, None], r, w.state)
-            move, w = _maybe_resample(move, Weights(w.log_w + log_g, state, lam), fk, generator, info)
-            info.update(best_reward=r.max(1).values.tolist(), lam=lam.tolist())
+            move, w = reweight(move, w, r.reshape(P, K).to(w.log_w.device), fk, generator, info)
         x, w = _move(move, w, fk.guidance * fk.lam, generator)
         info["ess"] = rs.ess(w.log_w).tolist()
         trace.record(**info)
         yield StepInfo(step=i, x=x, nfe=trace.nfe, extra={"x0": move.prop.pred.x0, "log_w": w.log_w, **info})
     images, rewards = decode_and_score(process, reward, x, cond.prompts, trace=trace, method=METHOD)
-    r = rewards.reshape(P, K).to(w.log_w.device)
-    lam = _tilt(w, r, fk)  # λ_final: the final target is p(x0)·exp(λ_final·r(x0))
-    log_w = rs.normalize(w.log_w + potentials.final(lam[:, None], r, w.state))
-    trace.record(step=process.num_steps, ess=rs.ess(log_w).tolist(), best_reward=r.max(1).values.tolist(),
-                 lam=lam.tolist())
+    log_w, lam = final_weights(w, rewards.reshape(P, K).to(w.log_w.device), fk)
+    trace.record(step=process.num_steps, ess=rs.ess(log_w).tolist(),
+                 best_reward=rewards.reshape(P, K).max(1).values.tolist(), lam=lam.tolist())
     return images, rewards, x, log_w
+
+
+def initial_weights(num_prompts: int, fk: Settings, device=None) -> Weights:
+    """Uniform log-weights (P, K), an empty potential state, λ_0 (0 when tempered, else ``lam``)."""
+    lam0 = 0.0 if fk.potential == "tempered" else fk.lam
+    return Weights(torch.zeros(num_prompts, fk.particles, device=device), potentials.PotentialState(),
+                   torch.full((num_prompts,), lam0, device=device))
+
+
+def reweight(move: Move, w: Weights, r: Tensor, fk: Settings, generator, info: dict) -> tuple[Move, Weights]:
+    """One scoring step s on rewards r_s (P, K): λ_s, log w_s += log G_s, resampling where ESS is low;
+    ``info`` gains the step's ESS, the resampled prompts, best reward and λ_s."""
+    lam = _tilt(w, r, fk)
+    log_g, state = potentials.intermediate(fk.potential, lam[:, None], r, w.state)
+    move, w = _maybe_resample(move, Weights(w.log_w + log_g, state, lam), fk, generator, info)
+    info.update(best_reward=r.max(1).values.tolist(), lam=lam.tolist())
+    return move, w
+
+
+def final_weights(w: Weights, r: Tensor, fk: Settings) -> tuple[Tensor, Tensor]:
+    """The final particles' normalized log-weights (P, K) on their rewards r (P, K), and λ_final (P,):
+    the weighted particles target p(x0)·exp(λ_final·r(x0))."""
+    lam = _tilt(w, r, fk)
+    return rs.normalize(w.log_w + potentials.final(lam[:, None], r, w.state)), lam
 
 
 def _tilt(w: Weights, r: Tensor, fk: Settings) -> Tensor:
