@@ -29,6 +29,7 @@ import os
 import platform
 import statistics
 import time
+from typing import Optional
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a loaded CPU
 
@@ -118,7 +119,7 @@ WRAP_FAMILIES = ("sd", "lumina2", "auraflow", "cogview4")
 WRAP_SIZE = {"lumina2": 64}  # Lumina2Pipeline hard-codes vae_scale_factor 8
 
 
-def measure_wrap(family: str, steps: int, repeats: int, num_prompts: int) -> list[dict]:
+def measure_wrap(family: str, steps: int, repeats: int, num_prompts: int, size: Optional[int] = None) -> list[dict]:
     """Rows (one per method): the wrapped call against the plain call at equal NFE (4 latents per prompt),
     whole and split. Per repeat, alternating: the wrapped call (its trace times its decodes and reward
     calls), the plain call with ``output_type="pt"`` and the plain call with ``output_type="latent"``
@@ -131,7 +132,7 @@ def measure_wrap(family: str, steps: int, repeats: int, num_prompts: int) -> lis
     module = importlib.import_module(f"tests.fixtures.tiny.{family}")
     pipe = module.build_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    size = WRAP_SIZE.get(family, 32)
+    size = size or WRAP_SIZE.get(family, 32)
     call = dict(num_inference_steps=steps, guidance_scale=4.0, height=size, width=size)
     prompts = PROMPTS[:num_prompts]
 
@@ -208,13 +209,14 @@ class HookClock:
 def main_wrap(args) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"steer.wrap vs plain pipe(num_images_per_prompt=4), {args.threads} thread(s), load average {load:.1f}; "
-          f"{args.steps} steps, {args.prompts} prompts, median of {args.repeats} alternating runs")
+          f"{args.steps} steps, {args.prompts} prompts, median of {args.repeats} alternating runs"
+          + (f", {args.size}x{args.size}" if args.size else ""))
     print()
     print("| family | pipeline | method | wrap (ms) | plain (ms) | wrap / plain | decodes + rewards (ms) | "
           "wrap loop (ms) | plain latent (ms) | loop ratio | in steer's hooks (ms) | 1 + hooks / plain latent |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for family in args.families or WRAP_FAMILIES:
-        for r in measure_wrap(family, args.steps, args.repeats, args.prompts):
+        for r in measure_wrap(family, args.steps, args.repeats, args.prompts, args.size):
             print(f"| {r['family']} | {r['pipeline']} | {r['method']} | {r['wrap_ms']:.1f} | {r['plain_ms']:.1f} | "
                   f"{r['ratio']:.3f} | {r['work_ms']:.1f} | {r['loop_ms']:.1f} | {r['latent_ms']:.1f} | "
                   f"{r['loop_ratio']:.3f} | {r['hooks_ms']:.1f} | {r['hooks_ratio']:.3f} |", flush=True)
@@ -228,6 +230,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--families", nargs="*", default=None, help="subset of tests.fixtures.tiny.FAMILIES")
     parser.add_argument("--wrap", action="store_true", help="time steer.wrap against the plain pipeline call")
+    parser.add_argument("--size", type=int, default=None, help="--wrap: image height = width (default 32; Lumina2 64)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.wrap:
