@@ -176,9 +176,10 @@ def _fk_steps(process, reward, prompts, fk: Settings, generator, trace) -> Itera
         trace.record(**info)
         yield StepInfo(step=i, x=x, nfe=trace.nfe, extra={"x0": move.prop.pred.x0, "log_w": w.log_w, **info})
     images, rewards = decode_and_score(process, reward, x, cond.prompts, trace=trace, method=METHOD)
-    log_w, lam = final_weights(w, rewards.reshape(P, K).to(w.log_w.device), fk)
-    trace.record(step=process.num_steps, ess=rs.ess(log_w).tolist(),
-                 best_reward=rewards.reshape(P, K).max(1).values.tolist(), lam=lam.tolist())
+    r = rewards.reshape(P, K).to(w.log_w.device)
+    log_w, lam = final_weights(w, r, fk)  # λ_final: the final target is p(x0)·exp(λ_final·r(x0))
+    trace.record(step=process.num_steps, ess=rs.ess(log_w).tolist(), best_reward=r.max(1).values.tolist(),
+                 lam=lam.tolist())
     return images, rewards, x, log_w
 
 
