@@ -13,7 +13,8 @@ from steer.zoo.shapes.train import main
 def test_train_writes_loadable_clip_pipeline_and_report(tmp_path):
     report = main(["--out", str(tmp_path), "--clip-minutes", "0.05", "--reward-minutes", "0.05",
                    "--pipeline-minutes", "0.15",
-                   "--n-images", "256", "--clip-steps", "3"])
+                   "--n-images", "256", "--clip-steps", "3", "--clip-pool", "512", "--eval-scenes", "100",
+                   "--eval-captions", "4", "8"])
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert set(on_disk["pipeline"]) == {"single", "relation"} and 0 <= on_disk["pipeline"]["single"] <= 1

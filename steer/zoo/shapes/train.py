@@ -58,6 +58,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--relation-weight", type=float, default=0.5, help="reward CLIP: weight of the relation term")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-images", type=int, default=30000, help="pipeline training scenes")
+    ap.add_argument("--clip-pool", type=int, default=16000, help="rendered scenes each CLIP trains on")
+    ap.add_argument("--eval-scenes", type=int, default=500, help="scenes per split of each CLIP's evaluation")
+    ap.add_argument("--eval-captions", type=int, nargs=2, default=(48, 104), metavar=("SINGLE", "RELATION"),
+                    help="single-object and held-out relational captions of the pipeline's evaluation")
     args = ap.parse_args(argv)
 
     import torch
@@ -75,9 +79,9 @@ def main(argv=None) -> dict:
         print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
 
     base = ClipTrainConfig(out=str(out / "base_clip"), steps=args.clip_steps, max_minutes=args.clip_minutes,
-                           threads=args.threads)
+                           threads=args.threads, pool=args.clip_pool)
     reward = ClipTrainConfig(out=str(out / "clip"), init=base.out, steps=args.clip_steps,
-                             max_minutes=args.reward_minutes,
+                             max_minutes=args.reward_minutes, pool=args.clip_pool,
                              lr=args.reward_lr, warmup=20, threads=args.threads,
                              relation_weight=args.relation_weight, canonical_positives=args.canonical_positives,
                              perpendicular_negatives=args.perpendicular_negatives)
@@ -88,13 +92,13 @@ def main(argv=None) -> dict:
         t1 = time.time()
         model, tokenizer = train_clip(cfg, log=log)
         report[f"{key}_seconds"] = round(time.time() - t1, 1)
-        report[key] = evaluate_clip(model, tokenizer)
+        report[key] = evaluate_clip(model, tokenizer, n=args.eval_scenes)
         for name, value in report[key].items():
             log(f"{key} {name}: {value:.1%}")
     t1 = time.time()
     report["pipeline"] = train_pipeline.train(out / "pipeline", minutes=args.pipeline_minutes,
                                               n_images=args.n_images, threads=args.threads,
-                                              clip_dir=base.out, log=log)
+                                              clip_dir=base.out, log=log, eval_sizes=tuple(args.eval_captions))
     report["pipeline_seconds"] = round(time.time() - t1, 1)
     report["total_seconds"] = round(time.time() - t0, 1)
     report["weight_bytes"] = sum(p.stat().st_size for d in ("clip", "pipeline")

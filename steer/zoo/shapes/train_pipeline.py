@@ -197,8 +197,10 @@ def evaluate(pipe, n_single: int = 48, n_relation: int = 104, steps: int = DEFAU
 
 
 def train(out, minutes: float = 40.0, n_images: int = 30000, width: int = 48, batch_size: int = 32,
-          fp32: bool = False, threads: int = 2, resume=None, clip_dir=None, log=print) -> dict[str, float]:
-    """Train (or, with ``resume``, continue) the pipeline, save it to ``out``; returns its checker accuracies."""
+          fp32: bool = False, threads: int = 2, resume=None, clip_dir=None, log=print,
+          eval_sizes: tuple[int, int] = (48, 104)) -> dict[str, float]:
+    """Train (or, with ``resume``, continue) the pipeline, save it to ``out``; returns its checker accuracies
+    on ``eval_sizes`` = (single-object, held-out relational) captions."""
     torch.set_num_threads(threads)
     t0 = time.time()
     images, captions = batch(n_images, seed=0, split="train")
@@ -236,7 +238,7 @@ def train(out, minutes: float = 40.0, n_images: int = 30000, width: int = 48, ba
     pipe.save_pretrained(out, safe_serialization=True)
     log(f"saved to {out}")
     pipe.to(dtype=torch.float32)
-    accuracy = evaluate(pipe)
+    accuracy = evaluate(pipe, *eval_sizes)
     log(f"checker accuracy {accuracy}")
     return accuracy
 
