@@ -48,6 +48,7 @@ CONFIGS = {  # name: (renders per caption, DistillConfig fields beyond the CLI's
     "data32": (32, {}),
     "data32-lr1e-3": (32, {"learning_rate": 1e-3}),
     "data32-lr1e-3-1000": (32, {"learning_rate": 1e-3, "max_steps": 1000}),
+    "data32-lr1e-3-10000": (32, {"learning_rate": 1e-3, "max_steps": 10000}),
     "data32-lr1e-3-1000-x0": (32, {"learning_rate": 1e-3, "max_steps": 1000, "loss_space": "x0"}),
     "wide-r16-1000": (32, {"learning_rate": 1e-3, "max_steps": 1000, "lora_rank": 16, "target_modules": WIDE}),
     "wide-r16-1000-x0": (32, {"learning_rate": 1e-3, "max_steps": 1000, "lora_rank": 16, "target_modules": WIDE,
