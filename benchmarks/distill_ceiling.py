@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from amortize import train_captions  # noqa: E402
+from shapes import bootstrap  # noqa: E402
 
 from steer.finetune.config import DistillConfig  # noqa: E402
 from steer.finetune.distill import distill_step  # noqa: E402
@@ -82,12 +83,10 @@ def renders(pipe, captions: list[str], per_caption: int, seed: int = 12345) -> t
     return latents, owners
 
 
-def paired(base: torch.Tensor, lora: torch.Tensor, reps: int = 2000) -> tuple[float, float, float]:
+def paired(base: torch.Tensor, lora: torch.Tensor) -> tuple[float, float, float]:
     """Mean per-caption difference (LoRA - base) and its 95% bootstrap interval over captions."""
     d = (lora - base).mean(1)
-    g = torch.Generator().manual_seed(0)
-    means = d[torch.randint(len(d), (reps, len(d)), generator=g)].mean(1)
-    return float(d.mean()), float(means.quantile(0.025)), float(means.quantile(0.975))
+    return (float(d.mean()), *bootstrap(d))
 
 
 def train_on_renders(captions: list[str], per_caption: int, fields: dict, out_dir: Path):

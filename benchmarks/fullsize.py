@@ -32,19 +32,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import _paths  # noqa: F401,E402  (repository root on sys.path: the fixtures live in tests/)
+from overhead import redness  # noqa: E402
 
 PROMPT = "a photograph of a red fox sitting in the snow, detailed fur, golden hour"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def pixel_reward(images, _prompts):
-    """Redness minus blueness: a differentiable colour statistic that costs nothing next to the UNet."""
-    return images[:, 0].float().mean((1, 2)) - images[:, 2].float().mean((1, 2))
-
-
 def make_reward(name: str, device, dtype):
     if name == "pixel":
-        return pixel_reward
+        return redness
     if name == "hps-arch":
         import open_clip
 

@@ -119,6 +119,11 @@ WRAP_FAMILIES = ("sd", "lumina2", "auraflow", "cogview4")
 WRAP_SIZE = {"lumina2": 64}  # Lumina2Pipeline hard-codes vae_scale_factor 8
 
 
+def redness(images, _prompts):
+    """Redness minus blueness: a differentiable colour statistic that costs nothing next to the denoiser."""
+    return images[:, 0].float().mean((1, 2)) - images[:, 2].float().mean((1, 2))
+
+
 def measure_wrap(family: str, steps: int, repeats: int, num_prompts: int, size: Optional[int] = None) -> list[dict]:
     """Rows (one per method): the wrapped call against the plain call at equal NFE (4 latents per prompt),
     whole and split. Per repeat, alternating: the wrapped call (its trace times its decodes and reward
@@ -135,9 +140,6 @@ def measure_wrap(family: str, steps: int, repeats: int, num_prompts: int, size: 
     size = size or WRAP_SIZE.get(family, 32)
     call = dict(num_inference_steps=steps, guidance_scale=4.0, height=size, width=size)
     prompts = PROMPTS[:num_prompts]
-
-    def redness(images, _prompts):
-        return images[:, 0].mean((1, 2)) - images[:, 2].mean((1, 2))
 
     def plain(output_type):
         return lambda: pipe(prompts, num_images_per_prompt=4, generator=torch.Generator().manual_seed(0),
