@@ -20,17 +20,56 @@ DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16
           "float32": "float32", "fp32": "float32"}
 
 
+MAX_PROMPT_CHARS = 10_000  # a prompt longer than this is refused (text encoders read a few hundred tokens)
+# characters that print nothing although they are not whitespace: the Unicode default-ignorables and
+# the Hangul / braille fillers (with the format, control, private-use, surrogate and unassigned ones)
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u2800\u3164\uffa0") | \
+    frozenset(map(chr, range(0xFE00, 0xFE10))) | frozenset(map(chr, range(0xE0100, 0xE01F0)))
+
+
+def _invisible(ch: str) -> bool:
+    import unicodedata
+
+    return ch in _INVISIBLE or ch.isspace() or unicodedata.category(ch)[0] in "CZ"
+
+
+def prompt_lines(text: str) -> list[tuple[int, str]]:
+    """``text``'s lines as ``wc -l`` counts them: split on ``\\n`` only (a ``\\r\\n`` ending is one; U+2028,
+    U+0085, form feeds and the like stay inside their line), a leading BOM dropped; each as (its 1-based
+    number, its text stripped), blank ones left out."""
+    text = text[1:] if text.startswith("\ufeff") else text
+    return [(n, line.strip()) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+
+
+def check_prompt(prompt: str, where: str) -> str:
+    """``prompt`` if it is one a text encoder can read, else a one-line ``SteerError`` naming ``where``
+    (e.g. ``"line 3 of prompts file 'p.txt'"``): no NUL byte, something visible
+    (not only zero-width or format characters), at most ``MAX_PROMPT_CHARS`` characters."""
+    if "\0" in prompt:
+        raise SteerError(f"{where} contains a NUL byte; save the prompts as plain UTF-8 text")
+    if all(_invisible(ch) for ch in prompt):
+        raise SteerError(f"{where} has only invisible characters (zero-width, format or control ones); "
+                         f"write the prompt's text or delete the line")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise SteerError(f"{where} is {len(prompt):,} characters long, over the limit of {MAX_PROMPT_CHARS:,} "
+                         f"(text encoders read a few hundred tokens); shorten it")
+    return prompt
+
+
 def read_prompts(path: Optional[Path] = None, given: Iterable[str] = ()) -> list[str]:
-    """The ``--prompt`` values ``given``, then the non-blank lines of the prompts file ``path``."""
+    """The ``--prompt`` values ``given``, then the non-blank lines of the prompts file ``path`` (UTF-8, one
+    prompt per ``\\n``-ended line, see :func:`prompt_lines`); each checked by :func:`check_prompt`."""
     prompts = list(given or [])
     if any(not p.strip() for p in prompts):
         raise SteerError("--prompt is empty; give the prompt's text (blank lines of a --prompts file are skipped)")
+    prompts = [check_prompt(p, f"--prompt {p.strip()[:40]!r}") for p in prompts]
     if path is not None:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise SteerError(f"cannot read prompts file {str(path)!r}: {e.__class__.__name__}: {e}") from None
-        prompts += [line.strip() for line in text.splitlines() if line.strip()]
+            fix = "; save it as UTF-8 text" if isinstance(e, UnicodeDecodeError) else ""
+            raise SteerError(f"cannot read prompts file {str(path)!r}: {e.__class__.__name__}: {e}{fix}") from None
+        prompts += [check_prompt(line, f"line {n} of prompts file {str(path)!r}") for n, line in prompt_lines(text)]
     if not prompts and path is not None:
         raise SteerError(f"no prompts: prompts file {str(path)!r} is empty; write one prompt per line")
     if not prompts:
