@@ -10,11 +10,16 @@ One request scores a whole batch (wire format: ``steer.rewards.wire``; raw float
 exact, or 8-bit PNG with ``image_format="png"``). Scores over HTTP have no gradient, so the reward is
 never ``differentiable``: ReNO, FK's gradient proposal and ``draft`` refuse it with their usual message.
 
-Never a hang: every request has a connect timeout and a read timeout; connection errors and 5xx
-answers are retried ``retries`` times with exponential backoff (``backoff``, 2·backoff, ...), so a
-server that is down fails after at most ``(retries + 1) * connect_timeout + backoff * (2**retries - 1)``
-seconds, and one that stops answering after ``read_timeout``. Failures are one-line
-``RewardServerError`` messages naming the fix.
+Never a hang: every request has a connect timeout and an overall deadline (``read_timeout``, from
+the first byte sent to the answer's last, so a server that answers one byte at a time is cut off too);
+connection errors, 5xx, 408 and 429 answers are retried ``retries`` times with exponential backoff
+(``backoff``, 2·backoff, ...), so a server that is down fails after at most
+``(retries + 1) * connect_timeout + backoff * (2**retries - 1)`` seconds, and one that stops answering
+after ``read_timeout`` (not retried). Any other 4xx is the batch's fault and is not retried. Redirects
+are not followed (the batch goes to the named server or nowhere): a 3xx is an error naming its
+Location. Answers over 16 MiB are garbage. A batch is split to fit the server's limits (from its
+``/health``), and an image over its per-image limit is refused here, before anything is sent.
+Failures are one-line ``RewardServerError`` messages naming the fix.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ import json
 import math
 import os
 import re
+import socket
+import threading
 import time
 from typing import Optional, Sequence
 from urllib.parse import urlsplit
@@ -34,6 +41,11 @@ from steer.rewards.base import Reward
 
 SCHEMES = ("http://", "https://")
 READ_TIMEOUT_ENV = "STEER_REWARD_HTTP_TIMEOUT"
+MAX_ANSWER_BYTES = 16 << 20
+RETRIED_4XX = (408, 429)  # a request timeout, too many requests: may pass a moment later
+LIMIT_KEYS = ("max_body_bytes", "max_images", "max_image_pixels", "max_batch_pixels")
+URL_SHAPE = "http://HOST:PORT[/path] (a `steer serve-reward` server)"
+_watch = threading.local()  # the connections the current thread's request uses (for its deadline)
 
 
 class RewardServerError(SteerError):
@@ -47,29 +59,55 @@ def is_url(term: str) -> bool:
 
 def normalize_url(url: str) -> str:
     """``http://HOST:PORT[/base]`` without a trailing slash, scheme and host lower-cased; else a SteerError."""
+    if not isinstance(url, str):
+        raise SteerError(f"a reward URL must be a string like {URL_SHAPE}, got {type(url).__name__}")
     text = url.strip()
-    parts = urlsplit(text)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise SteerError(f"reward URL {url!r} must look like http://HOST:PORT (a `steer serve-reward` server)")
+    if not text.isascii() or any(c.isspace() or not c.isprintable() for c in text):
+        raise SteerError(f"reward URL {url!r} holds spaces or characters that are not printable ASCII; write "
+                         f"{URL_SHAPE}")
+    try:
+        parts = urlsplit(text)
+        hostname = parts.hostname
+    except ValueError as e:  # "http://[::1": Invalid IPv6 URL
+        raise SteerError(f"reward URL {url!r} is malformed ({_first_line(e)}); write {URL_SHAPE}") from None
+    if parts.scheme.lower() not in ("http", "https") or not hostname:
+        raise SteerError(f"reward URL {url!r} must look like {URL_SHAPE}")
     try:
         port = parts.port
     except ValueError:
-        raise SteerError(f"reward URL {url!r} has a bad port; write http://HOST:PORT") from None
-    if parts.query or parts.fragment:
+        port = 0
+    if port == 0 or parts.netloc.endswith(":"):
+        raise SteerError(f"reward URL {url!r} has a bad port; write http://HOST:PORT with a port in 1..65535")
+    if "@" in parts.netloc:
+        raise SteerError(f"reward URL {url!r} must not carry a user or password; write {URL_SHAPE}")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
         raise SteerError(f"reward URL {url!r} must not have a query or fragment; write http://HOST:PORT[/path]")
-    host = parts.hostname.lower()
-    host = f"[{host}]" if ":" in host else host
+    host = _host_name(url, hostname.lower(), bracketed="[" in parts.netloc)
     netloc = host if port is None else f"{host}:{port}"
     return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+
+
+def _host_name(url: str, host: str, bracketed: bool) -> str:
+    """``host`` as a URL writes it (an IPv6 address in brackets), or a SteerError."""
+    import ipaddress
+
+    if bracketed:
+        try:
+            return f"[{ipaddress.IPv6Address(host)}]"
+        except ValueError:
+            raise SteerError(f"reward URL {url!r} has a bad IPv6 address {host!r}; write e.g. http://[::1]:8085") from None
+    if not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?", host):
+        raise SteerError(f"reward URL {url!r} has a bad host name {host!r}; write {URL_SHAPE}")
+    return host
 
 
 class HttpReward(Reward):
     """Scores through ``steer serve-reward`` at ``url`` (``http://HOST:PORT``). Never differentiable.
 
     ``image_format``: ``"tensor"`` (float32 safetensors, exact; default) or ``"png"`` (8-bit).
-    ``connect_timeout`` / ``read_timeout``: seconds per request (the read timeout defaults to
-    ``$STEER_REWARD_HTTP_TIMEOUT`` or 120). ``retries``: extra tries after a connection error or a 5xx
-    answer, waiting ``backoff`` seconds and doubling. ``check``: ask ``/health`` now, so a server that
+    ``connect_timeout``: seconds to connect; ``read_timeout``: the overall deadline of one request, from
+    sending to the answer's last byte (default ``$STEER_REWARD_HTTP_TIMEOUT`` or 120). ``retries``: extra
+    tries after a connection error or a 5xx / 408 / 429 answer, waiting ``backoff`` seconds and doubling. ``check``: ask ``/health`` now, so a server that
     is down is reported before any image is generated.
     """
 
@@ -89,6 +127,7 @@ class HttpReward(Reward):
         self.retries, self.backoff = retries, _positive("backoff", backoff, allow_zero=True)
         self.remote_name: Optional[str] = None  # the served reward's own name and spec, from /health
         self.remote_spec: Optional[str] = None
+        self.remote_limits: Optional[dict] = None  # the server's wire.Limits, which batches are split by
         self._session = None
         self._answered = False
         if check:
@@ -97,22 +136,49 @@ class HttpReward(Reward):
     # ---- the Reward protocol ----------------------------------------------------------------------
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        prompts = list(prompts)
+        scores = []
+        for start, stop in self._chunks(images, prompts):
+            scores += self._score(images[start:stop], prompts[start:stop])
+        return torch.tensor(scores, dtype=torch.float32, device=images.device)
+
+    def _score(self, images: Tensor, prompts: list) -> list[float]:
         from steer.rewards import wire
 
         if self.image_format == "png":
             body, kind = wire.encode_png(images, prompts), wire.JSON
         else:
             body, kind = wire.encode_tensor(images, prompts), wire.SAFETENSORS
-        data = self._request("POST", "/score", body=body, content_type=kind)
-        return torch.tensor(self._scores(data, images.shape[0]), dtype=torch.float32, device=images.device)
+        return self._scores(self._request("POST", "/score", body=body, content_type=kind), images.shape[0])
+
+    def _chunks(self, images: Tensor, prompts: list) -> list[tuple[int, int]]:
+        """[start, stop) slices of the batch that fit the server's limits (one slice when it never said)."""
+        batch = images.shape[0]
+        if not self.remote_limits or images.ndim != 4:
+            return [(0, batch)]
+        limits, (height, width) = self.remote_limits, images.shape[2:]
+        pixels = height * width
+        if pixels > limits["max_image_pixels"]:
+            raise RewardServerError(f"reward server {self.url} takes at most {limits['max_image_pixels']} pixels per "
+                                    f"image and these are {height} x {width} = {pixels}; restart it with "
+                                    f"--max-image-pixels {pixels}, or score smaller images")
+        per_image = 12 * pixels if self.image_format == "tensor" else 4 * (3 * pixels + height + 1024) // 3 + 8
+        room = limits["max_body_bytes"] - len(json.dumps(prompts)) - 65536
+        size = min(limits["max_images"], limits["max_batch_pixels"] // pixels, max(room, 0) // per_image)
+        if size < 1:
+            raise RewardServerError(f"reward server {self.url} takes at most {limits['max_body_bytes']} bytes per "
+                                    f"request, less than one {height} x {width} image; restart it with a larger "
+                                    f"--max-body-mb")
+        return [(start, min(start + size, batch)) for start in range(0, batch, size)]
 
     def health(self) -> dict:
-        """The server's ``/health`` answer (reward name, differentiable, version); records ``remote_name``."""
+        """The server's ``/health`` answer (reward name, differentiable, version, limits); records ``remote_name``."""
         data = self._request("GET", "/health")
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             raise self._garbage(f"/health answered {_preview(data)} without a reward 'name'")
         self.remote_name = data["name"]
         self.remote_spec = data["spec"] if isinstance(data.get("spec"), str) else None
+        self.remote_limits = _limits(data.get("limits"))
         return data
 
     def to(self, device=None, dtype=None) -> "HttpReward":
@@ -130,20 +196,24 @@ class HttpReward(Reward):
     # ---- HTTP ------------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, body: Optional[bytes] = None, content_type: Optional[str] = None):
-        """One JSON answer, retrying connection errors and 5xx answers with exponential backoff."""
+        """One JSON answer, retrying connection errors and 5xx / 408 / 429 answers with exponential backoff."""
         import requests
 
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         if content_type:
             headers["Content-Type"] = content_type
         started, failure = time.monotonic(), None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
+            deadline = time.monotonic() + self.read_timeout
             try:
-                response = self._http().request(method, self.url + path, data=body, headers=headers,
-                                                timeout=(self.connect_timeout, self.read_timeout))
-            except requests.exceptions.ReadTimeout:
+                status, location, content = self._exchange(method, path, body, headers, deadline)
+            except RewardServerError:
+                self._reset()
+                raise
+            except _Late:
+                self._reset()
                 raise RewardServerError(
                     f"reward server {self.url} did not answer {path} within {self.read_timeout:g} s; check the "
                     f"server, or allow longer with ${READ_TIMEOUT_ENV}=SECONDS (read_timeout=)") from None
@@ -151,19 +221,25 @@ class HttpReward(Reward):
                 self._reset()  # a pooled connection to a dead server is useless
                 failure = ("down", _reason(e))
                 continue
-            except requests.exceptions.RequestException as e:
-                raise RewardServerError(f"reward server {self.url}: {type(e).__name__}: {_reason(e)}") from None
-            if response.status_code >= 500:
-                failure = ("5xx", f"HTTP {response.status_code}: {_detail(response)}")
+            except (requests.exceptions.RequestException, OSError, ValueError) as e:
+                self._reset()
+                raise RewardServerError(f"reward server {self.url} failed on {path}: {type(e).__name__}: "
+                                        f"{_reason(e)}") from None
+            if 300 <= status < 400:
+                raise RewardServerError(f"reward server {self.url} redirected {path} (HTTP {status}) to "
+                                        f"{_preview(location or 'nowhere')}; not followed, so the batch goes nowhere "
+                                        f"else: name the server you mean in the reward URL") from None
+            if status >= 500 or status in RETRIED_4XX:
+                failure = ("5xx", f"HTTP {status}: {_detail(content)}")
                 continue
-            if response.status_code >= 400:
-                raise RewardServerError(f"reward server {self.url} refused {path} (HTTP {response.status_code}): "
-                                        f"{_detail(response)}")
+            if status >= 400:  # the batch's own fault: the same request would fail again
+                raise RewardServerError(f"reward server {self.url} refused {path} (HTTP {status}): {_detail(content)}")
             self._answered = True
             try:
-                return response.json()
-            except ValueError:
-                raise self._garbage(f"{path} answered non-JSON {_preview(response.text)}") from None
+                return json.loads(content)
+            except (ValueError, RecursionError):
+                raise self._garbage(f"{path} answered non-JSON {_preview(content.decode('utf-8', 'replace'))}") \
+                    from None
         tries = f"{self.retries + 1} tries over {time.monotonic() - started:.1f} s"
         if failure[0] == "5xx":
             raise RewardServerError(f"reward server {self.url} failed on {path} ({failure[1]}; {tries}); see the "
@@ -172,6 +248,38 @@ class HttpReward(Reward):
         raise RewardServerError(f"reward server {self.url} is not reachable{again}: {failure[1]} ({tries}); "
                                 f"start it with `steer serve-reward {self._spec()} --host {self._host()} "
                                 f"--port {self._port()}`")
+
+    def _exchange(self, method: str, path: str, body, headers: dict, deadline: float) -> tuple[int, str, bytes]:
+        """(status, Location, body) of one request, all of it by ``deadline`` (else ``_Late``): a watchdog
+        shuts the request's sockets down at the deadline, so no read can outlive it."""
+        import requests
+
+        connections, done = [], threading.Event()
+        watchdog = threading.Thread(target=_shut_at, args=(connections, deadline, done), daemon=True)
+        _watch.connections = connections
+        watchdog.start()
+        try:
+            response = self._http().request(method, self.url + path, data=body, headers=headers, stream=True,
+                                            allow_redirects=False, timeout=(self.connect_timeout, self.read_timeout))
+            with response:
+                content = bytearray()
+                for chunk in response.iter_content(65536):
+                    content += chunk
+                    if len(content) > MAX_ANSWER_BYTES:
+                        raise self._garbage(f"{path} answered more than {MAX_ANSWER_BYTES >> 20} MiB")
+                    if time.monotonic() > deadline:
+                        raise _Late
+            return response.status_code, response.headers.get("location", ""), bytes(content)
+        except requests.exceptions.ConnectTimeout:
+            raise
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.Timeout, OSError) as e:
+            if time.monotonic() >= deadline or _read_timed_out(e):
+                raise _Late from None
+            raise
+        finally:
+            done.set()
+            _watch.connections = None
 
     def _scores(self, data, batch: int) -> list[float]:
         scores = data.get("scores") if isinstance(data, dict) else None
@@ -194,6 +302,10 @@ class HttpReward(Reward):
             import requests
 
             self._session = requests.Session()
+            adapter = _watched_adapter()
+            self._session.mount("http://", adapter)
+            self._session.mount("https://", adapter)
+            self._session.max_redirects = 0
             if self._host() in ("127.0.0.1", "localhost", "::1"):
                 self._session.trust_env = False  # a loopback server is never behind the environment's proxy
         return self._session
@@ -239,35 +351,121 @@ def _default_read_timeout() -> float:
         raise SteerError(f"${READ_TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
 
 
+class _Late(Exception):
+    """A request past its overall deadline."""
+
+
+def _shut_at(connections: list, deadline: float, done: threading.Event) -> None:
+    """At ``deadline`` (unless ``done`` first), shut down the sockets of ``connections``, again every 50 ms
+    until ``done``: a blocked send or read then ends at once."""
+    wait = deadline - time.monotonic()
+    while not done.wait(max(wait, 0.0)):
+        for connection in list(connections):
+            sock = getattr(connection, "sock", None)
+            try:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed
+                pass
+        wait = 0.05
+
+
+def _watched_adapter():
+    """A requests adapter whose connections register with the requesting thread's deadline watchdog."""
+    from requests.adapters import HTTPAdapter
+    from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+
+    class Watched:
+        def request(self, *args, **kwargs):
+            connections = getattr(_watch, "connections", None)
+            if connections is not None:
+                connections.append(self)
+            return super().request(*args, **kwargs)
+
+    class WatchedHTTP(Watched, HTTPConnection):
+        pass
+
+    class WatchedHTTPS(Watched, HTTPSConnection):
+        pass
+
+    class HTTPPool(HTTPConnectionPool):
+        ConnectionCls = WatchedHTTP
+
+    class HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = WatchedHTTPS
+
+    pools = {"http": HTTPPool, "https": HTTPSPool}
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, *args, **kwargs):
+            manager = super().proxy_manager_for(*args, **kwargs)
+            manager.pool_classes_by_scheme = pools
+            return manager
+
+    return Adapter(max_retries=0)
+
+
+def _read_timed_out(e: BaseException) -> bool:
+    """Whether a requests / urllib3 error is a read timing out (requests wraps one met mid-answer in a
+    ConnectionError): the server is slow, not down."""
+    import requests
+
+    if isinstance(e, requests.exceptions.ReadTimeout) or isinstance(e, socket.timeout):
+        return True
+    text = f"{type(e).__name__}: {e}"
+    return "ReadTimeoutError" in text or "Read timed out" in text or "read timeout" in text
+
+
+def _limits(data) -> Optional[dict]:
+    """The ``limits`` of a ``/health`` answer if they are all positive integers; else None (not split)."""
+    if not isinstance(data, dict):
+        return None
+    values = {key: data.get(key) for key in LIMIT_KEYS}
+    ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values.values())
+    return values if ok else None
+
+
 def _reason(e: BaseException) -> str:
     """A short cause for a requests error (its own message nests several exceptions' reprs)."""
-    text = str(e)
+    text = f"{type(e).__name__}: {e}"
     errno = re.search(r"\[Errno -?\d+\] ([^'\"\)\]]+)", text)
     if errno:
         return errno.group(1).strip().lower()
     for marker, reason in (("RemoteDisconnected", "the server closed the connection without answering"),
                            ("Connection aborted", "the connection was aborted"),
-                           ("ConnectTimeout", "connecting timed out"), ("timed out", "connecting timed out"),
+                           ("ConnectTimeout", "connecting timed out"), ("connect timeout", "connecting timed out"),
+                           ("Read timed out", "reading the answer timed out"),
+                           ("ReadTimeout", "reading the answer timed out"), ("timed out", "timed out"),
                            ("IncompleteRead", "the answer was cut short"),
                            ("InvalidChunkLength", "the answer was cut short")):
-        if marker in text or marker in type(e).__name__:
+        if marker in text:
             return reason
-    return " ".join(text.split())[:200] or type(e).__name__
+    return " ".join(str(e).split())[:200] or type(e).__name__
 
 
-def _detail(response) -> str:
+def _detail(content: bytes) -> str:
     """The one-line message of an error answer (``{"error": ...}``, FastAPI's ``{"detail": ...}``, or text)."""
+    text = content.decode("utf-8", "replace")
     try:
-        data = response.json()
-    except ValueError:
-        data = response.text
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        data = text
     if isinstance(data, dict):
         data = data.get("error", data.get("detail", data))
     text = data if isinstance(data, str) else json.dumps(data)
-    return " ".join(text.split())[:300] or response.reason or "no message"
+    return " ".join(text.split())[:300] or "no message"
 
 
 def _preview(value) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     text = " ".join(text.split())
     return repr(text[:80] + ("..." if len(text) > 80 else ""))
+
+
+def _first_line(e: BaseException) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]

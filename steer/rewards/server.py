@@ -6,18 +6,29 @@ dependencies conflict with the generator's lives in its own environment (``pip i
 
 Endpoints (wire format: ``steer.rewards.wire``):
 
-- ``GET /health`` -> ``{"status": "ok", "name", "spec", "differentiable": false, "version", "formats"}``
-  (``differentiable`` is about the served scores: no gradient crosses HTTP).
+- ``GET /health`` -> ``{"status": "ok", "name", "spec", "differentiable": false, "version", "formats",
+  "limits"}`` (``differentiable`` is about the served scores: no gradient crosses HTTP; ``limits`` are
+  the ``wire.Limits``, which ``HttpReward`` splits its batches by).
 - ``POST /score`` -> ``{"scores": [B floats], "name"}`` for one batch of B images and B prompts.
-  A body that is not a batch is HTTP 400 (415: an unknown Content-Type), one too large 413, a
-  reward that refuses the batch (its own ValueError, NaN scores) 422, a reward that crashes 500;
-  every error is ``{"error": one line}``.
+  A body that is not a batch is HTTP 400 (415: an unknown Content-Type), one over a limit 413
+  (the body's bytes, the number of images, the pixels of one image or of the batch, checked from
+  what the body declares before anything is decoded), a reward that refuses the batch (its own
+  ValueError, NaN scores) 422, a reward that crashes 500. Every answer that is not a 200 is
+  ``{"error": one line}``, whatever the request (a catch-all turns any other failure into a 500 of
+  one line), and the server's log gets at most one line per request (a client that leaves mid-body,
+  a reward that fails), never a traceback.
 
-The reward runs under ``torch.no_grad`` one batch at a time (a lock), in a worker thread, so
-``/health`` answers while a batch is scored. There is no authentication: keep ``--host`` on loopback
-or a trusted network.
+Decoding and scoring run in worker threads (at most ``decoding`` batches decoded at once, the reward
+one batch at a time under ``torch.no_grad``), so ``/health`` answers while batches are read and scored.
+There is no authentication: keep ``--host`` on loopback or a trusted network (a non-loopback address
+is warned about at start-up).
 """
 # no ``from __future__ import annotations``: FastAPI reads the endpoints' annotations (``Request``) as objects
+import asyncio
+import ipaddress
+import json
+import logging
+import math
 import socket
 import threading
 from typing import Callable, Optional
@@ -26,18 +37,20 @@ import typer
 
 from steer import io
 from steer.errors import SteerError
+from steer.rewards.wire import Limits
 
-MAX_BODY_BYTES = 1 << 30  # 1 GiB: 256 float32 images of 1024 x 1024
 INSTALL_HINT = "pip install 'steer[serve]' (fastapi and uvicorn)"
+ENDPOINTS = "the endpoints are GET /health and POST /score"
+log = logging.getLogger(__name__)
 
 
-def create_app(reward, *, spec: str, device=None, max_bytes: int = MAX_BODY_BYTES):
-    """The FastAPI application serving ``reward`` (a ``steer.rewards.Reward``)."""
+def create_app(reward, *, spec: str, device=None, limits: Limits = Limits(), decoding: int = 2):
+    """The FastAPI application serving ``reward`` (a ``steer.rewards.Reward``) within ``limits``."""
     import torch
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     from importlib import metadata
 
@@ -49,51 +62,142 @@ def create_app(reward, *, spec: str, device=None, max_bytes: int = MAX_BODY_BYTE
         version = None
 
     app = FastAPI(title=f"steer reward {reward.name}", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(OneLineErrors)
     lock = threading.Lock()
-
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": " ".join(message.split())}, status_code=status)
+    slots = asyncio.Semaphore(decoding)  # bounds the decoded batches in memory; waiting holds no thread
 
     def run(images, prompts) -> list[float]:
         with lock, torch.no_grad():
             if device is not None:
                 images = images.to(device)
-            return reward(images, prompts).detach().float().cpu().tolist()
+            scores = reward(images, prompts)
+            if not isinstance(scores, torch.Tensor):
+                raise RuntimeError(f"returned a {type(scores).__name__}, not a tensor of scores")
+            scores = scores.detach().float().cpu().reshape(-1).tolist()
+        if len(scores) != len(prompts):
+            raise RuntimeError(f"returned {len(scores)} scores for {len(prompts)} images")
+        if not all(math.isfinite(s) for s in scores):
+            raise ValueError("returned NaN/inf scores")
+        return scores
 
     @app.get("/health")
-    def health():
+    async def health():  # async: never waits for a worker thread
         return {"status": "ok", "name": reward.name, "spec": spec, "differentiable": False,
-                "version": version, "formats": [wire.SAFETENSORS, wire.JSON]}
+                "version": version, "formats": [wire.SAFETENSORS, wire.JSON], "limits": limits.__dict__}
 
     @app.post("/score")
     async def score(request: Request):
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_bytes:
-            return error(413, f"the body is {int(declared)} bytes, over the server's limit of {max_bytes}; "
-                              f"send smaller batches")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_bytes:
-                return error(413, f"the body is over the server's limit of {max_bytes} bytes; send smaller batches")
         try:
-            images, prompts = wire.decode(bytes(body), request.headers.get("content-type", ""))
+            body = await read_body(request, limits.max_body_bytes)
+        except ClientDisconnect:
+            return disconnected(request, "mid-body")
         except wire.WireError as e:
             return error(e.status, str(e))
-        try:
-            scores = await run_in_threadpool(run, images, prompts)
-        except (ValueError, TypeError, FloatingPointError) as e:  # the reward's own checks: not worth a retry
-            return error(422, f"reward {reward.name!r} refused the batch: {type(e).__name__}: {_first_line(e)}")
-        except Exception as e:  # noqa: BLE001 - a crashing reward model: 500, the client may retry
-            return error(500, f"reward {reward.name!r} raised {type(e).__name__}: {_first_line(e)}")
+        async with slots:
+            try:
+                images, prompts = await run_in_threadpool(wire.decode, body, request.headers.get("content-type", ""),
+                                                          limits)
+            except wire.WireError as e:
+                return error(e.status, str(e))
+            del body
+            try:
+                scores = await run_in_threadpool(run, images, prompts)
+            except (ValueError, TypeError, FloatingPointError) as e:  # the reward's own checks: not worth a retry
+                return failed(422, f"reward {reward.name!r} refused the batch: {type(e).__name__}: {_first_line(e)}")
+            except Exception as e:  # noqa: BLE001 - a crashing reward model: 500, the client may retry
+                return failed(500, f"reward {reward.name!r} raised {type(e).__name__}: {_first_line(e)}")
         return {"scores": scores, "name": reward.name}
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):  # 404 / 405 as one line
-        return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}; the endpoints are "
-                                      f"GET /health and POST /score")
+        return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path[:100]}; {ENDPOINTS}")
 
     return app
+
+
+async def read_body(request, max_bytes: int) -> bytes:
+    """The request's body; WireError 413 once it is over ``max_bytes`` (the declared length first)."""
+    from steer.rewards.wire import WireError
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise WireError(f"the body is {int(declared)} bytes, over the server's limit of {max_bytes}; send smaller "
+                        f"batches (or start the server with a larger --max-body-mb)", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise WireError(f"the body is over the server's limit of {max_bytes} bytes; send smaller batches (or "
+                            f"start the server with a larger --max-body-mb)", 413)
+    return bytes(body)
+
+
+def error(status: int, message: str):
+    """``{"error": message}`` as one line, with HTTP ``status``."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": _one_line(message)}, status_code=status)
+
+
+def failed(status: int, message: str):
+    """An error answer that is the server's (or its reward's) failure: also one log line."""
+    log.log(logging.ERROR if status >= 500 else logging.WARNING, "POST /score: HTTP %d: %s", status,
+            _one_line(message))
+    return error(status, message)
+
+
+def disconnected(request, when: str):
+    """A client that left: one log line (nobody reads the answer)."""
+    client = request.client
+    who = f"{client.host}:{client.port}" if client else "a client"
+    log.warning("%s disconnected %s (%s %s)", who, when, request.method, request.url.path[:100])
+    return error(400, f"the client disconnected {when}")
+
+
+class OneLineErrors:
+    """ASGI middleware inside Starlette's error handler: any exception an endpoint lets out becomes a
+    500 ``{"error": one line}`` and one log line, never a traceback or a text/plain 500."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as e:  # noqa: BLE001 - the catch-all: one JSON line, one log line
+            from starlette.requests import ClientDisconnect
+
+            where = f"{scope.get('method')} {str(scope.get('path'))[:100]}"
+            if isinstance(e, (ClientDisconnect, ConnectionError)):
+                log.warning("%s: the client disconnected", where)
+                return
+            message = f"the server failed on {where}: {type(e).__name__}: {_first_line(e)}"
+            log.error("%s", message)
+            if not started:
+                await error(500, message)(scope, receive, send)
+
+
+def one_line_protocol():
+    """uvicorn's HTTP protocol, answering a request that is not HTTP with ``{"error": ...}`` (not text/plain)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class OneLineProtocol(AutoHTTPProtocol):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"error": f"{msg.rstrip('.')}: not an HTTP/1.1 request; {ENDPOINTS}"}).encode()
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: "
+                                 b"%d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+            self.transport.close()
+
+    return OneLineProtocol
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -101,9 +205,9 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as e:
-        raise SteerError(f"--host {host!r} is not an address here ({e.strerror}); use e.g. 127.0.0.1 or "
-                         f"0.0.0.0") from None
+    except (socket.gaierror, UnicodeError) as e:
+        raise SteerError(f"--host {host!r} is not an address here ({getattr(e, 'strerror', None) or e}); use e.g. "
+                         f"127.0.0.1 or 0.0.0.0") from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -116,9 +220,17 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def is_loopback(sock: socket.socket) -> bool:
+    """Whether ``sock`` is bound to a loopback address (0.0.0.0 and :: are every interface: not loopback)."""
+    try:
+        return ipaddress.ip_address(sock.getsockname()[0].split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(spec: str, host: str = "127.0.0.1", port: int = 8085, *, device: Optional[str] = None,
-          dtype=None, echo: Callable[[str], None] = print) -> None:
-    """Load the reward ``spec`` and serve it until interrupted (Ctrl-C: a graceful stop)."""
+          dtype=None, limits: Limits = Limits(), echo: Callable[[str], None] = print) -> None:
+    """Load the reward ``spec`` and serve it within ``limits`` until interrupted (Ctrl-C: a graceful stop)."""
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -126,14 +238,41 @@ def serve(spec: str, host: str = "127.0.0.1", port: int = 8085, *, device: Optio
         raise SteerError(f"steer serve-reward needs {e.name or 'fastapi'}: {INSTALL_HINT}") from None
     from steer.rewards.registry import load
 
+    _log_to_stderr()
+    _pixels_checked_here()
     reward = load(spec, device=device, dtype=dtype)
     sock = listen(host, port)
-    app = create_app(reward, spec=spec, device=device)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    app = create_app(reward, spec=spec, device=device, limits=limits)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+                            http=one_line_protocol())
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
+    if not is_loopback(sock):
+        log.warning("%s is not a loopback address and the server has no authentication: anyone who can reach "
+                    "port %d can use the reward; prefer --host 127.0.0.1 (or a trusted network)", host, bound)
     echo(f"serving reward {reward.name!r} at http://{shown}:{bound} (POST /score, GET /health); Ctrl-C stops")
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _log_to_stderr() -> None:
+    """The server's own log lines (one per event) on stderr, for the process ``steer serve-reward`` owns."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("steer serve-reward: %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def _pixels_checked_here() -> None:
+    """``wire`` checks every PNG's pixels from its header before PIL opens it, so PIL's own (lower,
+    multi-line-warning) decompression-bomb check is off in the server's process."""
+    import warnings
+
+    from PIL import Image
+
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    Image.MAX_IMAGE_PIXELS = None
 
 
 def serve_reward(
@@ -143,18 +282,39 @@ def serve_reward(
     port: int = typer.Option(8085, "--port", help="Port to listen on (0: any free port; the line printed says which)."),
     device: Optional[str] = typer.Option(None, "--device", help="Device of the reward model: cuda, cpu, ..."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float16, bfloat16 or float32."),
+    max_body_mb: int = typer.Option(Limits.max_body_bytes >> 20, "--max-body-mb",
+                                    help="Largest request body in MiB (HTTP 413 over it)."),
+    max_images: int = typer.Option(Limits.max_images, "--max-images", help="Most images in one request."),
+    max_image_pixels: int = typer.Option(Limits.max_image_pixels, "--max-image-pixels",
+                                         help="Most pixels (H x W) of one image."),
+    max_batch_pixels: int = typer.Option(Limits.max_batch_pixels, "--max-batch-pixels",
+                                         help="Most pixels (B x H x W) of one request."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """Serve a reward over HTTP; use it from another environment as --reward http://HOST:PORT."""
     with io.boundary(debug, interrupted="stopped serving"):
         if not 0 <= port <= 65535:
             raise SteerError(f"--port must be in 0..65535, got {port}")
+        limits = _limits(max_body_mb, max_images, max_image_pixels, max_batch_pixels)
         if device is not None:
             from steer.cli import _check_device
 
             _check_device(device)
-        serve(spec, host, port, device=device, dtype=io.parse_dtype(dtype), echo=typer.echo)
+        serve(spec, host, port, device=device, dtype=io.parse_dtype(dtype), limits=limits, echo=typer.echo)
+
+
+def _limits(max_body_mb: int, max_images: int, max_image_pixels: int, max_batch_pixels: int) -> Limits:
+    for flag, value in (("--max-body-mb", max_body_mb), ("--max-images", max_images),
+                        ("--max-image-pixels", max_image_pixels), ("--max-batch-pixels", max_batch_pixels)):
+        if value < 1:
+            raise SteerError(f"{flag} must be a positive integer, got {value}")
+    return Limits(max_body_bytes=max_body_mb << 20, max_images=max_images, max_image_pixels=max_image_pixels,
+                  max_batch_pixels=max_batch_pixels)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _first_line(e: BaseException) -> str:
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:300]

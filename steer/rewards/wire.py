@@ -13,7 +13,11 @@ Content-Type                body                                                
 Safetensors (the client's default) is the raw little-endian float32 tensor behind an 8-byte header
 length and a JSON header, so it is exact and readable from any language; PNG is for clients that
 only have images. Decoding raises ``WireError`` with a one-line message (the server answers it as
-HTTP 400).
+HTTP 400, 413 for a batch over the ``Limits``, 415 for an unknown Content-Type).
+
+A batch is checked against the ``Limits`` from what it declares (the safetensors header's shape,
+each PNG's IHDR chunk) before any pixel is decoded or allocated, so a small body that would decode
+to gigabytes (a decompression bomb) costs nothing.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import base64
 import binascii
 import io
 import json
+import struct
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
@@ -28,15 +34,47 @@ from torch import Tensor
 
 SAFETENSORS = "application/x-safetensors"
 JSON = "application/json"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}  # safetensors dtype -> bytes per element
 
 
 class WireError(ValueError):
     """A request body that is not a batch of images and prompts; one line saying what is wrong.
-    ``status``: the HTTP status the server answers with (400, or 415 for an unknown Content-Type)."""
+    ``status``: the HTTP status the server answers with (400; 413 over a limit; 415 an unknown Content-Type)."""
 
     def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
+        super().__init__(" ".join(str(message).split()))
         self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one ``POST /score`` may hold (``steer serve-reward --max-...``); over any is HTTP 413.
+
+    The defaults admit 32 images of 1024 x 1024 (384 MiB as float32) or one 4096 x 4096 image."""
+
+    max_body_bytes: int = 512 << 20
+    max_images: int = 256
+    max_image_pixels: int = 4096 * 4096
+    max_batch_pixels: int = 32 << 20
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def check(self, count: int, height: int, width: int) -> None:
+        """``count`` images of ``height`` x ``width``: WireError 413 over any limit (nothing is allocated)."""
+        if count > self.max_images:
+            raise WireError(f"the batch has {count} images, over the server's limit of {self.max_images} per "
+                            f"request; send smaller batches (or start the server with a larger --max-images)", 413)
+        if height * width > self.max_image_pixels:
+            raise WireError(f"an image of {height} x {width} = {height * width} pixels is over the server's limit "
+                            f"of {self.max_image_pixels} pixels per image (--max-image-pixels)", 413)
+        if count * height * width > self.max_batch_pixels:
+            raise WireError(f"the batch has {count} x {height} x {width} = {count * height * width} pixels, over "
+                            f"the server's limit of {self.max_batch_pixels} per request; send smaller batches "
+                            f"(or start the server with a larger --max-batch-pixels)", 413)
 
 
 # ---- encoding (client side) ---------------------------------------------------------------------
@@ -65,89 +103,169 @@ def encode_png(images: Tensor, prompts: Sequence[str]) -> bytes:
 
 # ---- decoding (server side) ---------------------------------------------------------------------
 
-def decode(body: bytes, content_type: str) -> tuple[Tensor, list[str]]:
-    """A request body -> (images float32 (B, 3, H, W), B prompts), checked; else ``WireError``."""
+def decode(body: bytes, content_type: str, limits: Limits = Limits()) -> tuple[Tensor, list[str]]:
+    """A request body -> (images float32 (B, 3, H, W), B prompts), checked; else ``WireError``.
+
+    Whatever the body, the only exception is a WireError (a parser's own error, too deep a JSON
+    nesting, memory running out: all one line)."""
     kind = (content_type or "").split(";")[0].strip().lower()
-    if kind == SAFETENSORS:
-        images, prompts = _decode_safetensors(body)
-    elif kind == JSON:
-        images, prompts = _decode_json(body)
-    else:
-        raise WireError(f"Content-Type {kind or 'missing'!r} is not a batch; send {SAFETENSORS} (tensor 'images' + "
-                        f"metadata 'prompts') or {JSON} ({{'prompts': [...], 'images': [base64 PNG, ...]}})",
-                        status=415)
-    return _checked(images, prompts)
+    if kind not in (SAFETENSORS, JSON):
+        raise WireError(f"Content-Type {kind[:60] or 'missing'!r} is not a batch; send {SAFETENSORS} (tensor "
+                        f"'images' + metadata 'prompts') or {JSON} ({{'prompts': [...], 'images': [base64 PNG, "
+                        f"...]}})", status=415)
+    if len(body) > limits.max_body_bytes:
+        raise WireError(f"the body is {len(body)} bytes, over the server's limit of {limits.max_body_bytes}; send "
+                        f"smaller batches", 413)
+    try:
+        images, prompts = _decode_safetensors(body, limits) if kind == SAFETENSORS else _decode_json(body, limits)
+        return _checked(images, prompts)
+    except WireError:
+        raise
+    except MemoryError:
+        raise WireError("the batch does not fit in the server's memory; send smaller batches", 413) from None
+    except RecursionError:
+        raise WireError("the body is nested too deeply to be a batch", 400) from None
+    except Exception as e:  # noqa: BLE001 - any other parse failure of a hostile body: one line, 400
+        raise WireError(f"the body is not a batch ({type(e).__name__}: {_first_line(e)})") from None
 
 
-def _decode_safetensors(body: bytes) -> tuple[Tensor, object]:
+def _decode_safetensors(body: bytes, limits: Limits) -> tuple[Tensor, object]:
     from safetensors.torch import load
 
-    try:
-        tensors = load(body)
-        meta = _safetensors_metadata(body)
-    except Exception as e:  # noqa: BLE001 - the library's parse errors: one line
-        raise WireError(f"the body is not a safetensors file ({type(e).__name__}: {_first_line(e)})") from None
-    if set(tensors) != {"images"}:
-        raise WireError(f"the safetensors body must hold exactly one tensor 'images', got {sorted(tensors)}")
+    meta = _safetensors_header(body, limits)  # shapes checked before a byte is allocated
     if "prompts" not in meta:
         raise WireError("the safetensors body has no metadata 'prompts' (a JSON list of strings, one per image)")
+    prompts = _json(meta["prompts"], "the metadata 'prompts'")
     try:
-        prompts = json.loads(meta["prompts"])
-    except ValueError:
-        raise WireError("the metadata 'prompts' is not JSON; write a JSON list of strings, one per image") from None
-    images = tensors["images"]
-    if not images.is_floating_point():
-        raise WireError(f"'images' must be a float tensor in [0, 1], got {images.dtype}")
-    return images.float(), prompts
+        tensors = load(body)
+    except Exception as e:  # noqa: BLE001 - the library's parse errors: one line
+        raise WireError(f"the body is not a safetensors file ({type(e).__name__}: {_first_line(e)})") from None
+    return tensors["images"].float(), prompts
 
 
-def _safetensors_metadata(body: bytes) -> dict:
-    """The ``__metadata__`` of a safetensors byte string (its JSON header)."""
+def _safetensors_header(body: bytes, limits: Limits) -> dict:
+    """Check the safetensors header of ``body`` (one float tensor 'images' of a shape within ``limits``,
+    its byte range inside the body); its ``__metadata__``."""
+    if len(body) < 8:
+        raise WireError("the body is not a safetensors file (shorter than its 8-byte header length)")
     size = int.from_bytes(body[:8], "little")
-    header = json.loads(body[8:8 + size])
-    meta = header.get("__metadata__") or {}
+    if size > len(body) - 8:
+        raise WireError(f"the body is not a safetensors file (a header of {size} bytes in a body of {len(body)})")
+    header = _json(body[8:8 + size], "the safetensors header")
+    if not isinstance(header, dict):
+        raise WireError("the body is not a safetensors file (its header is not a JSON object)")
+    meta = header.pop("__metadata__", None) or {}
+    if set(header) != {"images"}:
+        raise WireError(f"the safetensors body must hold exactly one tensor 'images', got "
+                        f"{_preview(sorted(map(str, header)))}")
+    info = header["images"]
+    dtype = info.get("dtype") if isinstance(info, dict) else None
+    if not isinstance(dtype, str) or dtype not in FLOAT_DTYPES:
+        raise WireError(f"'images' must be a float tensor (F32, F16, BF16 or F64) in [0, 1], got {_preview(dtype)}")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not (isinstance(shape, list) and len(shape) == 4 and all(_count(n) for n in shape)):
+        raise WireError(f"images must be (B, 3, H, W), got shape {_preview(shape)}")
+    count, channels, height, width = shape
+    if channels != 3 or min(count, height, width) < 1:
+        raise WireError(f"images must be (B, 3, H, W) with B, H, W >= 1, got {tuple(shape)}")
+    limits.check(count, height, width)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(n) for n in offsets)
+            and offsets[1] - offsets[0] == count * 3 * height * width * FLOAT_DTYPES[dtype]
+            and offsets[1] <= len(body) - 8 - size):
+        raise WireError(f"the safetensors 'images' data_offsets {_preview(offsets)} do not match its shape "
+                        f"{tuple(shape)} and the body")
     return meta if isinstance(meta, dict) else {}
 
 
-def _decode_json(body: bytes) -> tuple[Tensor, object]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise WireError("the body is not JSON; send {'prompts': [...], 'images': [base64 PNG, ...]}") from None
+def _decode_json(body: bytes, limits: Limits) -> tuple[Tensor, object]:
+    data = _json(body, "the body", hint="; send {'prompts': [...], 'images': [base64 PNG, ...]}")
     if not isinstance(data, dict) or "images" not in data or "prompts" not in data:
         raise WireError("the JSON body needs keys 'prompts' (B strings) and 'images' (B base64 PNGs)")
-    if not isinstance(data["images"], list) or not data["images"]:
+    encoded, prompts = data["images"], data["prompts"]
+    if not isinstance(encoded, list) or not encoded:
         raise WireError("'images' must be a non-empty list of base64 PNG strings")
-    return torch.stack([_png(k, text) for k, text in enumerate(data["images"])]), data["prompts"]
+    limits.check(len(encoded), 1, 1)
+    _check_prompts(prompts, len(encoded))
+    files = [_base64(k, text) for k, text in enumerate(encoded)]
+    sizes = [_png_size(k, data) for k, data in enumerate(files)]  # (height, width) from each IHDR
+    for k, size in enumerate(sizes):
+        if size != sizes[0]:
+            raise WireError(f"image {k} is {size[0]} x {size[1]} but image 0 is {sizes[0][0]} x {sizes[0][1]}; "
+                            f"send images of one size per request")
+        limits.check(1, *size)
+    limits.check(len(files), *sizes[0])
+    return torch.stack([_png(k, data, sizes[0]) for k, data in enumerate(files)]), prompts
 
 
-def _png(k: int, text) -> Tensor:
-    from PIL import Image
-
+def _base64(k: int, text) -> bytes:
     if not isinstance(text, str):
         raise WireError(f"image {k} is a {type(text).__name__}, not a base64 PNG string")
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
-        image.load()
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise WireError(f"image {k} is not base64") from None
+
+
+def _png_size(k: int, data: bytes) -> tuple[int, int]:
+    """(height, width) from a PNG's IHDR chunk, read before the image is decoded."""
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 24:
+        raise WireError(f"image {k} is not a PNG (the JSON body carries base64 PNGs)")
+    width, height = struct.unpack(">II", data[16:24])
+    if not (width and height):
+        raise WireError(f"image {k} is a PNG of {width} x {height} pixels")
+    return height, width
+
+
+def _png(k: int, data: bytes, size: tuple[int, int]) -> Tensor:
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(data), formats=["PNG"])
+        if (image.height, image.width) != size:  # the IHDR checked is the one PIL read
+            raise WireError(f"image {k} is not a readable PNG (its size changed on reading)")
+        image.load()
+        rgb = image.convert("RGB")
+    except WireError:
+        raise
     except Exception as e:  # noqa: BLE001 - PIL's many decode errors: one line
-        raise WireError(f"image {k} is not a readable image ({type(e).__name__})") from None
-    array = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
-    return array.reshape(image.height, image.width, 3).permute(2, 0, 1).float() / 255  # (3, H, W)
+        raise WireError(f"image {k} is not a readable PNG ({type(e).__name__})") from None
+    array = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+    return array.reshape(rgb.height, rgb.width, 3).permute(2, 0, 1).float() / 255  # (3, H, W)
+
+
+def _json(text, what: str, hint: str = ""):
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise WireError(f"{what} is JSON nested too deeply") from None
+    except ValueError:  # UnicodeDecodeError included
+        raise WireError(f"{what} is not JSON{hint}") from None
+
+
+def _check_prompts(prompts, count: int) -> None:
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise WireError("prompts must be a list of strings, one per image")
+    if len(prompts) != count:
+        raise WireError(f"{count} images but {len(prompts)} prompts; send one prompt per image")
 
 
 def _checked(images: Tensor, prompts) -> tuple[Tensor, list[str]]:
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] == 0:
         raise WireError(f"images must be (B, 3, H, W) with B >= 1, got {tuple(images.shape)}")
-    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-        raise WireError("prompts must be a list of strings, one per image")
-    if len(prompts) != images.shape[0]:
-        raise WireError(f"{images.shape[0]} images but {len(prompts)} prompts; send one prompt per image")
+    _check_prompts(prompts, images.shape[0])
     if not torch.isfinite(images).all():
         raise WireError("images hold NaN/inf; send finite pixel values in [0, 1]")
     return images, prompts
 
 
+def _count(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 62
+
+
+def _preview(value) -> str:
+    text = repr(value)
+    return text[:60] + ("..." if len(text) > 60 else "")
+
+
 def _first_line(e: BaseException) -> str:
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
