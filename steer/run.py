@@ -5,7 +5,9 @@ sharded or on whether the run was resumed: under ``accelerate launch`` every pro
 (``PartialState.split_between_processes``), writes its own images and a per-rank trace, and the
 main process merges the traces into ``trace.json``.
 
-The output folder holds one run. ``trace.json`` is rewritten (atomically) after every prompt, so a
+The output folder holds one run, and is held by it (``io.hold_for_run``: an OS lock on ``.steer.lock``
+that ends with the process) so a second run into it at the same time is refused naming the holder's
+PID. ``trace.json`` is rewritten (atomically) after every prompt, so a
 killed run leaves a trace listing exactly the images it finished; the trace says ``complete``,
 ``interrupted`` (Ctrl-C) or ``failed`` with the ``error``. A run into a folder with an earlier one is
 refused unless ``resume`` (skip the prompts whose image is on disk and recorded in the trace with
@@ -164,10 +166,21 @@ def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str,
                  nfe_budget=None, save_all=False, device=None, dtype=None, options=None, progress=None,
                  resume: bool = False, overwrite: bool = False, eval_reward: Optional[str] = None,
                  num_frames: Optional[int] = None) -> dict:
-    """Run the job; returns a summary (written and skipped counts, NFE per prompt, seconds, timing breakdown)."""
+    """Run the job; returns a summary (written and skipped counts, NFE per prompt, seconds, timing breakdown).
+    ``out_dir`` is held (``io.hold_for_run``) for the whole run: a second run into it is refused."""
+    out_dir, state = Path(out_dir), _distributed()
+    with io.holding(out_dir, state):
+        return _generate(prompts, out_dir, state, method=method, reward=reward, model=model, seed=seed, steps=steps,
+                         guidance_scale=guidance_scale, height=height, width=width, negative_prompt=negative_prompt,
+                         nfe_budget=nfe_budget, save_all=save_all, device=device, dtype=dtype, options=options,
+                         progress=progress, resume=resume, overwrite=overwrite, eval_reward=eval_reward,
+                         num_frames=num_frames)
+
+
+def _generate(prompts: list[str], out_dir: Path, state, *, method, reward, model, seed, steps, guidance_scale, height,
+              width, negative_prompt, nfe_budget, save_all, device, dtype, options, progress, resume, overwrite,
+              eval_reward, num_frames) -> dict:
     options = dict(options or {})
-    out_dir = Path(out_dir)
-    state = _distributed()
     t0 = time.perf_counter()
     settings = json.loads(json.dumps(
         {"method": method, "reward": reward, "model": model, "seed": seed, "steps": steps,

@@ -8,11 +8,13 @@ settings may change with a ``SteerWarning``. ``steer.finetune.trainer.Trainer`` 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -62,10 +64,12 @@ def _plain(value):
 
 
 def prepare(out_dir: Path, checkpoint_dir: Path, accelerator, resume: bool, overwrite: bool) -> None:
-    """Refuse a folder holding an earlier run (unless ``resume`` / ``overwrite``); delete stale temporaries."""
+    """Hold ``out_dir`` for this run (a second run into it is refused, see ``hold``); refuse a folder
+    holding an earlier run (unless ``resume`` / ``overwrite``); delete stale temporaries."""
     if resume and overwrite:
         raise SteerError("--resume and --overwrite exclude each other: --resume continues the run in --out, "
                          "--overwrite deletes it; give one")
+    hold(out_dir, accelerator)
     earlier = earlier_run(out_dir)
     if earlier and not resume and not overwrite:
         raise SteerError(f"{out_dir} holds an earlier run ({', '.join(earlier)}); continue it with --resume, "
@@ -76,6 +80,24 @@ def prepare(out_dir: Path, checkpoint_dir: Path, accelerator, resume: bool, over
         for folder in (out_dir, checkpoint_dir):
             io.remove_stale_temporaries(folder)
     accelerator.wait_for_everyone()
+
+
+_RELEASES: dict[str, weakref.finalize] = {}  # held folder -> the release tied to its run's accelerator
+
+
+def hold(out_dir: Path, accelerator) -> None:
+    """Hold ``out_dir`` for the run of ``accelerator`` (``io.hold_for_run``: its main process holds it for
+    every rank; another run's is refused naming its PID) until the process ends or ``accelerator`` is
+    dropped (the run's ``Trainer`` is gone), so a later run of this process or another may use it."""
+    io.hold_for_run(out_dir, accelerator)
+    if not accelerator.is_main_process:
+        return
+    key = str(Path(out_dir).resolve())
+    earlier = _RELEASES.pop(key, None)
+    if earlier is not None:  # held again by a new run of this process: released with the new one
+        earlier.detach()
+    with contextlib.suppress(TypeError):  # no weak references to it: held until the process ends
+        _RELEASES[key] = weakref.finalize(accelerator, io.release_folder, key)
 
 
 def settings(trainer) -> dict[str, Any]:
