@@ -15,13 +15,13 @@ whatever ``config.source`` is:
   (e.g. the exact checker ``shapes-check``) fits KTO directly. DPO pairs each prompt's passes with its
   fails (as many pairs as the smaller side has).
 - ``dataset``: a preference dataset on disk in the Pick-a-Pic layout (``preference_dataset``): read
-  with Hugging Face ``datasets`` as a stream (a seeded shuffle buffer), images decoded only for the
-  rows of a micro-batch and encoded to latents with the pipeline's VAE (``Process.encode``).
+  as a local stream (pyarrow / JSON lines, a seeded shuffle buffer, no network), images decoded only
+  for the rows of a micro-batch and encoded to latents with the pipeline's VAE (``Process.encode``).
 
 The online data (``steering``, ``verifier``) are drawn before the first step and, with
 ``regenerate_every = N > 0``, again from the current LoRA every N optimizer steps (on-policy); with 0
 once (off-policy). They live in ``trainer.extra`` (so a resume continues with the same data, bitwise);
-the dataset stream's position is kept there too.
+the dataset stream's position is kept there too, and the dataset's fingerprint among the run's settings.
 """
 from __future__ import annotations
 

@@ -101,7 +101,8 @@ def hold(out_dir: Path, accelerator) -> None:
 
 
 def settings(trainer) -> dict[str, Any]:
-    """What ``trainer`` trains with: the config, method, model, chain, reward, prompts, processes."""
+    """What ``trainer`` trains with: the config, method, model, chain, reward, prompts, processes, and a
+    preference dataset's contents (``preference_dataset.fingerprint``)."""
     name = getattr(trainer.pipe, "name_or_path", None)
     if name and os.path.exists(str(name)):
         name = str(Path(name).resolve())
@@ -113,6 +114,10 @@ def settings(trainer) -> dict[str, Any]:
            getattr(trainer.eval_reward, "name", type(trainer.eval_reward).__name__),
            "prompts": hashlib.sha256("\n".join(trainer.prompts).encode()).hexdigest(),
            "num_prompts": len(trainer.prompts), "processes": trainer.world}
+    if getattr(trainer.config, "source", None) == "dataset":  # its contents: a resume refuses changed data
+        from steer.finetune.preference_dataset import dataset_fingerprint
+
+        run["dataset_contents"] = dataset_fingerprint(trainer)
     return _plain({**{k: v for k, v in trainer.config.to_dict().items() if k != "method"}, **run})
 
 
