@@ -69,7 +69,7 @@ def test_spec_errors_name_the_fix(spec, message):
 def test_table_lists_every_reward():
     rows = table()
     assert [r["name"] for r in rows] == [r.name for r in REWARDS]
-    assert {"hps", "hps_v2.0", "pickscore", "image_reward", "hpsv3", "clip", "aesthetic", "aesthetic_v1", "jpeg",
+    assert {"hps", "hps_v2.0", "pickscore", "image_reward", "hpsv3", "clip", "aesthetic", "aesthetic_v1", "jpeg", "chroma",
             "shapes-clip", "shapes-check", "shapes-swap", "temporal_consistency", "shapes-temporal"} == {
         r["name"] for r in rows}
     for row in rows:
@@ -193,3 +193,14 @@ def test_shapes_rewards_ship_with_the_package():
     images = torch.stack(images)
     assert check(images, list(captions)).tolist() == [1.0] * 4
     assert torch.isfinite(clip_r(images, list(captions))).all()
+
+
+def test_chroma_is_the_mean_rgb_spread_and_differentiable():
+    images = torch.zeros(2, 3, 2, 2)
+    images[0, 0] = 1.0  # pure red everywhere: chroma 1
+    images[1, :, 0, 0] = torch.tensor([0.2, 0.6, 0.4])  # one pixel of spread 0.4, three black
+    r = load("saturation")
+    torch.testing.assert_close(r(images, ["a", "b"]), torch.tensor([1.0, 0.1]))
+    x = images.clone().requires_grad_(True)
+    r(x, ["a", "b"]).sum().backward()
+    assert r.differentiable and x.grad.abs().sum() > 0

@@ -1,6 +1,6 @@
 """``steer finetune``: the typer command (registered in ``steer/cli.py``).
 
-    steer finetune --method draft|grpo|distill|dpo|kto | --preset NAME --reward SPEC --prompts FILE --out DIR
+    steer finetune --method draft|grpo|nft|distill|dpo|kto | --preset NAME --reward SPEC --prompts FILE --out DIR
                    [--dataset PICKAPIC_PATH] [--model ID_OR_PATH] [--steer-method fk --particles 8 -o KEY=VALUE ...]
                    [--max-steps N] [--lora-rank R] [--set FIELD=VALUE ...] [--resume | --overwrite]
 
@@ -31,7 +31,7 @@ def _preset(name: Optional[str], method: Optional[str], steps, guidance):
     """(preset config fields, method, steps, guidance): the preset's where not given explicitly."""
     if name is None:
         if method is None:
-            raise SteerError("--method is required (draft, grpo, distill, dpo or kto), or give a --preset")
+            raise SteerError("--method is required (draft, grpo, nft, distill, dpo or kto), or give a --preset")
         return {}, method, steps, guidance
     from steer.finetune import presets
 
@@ -195,10 +195,11 @@ class _one_line_warnings(warnings.catch_warnings):
 
 def finetune(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="draft (reward backprop), grpo (DDPO / "
-                                         "Flow-GRPO), distill, dpo (Diffusion-DPO) or kto (Diffusion-KTO) "
+                                         "Flow-GRPO), nft (DiffusionNFT), distill, dpo (Diffusion-DPO) or kto (Diffusion-KTO) "
                                          "(default: the preset's)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="A reference's defaults: ddpo, flow_grpo, alignprop, "
-                                         "draft_k, draft_lv (flags and --set override them)."),
+                                         "draft_k, draft_lv, diffusion_dpo, diffusion_kto, diffusion_nft (flags and --set "
+                                         "override them)."),
     reward: Optional[str] = typer.Option(None, "--reward", "-r", help="Reward spec, e.g. hps, jpeg or hps=1,clip=0.5 "
                                          "(default hps; a --dataset run needs none)."),
     eval_reward: Optional[str] = typer.Option(None, "--eval-reward", help="A held-out reward spec logged per step "
@@ -210,8 +211,9 @@ def finetune(
                                           "label_0), streamed; sets source=dataset."),
     out: Path = typer.Option(..., "--out", help="Output folder (lora/, metrics.jsonl, checkpoints/)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model id or local diffusers folder."),
-    steer_method: str = typer.Option("fk", "--steer-method", help="distill / dpo / kto: steering method that makes "
-                                     "the samples (fk, dts_star, best_of_n, reno)."),
+    steer_method: str = typer.Option("fk", "--steer-method", help="distill / dpo / kto (and nft with "
+                                     "--particles or -o): steering method that makes the samples (fk, dts_star, "
+                                     "best_of_n, reno)."),
     particles: Optional[int] = typer.Option(None, "--particles", help="distill / dpo / kto: particles (fk) or "
                                             "candidates (best_of_n)."),
     option: List[str] = typer.Option(None, "--option", "-o", help="distill / dpo / kto: steering option KEY=VALUE "
@@ -238,12 +240,12 @@ def finetune(
         _check_out(out, resume, overwrite)
         base, method, steps, guidance = _preset(preset, method, steps, guidance)
         prompts = _prompts(prompts_file, dataset, method)
-        if method in STEERED:
+        if method in STEERED or (method == "nft" and (particles is not None or option)):
             opts = steer_options(steer_method, particles, option or [])
             explicit_steer = steer_method
         else:
             if particles is not None or option:
-                raise SteerError("--particles and --option only apply to --method distill, dpo or kto")
+                raise SteerError("--particles and --option only apply to --method distill, dpo, kto or nft")
             opts, explicit_steer = {}, None
         config = build_config(method, dict(max_steps=max_steps, lora_rank=lora_rank, lora_alpha=lora_alpha,
                                            learning_rate=learning_rate, seed=seed, steer_method=explicit_steer,

@@ -281,4 +281,56 @@ class KTOConfig(PreferenceConfig):
     method = "kto"
 
 
-CONFIGS = {"draft": DraftConfig, "grpo": GRPOConfig, "distill": DistillConfig, "dpo": DPOConfig, "kto": KTOConfig}
+@dataclass
+class NFTConfig(TrainConfig):
+    """DiffusionNFT (see ``steer.finetune.nft``)."""
+
+    group_size: int = opt(8, "G: samples per prompt and step; advantages are relative to the prompt's group "
+                             "(DiffusionNFT: 24).", "method")
+    beta: float = opt(1.0, "β of the implicit policies v± (v⁺ = β·v_θ + (1−β)·v_old; DiffusionNFT: 1.0, 0.1 for OCR "
+                           "and multi-reward).", "method")
+    advantages: str = opt("global_std", "global_std: (r − prompt mean) / (std of the batch + 1e-4) (DiffusionNFT's "
+                                        "tracker); group: the group's own std.", "method")
+    adv_clip_max: float = opt(5.0, "Advantages clipped to ±A_max, then r = A / (2·A_max) + 1/2.", "method")
+    kl_beta: float = opt(1e-4, "Weight of ‖f_θ − f_ref‖² to the reference (LoRA off); 0 skips its forward.", "method")
+    timestep_fraction: float = opt(0.99, "Each sample trains at int(fraction·S) of the chain's S steps, drawn at "
+                                         "random (DiffusionNFT: 0.99).", "method")
+    loss_weighting: Optional[str] = opt(None, "adaptive: squared x̂0 error over its detached mean absolute error "
+                                              "(DiffusionNFT's code, for flow models); model: squared error of the "
+                                              "model output (the paper's eq.); None: adaptive for flow, model for "
+                                              "diffusion (see steer.finetune.nft).", "method")
+    old_decay_flat: int = opt(0, "Sampling policy v_old ← d·v_old + (1−d)·v_θ after step k with d = 0 for "
+                                 "k < flat, else min((k − flat)·rate, max) (DiffusionNFT decay_type 1: 0).", "method")
+    old_decay_rate: float = opt(0.001, "rate of the v_old schedule (decay_type 1: 0.001).", "method")
+    old_decay_max: float = opt(0.5, "max of the v_old schedule (decay_type 1: 0.5).", "method")
+    noise_level: float = opt(0.0, "Sampling kernel noise (DDIM η / flow-SDE a); 0 = the ODE (DiffusionNFT).", "method")
+    steer_method: Optional[str] = opt(None, "Draw the samples with this steering method from v_old (fk, "
+                                            "best_of_n, ...) instead of the plain chain.", "method")
+    steer_options: dict = opt({}, "Options of steer_method (e.g. particles=8).", "method")
+    guided: bool = opt(False, "Train the guided prediction (CFG at the process' guidance_scale) instead of the "
+                              "conditional branch (DiffusionNFT is CFG-free: samples and trains at guidance 1).",
+                       "method")
+    train_batch_size: int = opt(8, "Samples per forward of the loss.", "method")
+    learning_rate: float = opt(3e-4, "AdamW learning rate (DiffusionNFT: 3e-4).", "optimization")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.advantages in ("global_std", "group"),
+                 f"advantages must be 'global_std' or 'group', got {self.advantages!r}")
+        _require(self.group_size >= 2, f"group_size must be >= 2 (advantages are relative to the group), "
+                                       f"got {self.group_size}")
+        _require(0 < self.beta <= 1, f"beta must be in (0, 1], got {self.beta}")
+        _require(self.adv_clip_max > 0, f"adv_clip_max must be > 0, got {self.adv_clip_max}")
+        _require(self.kl_beta >= 0, f"kl_beta must be >= 0, got {self.kl_beta}")
+        _require(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        _require(self.loss_weighting in (None, "adaptive", "model"),
+                 f"loss_weighting must be 'adaptive' or 'model', got {self.loss_weighting!r}")
+        _require(self.old_decay_flat >= 0 and self.old_decay_rate >= 0 and 0 <= self.old_decay_max < 1,
+                 "old_decay_flat and old_decay_rate must be >= 0 and old_decay_max in [0, 1)")
+        _require(self.noise_level >= 0, f"noise_level must be >= 0, got {self.noise_level}")
+        _require(self.train_batch_size >= 1, f"train_batch_size must be >= 1, got {self.train_batch_size}")
+
+    method = "nft"
+
+
+CONFIGS = {"draft": DraftConfig, "grpo": GRPOConfig, "distill": DistillConfig, "dpo": DPOConfig, "kto": KTOConfig, "nft": NFTConfig}

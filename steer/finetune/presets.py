@@ -14,6 +14,8 @@ choices (mixed precision, batch layout over GPUs, checkpoint cadence) are left t
   ``sd_pipeline.py``; the TRL pipeline's LoRA (r = 4, α = 4).
 - ``diffusion_dpo``: SalesforceAIResearch/DiffusionDPO ``launchers/sd15.sh`` and ``train.py``.
 - ``diffusion_kto``: jacklishufan/diffusion-kto ``exps/example.sh`` and ``train_kto_sd_v1.5.py``.
+- ``diffusion_nft``: NVlabs/DiffusionNFT ``config/nft.py`` (``sd3_*``) on ``config/base.py``,
+  ``scripts/train_nft_sd3.py``.
 - ``draft_k`` / ``draft_lv``: DRaFT (Clark et al. 2024) has no official code; the values are the
   paper's small-scale setting as third-party reimplementations report it — not verified against the
   paper's appendix here (stated in ``origin``).
@@ -45,6 +47,8 @@ _AP = "AlignProp config/alignprop_config.py"
 _DRAFT = "DRaFT paper small-scale setting, as reimplementations report it (unverified)"
 _DPO = "DiffusionDPO launchers/sd15.sh"
 _KTO = "diffusion-kto exps/example.sh"
+_NFT = "DiffusionNFT config/nft.py"
+_NFTB = "DiffusionNFT config/base.py"
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("ddpo", "grpo",
@@ -178,6 +182,39 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                        "here a rank-8 LoRA, for which 1e-7 is likely too small",
                        "the KL reference point is averaged over this run's processes (the reference: over its "
                        "GPUs, the same rule)", "t is one of the chain's sampling steps, shared by the micro-batch")),
+    Preset("diffusion_nft", "nft",
+           config=dict(beta=1.0, adv_clip_max=5.0, advantages="global_std", kl_beta=1e-4, timestep_fraction=0.99,
+                       loss_weighting="adaptive", old_decay_flat=0, old_decay_rate=0.001, old_decay_max=0.5,
+                       noise_level=0.0, guided=False, group_size=24, prompts_per_step=1, learning_rate=3e-4,
+                       adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-4, adam_epsilon=1e-8,
+                       max_grad_norm=1.0, ema_decay=0.9, lora_rank=32, lora_alpha=64.0,
+                       target_modules=("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj",
+                                       "add_v_proj", "to_add_out")),
+           process=dict(num_inference_steps=10, guidance_scale=1.0),
+           origin={"beta": f"{_NFT} _get_config: config.beta = 1.0 (sd3_ocr / sd3_multi_reward: 0.1)",
+                   "adv_clip_max": f"{_NFTB} train.adv_clip_max = 5",
+                   "advantages": f"{_NFTB} per_prompt_stat_tracking + sample.global_std (tracker cleared each epoch)",
+                   "kl_beta": f"{_NFT} train.beta = 0.0001",
+                   "timestep_fraction": f"{_NFTB} train.timestep_fraction = 0.99",
+                   "loss_weighting": "DiffusionNFT scripts/train_nft_sd3.py: x0-space loss / mean|x0 error|",
+                   "old_decay_flat / old_decay_rate / old_decay_max": f"{_NFT} decay_type = 1 (return_decay: flat 0, uprate 0.001, uphold 0.5)",
+                   "noise_level": f"{_NFT} sample.deterministic = True (solver dpm2)",
+                   "guided": f"{_NFT} sample.guidance_scale = 1.0 (CFG-free)",
+                   "group_size": f"{_NFT} sample.num_image_per_prompt = 24",
+                   "prompts_per_step": "one prompt's group per step (see deviations)",
+                   "learning_rate / adam_* / max_grad_norm": f"{_NFTB} train.*",
+                   "ema_decay": "DiffusionNFT scripts/train_nft_sd3.py EMAModuleWrapper(decay=0.9)",
+                   "lora_rank / lora_alpha / target_modules": "DiffusionNFT scripts/train_nft_sd3.py LoraConfig "
+                                                              "(r = 32, α = 64, SD3 attention projections)",
+                   "num_inference_steps": f"{_NFT} sample.num_steps = 10 (eval_num_steps 40)",
+                   "guidance_scale": f"{_NFT} sample.guidance_scale = 1.0"},
+           deviations=("one prompt × 24 samples per optimizer step (the reference: 48 groups of 24 per epoch, "
+                       "one optimizer step per epoch over 8 GPUs)",
+                       "steer's first-order ODE (DDIM η = 0 / Euler) samples instead of the reference's 2nd-order "
+                       "DPM solver", "the trained steps are shared by a micro-batch (the reference: a "
+                       "permutation per sample)", "the advantages' statistics are this process' batch",
+                       "LoRA init: peft's default (B = 0) instead of init_lora_weights='gaussian'",
+                       "eval_num_steps = 40 is an evaluation setting: evaluate the LoRA with --steps 40")),
 )}
 
 

@@ -84,6 +84,12 @@ def _clip(**kw):
     return CLIPReward.from_pretrained(**kw)
 
 
+def _chroma(**kw):
+    from steer.rewards.chroma import ChromaReward
+
+    return ChromaReward(**kw)
+
+
 def _jpeg(**kw):
     from steer.rewards.jpeg import JpegCompressibility
 
@@ -136,6 +142,8 @@ REWARDS: tuple[RewardInfo, ...] = (
                "https://github.com/LAION-AI/aesthetic-predictor",
                "path= / STEER_AESTHETIC_PATH ; clip_path= / STEER_CLIP_PATH",
                "LAION aesthetic predictor v1: linear head on normalized CLIP-L/14 embedding", ()),
+    RewardInfo("chroma", _chroma, True, "none", "-", "-", "mean per-pixel chroma max(RGB) - min(RGB): saturated "
+               "colour (on the shapes world: object size)", ("saturation", "colorfulness")),
     RewardInfo("jpeg", _jpeg, False, "none", "-", "-", "JPEG compressibility (DDPO): -kB at quality 95",
                ("jpeg_compressibility", "compressibility")),
     RewardInfo("temporal_consistency", _temporal, True, _CLIP_L + " (or any transformers CLIP dir)",
