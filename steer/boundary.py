@@ -1,57 +1,84 @@
 """The command boundary of ``steer generate`` / ``steer finetune``: bad input (a ``SteerError`` or any
 error) -> ``error: <first line>`` on stderr and exit 2; Ctrl-C -> a message and exit 130, with the
-cleanup writes in progress allowed to finish (``deferred_interrupts``).
+cleanup writes in progress allowed to finish (``deferred_interrupts``). SIGTERM (``kill``, a job
+scheduler) is handled like Ctrl-C and exits 143; a ``sys.exit`` from user code inside a command (a
+reward) is a failure (exit 2), never a silent success; an ``OSError`` names its file and the fix.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
+_OS_FIXES = {errno.ENOSPC: "free space on that disk or choose another --out",
+             errno.EDQUOT: "free space within your quota or choose another --out",
+             errno.EROFS: "choose a writable --out", errno.EACCES: "check its permissions or choose another --out",
+             errno.EPERM: "check its permissions or choose another --out"}
 
 
 class _Interrupts:
-    """The SIGINT handler of a command (:func:`boundary`) and of :func:`deferred_interrupts`.
+    """The SIGINT (in a command also SIGTERM) handler of :func:`boundary` and :func:`deferred_interrupts`.
 
     The first Ctrl-C raises ``KeyboardInterrupt`` (inside a deferred block: when the block ends, so the
     writes in it complete); a second one while the run cleans up (writes its trace or checkpoint) is
-    noted on stderr and does not interrupt that cleanup; a third quits at once with exit 130 (a file
-    being written is then left as it was: writes are atomic)."""
+    noted on stderr and does not interrupt that cleanup; a third quits at once with exit 130 (143 when
+    the first was a SIGTERM; a file being written is then left as it was: writes are atomic)."""
 
     def __init__(self):
-        self.count, self.raised, self.depth = 0, False, 0
+        self.count, self.raised, self.depth, self.signal = 0, False, 0, "SIGINT"
 
     def __call__(self, signum, frame):
+        import signal
+
         self.count += 1
+        if self.count == 1:
+            self.signal = signal.Signals(signum).name
         if not self.raised and self.depth == 0:
             self.raised = True
             raise KeyboardInterrupt
         if self.count >= 3:
             os.write(2, b"interrupted again: quitting now\n")
-            os._exit(130)
+            os._exit(self.exit_code)
         if self.count == 2 or not self.raised:
             os.write(2, b"interrupted: finishing the writes in progress (Ctrl-C again to quit at once)\n")
 
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signal, 130)
 
-def _install() -> Optional[tuple[_Interrupts, Any]]:
-    """Install a fresh :class:`_Interrupts` (main thread only); returns it and the handler it replaced."""
+
+def _install(signals: tuple[str, ...] = ("SIGINT",)) -> Optional[tuple[_Interrupts, dict]]:
+    """Install a fresh :class:`_Interrupts` for ``signals`` (main thread only); returns it and the
+    handlers it replaced."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return None
-    handler = _Interrupts()
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except (ValueError, OSError):  # not the main interpreter / no signals here
+    handler, previous = _Interrupts(), {}
+    for name in signals:
+        if not hasattr(signal, name) or (name != "SIGINT" and signal.getsignal(getattr(signal, name)) is not
+                                         signal.SIG_DFL):  # no SIGTERM here, or someone else handles it
+            continue
+        try:
+            previous[name] = signal.signal(getattr(signal, name), handler)
+        except (ValueError, OSError):  # not the main interpreter / no signals here
+            break
+    if "SIGINT" not in previous:
+        _restore((handler, previous))
         return None
     return handler, previous
 
 
-def _restore(installed: Optional[tuple[_Interrupts, Any]]) -> None:
+def _restore(installed: Optional[tuple[_Interrupts, dict]]) -> None:
     if installed is not None:
         import signal
 
-        signal.signal(signal.SIGINT, installed[1] if installed[1] is not None else signal.default_int_handler)
+        for name, previous in installed[1].items():
+            default = signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL
+            signal.signal(getattr(signal, name), previous if previous is not None else default)
 
 
 @contextlib.contextmanager
@@ -88,23 +115,43 @@ def deferred_interrupts() -> Iterator[None]:
 @contextlib.contextmanager
 def boundary(debug: bool, interrupted: str = "interrupted") -> Iterator[None]:
     """A command's body: an error -> ``error: <first line>`` on stderr and exit 2 (``debug``: the
-    traceback); Ctrl-C -> ``interrupted`` on stderr and exit 130. A second Ctrl-C while the run cleans
-    up does not cut the cleanup short nor show a traceback; a third quits at once (see ``_Interrupts``)."""
+    traceback); Ctrl-C -> ``interrupted`` on stderr and exit 130, SIGTERM likewise (its first word then
+    ``terminated``) and exit 143. A second signal while the run cleans up does not cut the cleanup short
+    nor show a traceback; a third quits at once (see ``_Interrupts``). A ``SystemExit`` that is not the
+    command's own (``sys.exit`` in a reward) is an error, exit 2."""
     import typer
 
-    installed = _install()
+    installed = _install(("SIGINT", "SIGTERM"))
     try:
         yield
     except typer.Exit:
         raise
     except KeyboardInterrupt:
+        handler = installed[0] if installed is not None else None
+        code = handler.exit_code if handler is not None and handler.count else 130
+        if code == EXIT_CODES["SIGTERM"] and interrupted.startswith("interrupted"):
+            interrupted = "terminated" + interrupted[len("interrupted"):]
         typer.echo(interrupted, err=True)
-        raise typer.Exit(code=130) from None
+        raise typer.Exit(code=code) from None
+    except SystemExit as e:
+        if debug:
+            raise
+        typer.echo(f"error: the run was stopped by sys.exit({e.code!r}) in a reward or other user code; it must "
+                   f"return or raise an error, not exit", err=True)
+        raise typer.Exit(code=2) from None
     except Exception as e:  # noqa: BLE001 - the boundary: one line, exit 2
         if debug:
             raise
-        first = next((line for line in str(e).splitlines() if line.strip()), e.__class__.__name__)
-        typer.echo(f"error: {first}", err=True)
+        typer.echo(f"error: {one_line(e)}", err=True)
         raise typer.Exit(code=2) from None
     finally:
         _restore(installed)
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of ``error``'s message; an ``OSError`` as its reason, its file and the fix."""
+    if isinstance(error, OSError) and error.errno is not None and error.strerror:
+        where = f": {error.filename!r}" if error.filename is not None else ""
+        fix = _OS_FIXES.get(error.errno)
+        return f"{error.strerror} (errno {error.errno}){where}" + (f"; {fix}" if fix else "")
+    return next((line for line in str(error).splitlines() if line.strip()), error.__class__.__name__)

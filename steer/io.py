@@ -319,10 +319,14 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync, rename it over ``path``, fsync
     the folder: readers see the old file or the complete new one. The file gets the permissions an
-    ordinary ``open(path, "w")`` would (``0o666`` less the umask), not ``mkstemp``'s 0600."""
+    ordinary ``open(path, "w")`` would (``0o666`` less the umask), not ``mkstemp``'s 0600. An ``OSError``
+    (a full disk, a read-only folder) names ``path`` and leaves the old file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise _naming(e, path) from e
     try:
         with contextlib.suppress(OSError, AttributeError):  # fchmod: POSIX only
             os.fchmod(fd, 0o666 & ~umask())
@@ -331,9 +335,11 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from e
         raise
     with contextlib.suppress(OSError, AttributeError):  # folders cannot be opened on every OS
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -341,6 +347,24 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` with ``path`` as its file name (``f.write`` on a full disk names no file)."""
+    if error.errno is None:
+        return OSError(f"{error}: {str(path)!r}")
+    return OSError(error.errno, error.strerror or os.strerror(error.errno), str(path))
+
+
+def follow_umask(path: Path) -> None:
+    """Give ``path`` (a file, or each file in a folder) the permissions ``open(path, "w")`` would:
+    ``0o666`` less the umask. For files written by libraries that create them 0600 (safetensors)."""
+    path = Path(path)
+    mode = 0o666 & ~umask()
+    for file in ([path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []):
+        if not file.is_symlink():
+            with contextlib.suppress(OSError):
+                os.chmod(file, mode)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -88,19 +88,32 @@ def clear_run(out_dir: Path) -> None:
         (Path(out_dir) / name).unlink(missing_ok=True)
 
 
-def _earlier_traces(out_dir: Path) -> list[dict]:
-    traces = []
-    for path in [out_dir / TRACE, *sorted(p for p in out_dir.glob("trace.rank*.json") if RANK_TRACE.fullmatch(p.name))]:
-        if not path.is_file():
-            continue
-        try:
-            trace = json.loads(path.read_text(encoding="utf-8"))
-            assert isinstance(trace, dict) and isinstance(trace.get("images"), list)
-        except (ValueError, AssertionError, OSError) as e:
-            raise SteerError(f"--resume: {path} is unreadable ({e.__class__.__name__}); start over with --overwrite") \
-                from None
-        traces.append((path, trace))
-    return traces
+def _earlier_traces(out_dir: Path) -> list[tuple[Path, dict]]:
+    paths = [out_dir / TRACE, *sorted(p for p in out_dir.glob("trace.rank*.json") if RANK_TRACE.fullmatch(p.name))]
+    return [(path, _read_trace(path)) for path in paths if path.is_file()]
+
+
+def _read_trace(path: Path) -> dict:
+    """The trace in ``path``, or a one-line ``SteerError`` naming the file, what is wrong and the fix."""
+    try:
+        trace = json.loads(path.read_bytes().decode("utf-8"))
+        wrong = None
+    except json.JSONDecodeError as e:
+        wrong = f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+    except UnicodeDecodeError:
+        wrong = "is not UTF-8 text"
+    except (ValueError, RecursionError) as e:
+        wrong = f"is not JSON steer can read ({e.__class__.__name__})"
+    except OSError as e:
+        wrong = f"cannot be read ({e.strerror or e.__class__.__name__})"
+    if wrong is None and not (isinstance(trace, dict) and isinstance(trace.get("images"), list)
+                              and all(isinstance(r, dict) for r in trace["images"])
+                              and isinstance(trace.get("settings", {}), dict)):
+        wrong = "is not a steer trace (no list of image records)"
+    if wrong is not None:
+        raise SteerError(f"--resume: {str(path)!r} {wrong}; restore it, or start over with --overwrite "
+                         f"(deletes the run's images)")
+    return trace
 
 
 def _sha256(path: Path) -> Optional[str]:
@@ -221,9 +234,13 @@ def _generate(prompts: list[str], out_dir: Path, state, *, method, reward, model
             with state.split_between_processes(todo) as mine:
                 _steer_prompts(list(mine), prompts, out_dir, process, (reward_model, eval_model), job, records,
                                save_all, progress, write_trace)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, and SIGTERM under the commands' boundary
         status["interrupted"] = True
         raise
+    except SystemExit as e:  # user code (a reward, a callback) exiting is a failure, not a finished run
+        status["failed"] = True
+        status["error"] = f"the run was stopped by sys.exit({e.code!r}) in a reward or callback"
+        raise SteerError(f"{status['error']}; a reward must return scores or raise an error, not exit") from None
     except BaseException as e:
         status["failed"] = True
         status["error"] = next((ln for ln in str(e).splitlines() if ln.strip()), e.__class__.__name__)

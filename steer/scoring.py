@@ -26,7 +26,7 @@ def score_images(reward, images: Tensor, prompts: Sequence[str], *, trace=None, 
     The reward reads a copy of ``images``, so one that writes into its input cannot corrupt the
     images a method returns. A reward that raises, returns something other than B real finite numbers,
     or a tensor that cannot be brought to the images' device is a ``RewardError`` naming the method,
-    the step and the prompt (NaN/inf also a ``FloatingPointError``)."""
+    the step and the prompt (NaN/inf also a ``FloatingPointError``); so is one that calls ``sys.exit``."""
     if trace is not None:
         trace.add_reward_calls(images.shape[0])
     where = "the final sample" if step is None else f"step {step}"
@@ -46,6 +46,9 @@ def score_images(reward, images: Tensor, prompts: Sequence[str], *, trace=None, 
         raise
     except FloatingPointError as e:  # the Reward base class refusing its own NaN names the prompt
         raise RewardError(f"{method} at {where}: {e}") from None
+    except SystemExit as e:  # sys.exit in a user's reward fails the run; it must not end it as a success
+        raise RewardError(f"{head} called sys.exit({e.code!r}); a reward must return scores or raise an "
+                          f"error, not exit") from None
     except Exception as e:  # noqa: BLE001 - a user's reward: say where it failed, keep the cause chained
         first = next((ln for ln in str(e).splitlines() if ln.strip()), "")
         raise RewardError(f"{head} raised {e.__class__.__name__}: {first}") from e
