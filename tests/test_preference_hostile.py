@@ -268,14 +268,19 @@ def test_cells_of_the_wrong_type_name_the_file_and_line(folder, column, value, w
     assert words in message and "pairs.jsonl" in message and "line 3" in message, message
 
 
-def test_parquet_cells_of_the_wrong_type_name_the_row(tmp_path):
+def test_parquet_columns_of_the_wrong_type_name_the_file_and_column_before_reading(tmp_path):
     rows = _rows(3, ties=0)
-    for column, value, words in (("caption", 7, "caption is int"), ("label_0", "yes", "label_0 must be"),
-                                 ("jpg_1", 3, "jpg_1 is int")):
+    for column, value, words in (("caption", 7, "column caption holds int64, not text"),
+                                 ("label_0", "yes", "column label_0 holds string, not numbers"),
+                                 ("label_0", True, "column label_0 holds bool, not numbers"),
+                                 ("jpg_1", 3, "column jpg_1 holds int64, not image bytes"),
+                                 ("jpg_0", [1, 2], "column jpg_0 holds list<")):
         bad = [dict(r, **{column: value}) for r in rows]  # a Parquet column has one type
         path = write_parquet(tmp_path / f"{column}.parquet", bad)
-        message = _error(path, pairs=3)
-        assert words in message and f"{column}.parquet" in message and "row index 0" in message, message
+        message = _error(path)
+        assert words in message and f"{column}.parquet" in message, message
+    nulls = write_parquet(tmp_path / "nulls.parquet", [dict(r, label_0=None) for r in rows])  # a null column
+    assert "row index 0: label_0 must be 1" in _error(nulls)
 
 
 _JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
@@ -364,6 +369,9 @@ def test_a_folder_of_two_schemas_names_the_odd_file(tmp_path):
     write_parquet(tmp_path / "b.parquet", [{"prompt": "x", "image": b"y", "score": 1.0}])
     message = _error(tmp_path)
     assert "b.parquet" in message and "lacks the column(s) caption, jpg_0, jpg_1, label_0" in message
+    write_parquet(tmp_path / "b.parquet", [dict(r, label_0=str(r["label_0"])) for r in _rows(3, ties=0)])
+    message = _error(tmp_path)  # the same columns, one of another type: named before any row is read
+    assert "b.parquet': column label_0 holds string, not numbers" in message, message
     _jsonl(tmp_path, [_row()], "c.jsonl")
     assert "mixes Parquet and JSON lines" in _error(tmp_path)
     other = tmp_path / "j"
@@ -408,3 +416,14 @@ def test_an_extreme_aspect_ratio_is_resized_without_resizing_it_whole():
     assert time.monotonic() - started < 5
     y = to_tensor(Image.new("RGB", (80, 40), (0, 0, 255)), 32, 32)
     assert y.shape == (3, 32, 32) and float(y[2].min()) == pytest.approx(1.0)
+
+
+def test_a_json_file_holds_json_lines_or_one_array_of_rows(folder):
+    rows = [_row(), _row(label=0.0)]
+    (folder / "lines.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "array.json").write_text(json.dumps(rows, indent=2))
+    for name in ("lines.json", "array.json"):
+        stream = PairStream(_trainer(folder / name))
+        assert [stream.next_pair()[0] for _ in range(3)] == ["a red cube"] * 3
+    (folder / "bad.json").write_text(json.dumps([_row(), 5]))
+    assert "bad.json' item 1 is a JSON number, not an object" in _error(folder / "bad.json", pairs=2)

@@ -240,7 +240,7 @@ def _jsonl_rows(file: Path) -> Iterator[tuple[str, dict]]:
             if file.suffix == ".json" and raw.lstrip().startswith(b"["):  # one JSON array, not JSON lines
                 yield from _json_array(raw + handle.read(), file)
                 return
-            yield f"line {n}", _json_row(raw, file, f"line {n}")
+            yield f"line {n}", _json_row(raw.strip(), file, f"line {n}")
 
 
 def _parquet_file(handle, file: Path):
@@ -260,7 +260,32 @@ def _parquet_file(handle, file: Path):
     if missing:
         raise SteerError(f"dataset file {_name(file)} lacks the column(s) {', '.join(missing)} "
                          f"(it has {_names(names)}); {FIX}")
+    for column in COLUMNS:  # a column of the wrong type is refused before any row is read
+        dtype = parquet.schema_arrow.field(column).type
+        if _arrow_kind(dtype) not in _KINDS[column]:
+            raise SteerError(f"dataset file {_name(file)}: column {column} holds {str(dtype)[:60]}, not "
+                             f"{_WANT[column]}; {FIX}")
     return parquet
+
+
+_KINDS = {"caption": ("text", None), "label_0": ("number", None), "jpg_0": ("bytes", "text", "struct", None),
+          "jpg_1": ("bytes", "text", "struct", None)}  # None: only nulls, refused row by row
+_WANT = {"caption": "text", "label_0": "numbers (1, 0 or 0.5)", "jpg_0": "image bytes, paths or Image structs",
+         "jpg_1": "image bytes, paths or Image structs"}
+
+
+def _arrow_kind(dtype) -> Optional[str]:
+    """What a Parquet column holds: ``number``, ``text``, ``bytes``, ``struct``, None (nulls) or its type."""
+    import pyarrow.types as t
+
+    if t.is_dictionary(dtype):
+        dtype = dtype.value_type
+    for test, kind in ((t.is_null, None), (t.is_integer, "number"), (t.is_floating, "number"), (t.is_string, "text"),
+                       (t.is_large_string, "text"), (t.is_binary, "bytes"), (t.is_large_binary, "bytes"),
+                       (t.is_struct, "struct")):
+        if test(dtype):
+            return kind
+    return str(dtype)
 
 
 def _parquet_rows(file: Path) -> Iterator[tuple[str, dict]]:
