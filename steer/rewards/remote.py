@@ -93,9 +93,12 @@ def _host_name(url: str, host: str, bracketed: bool) -> str:
 
     if bracketed:
         try:
+            if "%" in host:  # a zone id (fe80::1%eth0): not in a reward URL
+                raise ValueError(host)
             return f"[{ipaddress.IPv6Address(host)}]"
         except ValueError:
-            raise SteerError(f"reward URL {url!r} has a bad IPv6 address {host!r}; write e.g. http://[::1]:8085") from None
+            raise SteerError(f"reward URL {url!r} has a bad IPv6 address {host!r}; write {URL_SHAPE}, e.g. "
+                             f"http://[::1]:8085") from None
     if not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?", host):
         raise SteerError(f"reward URL {url!r} has a bad host name {host!r}; write {URL_SHAPE}")
     return host
@@ -254,8 +257,8 @@ class HttpReward(Reward):
         shuts the request's sockets down at the deadline, so no read can outlive it."""
         import requests
 
-        connections, done = [], threading.Event()
-        watchdog = threading.Thread(target=_shut_at, args=(connections, deadline, done), daemon=True)
+        connections, done, fired = [], threading.Event(), threading.Event()
+        watchdog = threading.Thread(target=_shut_at, args=(connections, deadline, done, fired), daemon=True)
         _watch.connections = connections
         watchdog.start()
         try:
@@ -269,12 +272,14 @@ class HttpReward(Reward):
                         raise self._garbage(f"{path} answered more than {MAX_ANSWER_BYTES >> 20} MiB")
                     if time.monotonic() > deadline:
                         raise _Late
+            if fired.is_set():  # cut off mid-head, http.client may have parsed what it had
+                raise _Late
             return response.status_code, response.headers.get("location", ""), bytes(content)
         except requests.exceptions.ConnectTimeout:
             raise
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.Timeout, OSError) as e:
-            if time.monotonic() >= deadline or _read_timed_out(e):
+            if fired.is_set() or time.monotonic() >= deadline or _read_timed_out(e):
                 raise _Late from None
             raise
         finally:
@@ -305,7 +310,6 @@ class HttpReward(Reward):
             adapter = _watched_adapter()
             self._session.mount("http://", adapter)
             self._session.mount("https://", adapter)
-            self._session.max_redirects = 0
             if self._host() in ("127.0.0.1", "localhost", "::1"):
                 self._session.trust_env = False  # a loopback server is never behind the environment's proxy
         return self._session
@@ -355,11 +359,12 @@ class _Late(Exception):
     """A request past its overall deadline."""
 
 
-def _shut_at(connections: list, deadline: float, done: threading.Event) -> None:
-    """At ``deadline`` (unless ``done`` first), shut down the sockets of ``connections``, again every 50 ms
-    until ``done``: a blocked send or read then ends at once."""
+def _shut_at(connections: list, deadline: float, done: threading.Event, fired: threading.Event) -> None:
+    """At ``deadline`` (unless ``done`` first), set ``fired`` and shut down the sockets of ``connections``,
+    again every 50 ms until ``done``: a blocked send or read then ends at once."""
     wait = deadline - time.monotonic()
     while not done.wait(max(wait, 0.0)):
+        fired.set()
         for connection in list(connections):
             sock = getattr(connection, "sock", None)
             try:

@@ -244,7 +244,7 @@ def serve(spec: str, host: str = "127.0.0.1", port: int = 8085, *, device: Optio
     sock = listen(host, port)
     app = create_app(reward, spec=spec, device=device, limits=limits)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
-                            http=one_line_protocol())
+                            http=one_line_protocol(), log_config=None)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     if not is_loopback(sock):
@@ -254,14 +254,28 @@ def serve(spec: str, host: str = "127.0.0.1", port: int = 8085, *, device: Optio
     uvicorn.Server(config).run(sockets=[sock])
 
 
+class OneLineFormatter(logging.Formatter):
+    """``steer serve-reward: LEVEL: message`` on one line; an exception adds its type and first line, never
+    a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = _one_line(record.getMessage())
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" ({type(record.exc_info[1]).__name__}: {_first_line(record.exc_info[1])})"
+        return f"steer serve-reward: {record.levelname}: {text}"
+
+
 def _log_to_stderr() -> None:
-    """The server's own log lines (one per event) on stderr, for the process ``steer serve-reward`` owns."""
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("steer serve-reward: %(levelname)s: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    """The server's log (its own lines and uvicorn's) on stderr, one line per event, for the process
+    ``steer serve-reward`` owns."""
+    for name, level in ((log.name, logging.INFO), ("uvicorn", logging.WARNING)):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(OneLineFormatter())
+            logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
 
 
 def _pixels_checked_here() -> None:
