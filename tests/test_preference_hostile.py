@@ -427,3 +427,29 @@ def test_a_json_file_holds_json_lines_or_one_array_of_rows(folder):
         assert [stream.next_pair()[0] for _ in range(3)] == ["a red cube"] * 3
     (folder / "bad.json").write_text(json.dumps([_row(), 5]))
     assert "bad.json' item 1 is a JSON number, not an object" in _error(folder / "bad.json", pairs=2)
+
+
+def test_processes_read_disjoint_shards_that_cover_the_dataset(tmp_path):
+    rows = [dict(r, caption=f"caption {k}") for k, r in enumerate(_rows(7, ties=0))]
+    path = write_parquet(tmp_path / "pairs.parquet", rows)
+    seen = []
+    for rank in range(2):
+        trainer = SimpleNamespace(config=DPOConfig(source="dataset", dataset=str(path), shuffle_buffer=3), rank=rank,
+                                  world=2)
+        stream = PairStream(trainer)
+        seen.append({stream.next_pair()[0] for _ in range(4 - rank)})
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == {r["caption"] for r in rows}
+    lonely = SimpleNamespace(config=DPOConfig(source="dataset", dataset=str(path)), rank=7, world=8)
+    with pytest.raises(SteerError, match="has no rows for process 7 of 8; it needs at least as many rows"):
+        PairStream(lonely).next_pair()
+
+
+def test_an_all_ties_run_fails_in_seconds(tmp_path):
+    from steer.finetune import dpo
+
+    path = write_parquet(tmp_path / "ties.parquet", _rows(3, ties=3))
+    process = tiny_process(steps=2)
+    started = time.monotonic()
+    with pytest.raises(SteerError, match="all 3 rows are ties"):
+        dpo(process, None, [], DPOConfig(source="dataset", dataset=str(path), max_steps=1), out_dir=tmp_path / "run")
+    assert time.monotonic() - started < 20
