@@ -522,3 +522,14 @@ def test_fuzzed_urls_normalize_or_fail_in_one_line():
             continue
         assert normalize_url(normalized) == normalized, url  # idempotent
         requests.Request("GET", normalized + "/health").prepare()  # requests takes it as is
+
+
+def test_the_readme_documents_every_cap_flag_with_its_default():
+    from pathlib import Path
+
+    readme = (Path(ROOT) / "README.md").read_text()
+    limits = wire.Limits()
+    for flag, default in (("--max-body-mb", limits.max_body_bytes >> 20), ("--max-images", limits.max_images),
+                          ("--max-image-pixels", limits.max_image_pixels),
+                          ("--max-batch-pixels", limits.max_batch_pixels)):
+        assert f"| `{flag}` | {default}" in readme, flag
