@@ -1,8 +1,9 @@
 """The command boundary of ``steer generate`` / ``steer finetune``: bad input (a ``SteerError`` or any
 error) -> ``error: <first line>`` on stderr and exit 2; Ctrl-C -> a message and exit 130, with the
 cleanup writes in progress allowed to finish (``deferred_interrupts``). SIGTERM (``kill``, a job
-scheduler) is handled like Ctrl-C and exits 143; a ``sys.exit`` from user code inside a command (a
-reward) is a failure (exit 2), never a silent success; an ``OSError`` names its file and the fix.
+scheduler) and SIGHUP (the terminal closed) are handled like Ctrl-C and exit 143 / 129; a
+``sys.exit`` from user code inside a command (a reward) is a failure (exit 2), never a silent
+success; an ``OSError`` names its file and the fix.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import errno
 import os
 from typing import Iterator, Optional
 
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal's number, as a shell says
+SIGNALS = tuple(EXIT_CODES)  # what a command handles like Ctrl-C (SIGTERM / SIGHUP: where not ignored)
 _OS_FIXES = {errno.ENOSPC: "free space on that disk or choose another --out",
              errno.EDQUOT: "free space within your quota or choose another --out",
              errno.EROFS: "choose a writable --out", errno.EACCES: "check its permissions or choose another --out",
@@ -19,12 +21,14 @@ _OS_FIXES = {errno.ENOSPC: "free space on that disk or choose another --out",
 
 
 class _Interrupts:
-    """The SIGINT (in a command also SIGTERM) handler of :func:`boundary` and :func:`deferred_interrupts`.
+    """The SIGINT handler (in a command also SIGTERM's and SIGHUP's) of :func:`boundary` and
+    :func:`deferred_interrupts`.
 
     The first Ctrl-C raises ``KeyboardInterrupt`` (inside a deferred block: when the block ends, so the
     writes in it complete); a second one while the run cleans up (writes its trace or checkpoint) is
-    noted on stderr and does not interrupt that cleanup; a third quits at once with exit 130 (143 when
-    the first was a SIGTERM; a file being written is then left as it was: writes are atomic)."""
+    noted on stderr and does not interrupt that cleanup; a third quits at once with exit 130 (143 / 129
+    when the first was a SIGTERM / SIGHUP; a file being written is then left as it was: writes are
+    atomic)."""
 
     def __init__(self):
         self.count, self.raised, self.depth, self.signal = 0, False, 0, "SIGINT"
@@ -60,7 +64,7 @@ def _install(signals: tuple[str, ...] = ("SIGINT",)) -> Optional[tuple[_Interrup
     handler, previous = _Interrupts(), {}
     for name in signals:
         if not hasattr(signal, name) or (name != "SIGINT" and signal.getsignal(getattr(signal, name)) is not
-                                         signal.SIG_DFL):  # no SIGTERM here, or someone else handles it
+                                         signal.SIG_DFL):  # not on this OS, or ignored (nohup) / handled
             continue
         try:
             previous[name] = signal.signal(getattr(signal, name), handler)
@@ -115,13 +119,13 @@ def deferred_interrupts() -> Iterator[None]:
 @contextlib.contextmanager
 def boundary(debug: bool, interrupted: str = "interrupted") -> Iterator[None]:
     """A command's body: an error -> ``error: <first line>`` on stderr and exit 2 (``debug``: the
-    traceback); Ctrl-C -> ``interrupted`` on stderr and exit 130, SIGTERM likewise (its first word then
-    ``terminated``) and exit 143. A second signal while the run cleans up does not cut the cleanup short
+    traceback); Ctrl-C -> ``interrupted`` on stderr and exit 130, SIGTERM / SIGHUP likewise (its first
+    word then ``terminated``) and exit 143 / 129. A second signal while the run cleans up does not cut the cleanup short
     nor show a traceback; a third quits at once (see ``_Interrupts``). A ``SystemExit`` that is not the
     command's own (``sys.exit`` in a reward) is an error, exit 2."""
     import typer
 
-    installed = _install(("SIGINT", "SIGTERM"))
+    installed = _install(SIGNALS)
     try:
         yield
     except typer.Exit:
@@ -129,7 +133,7 @@ def boundary(debug: bool, interrupted: str = "interrupted") -> Iterator[None]:
     except KeyboardInterrupt:
         handler = installed[0] if installed is not None else None
         code = handler.exit_code if handler is not None and handler.count else 130
-        if code == EXIT_CODES["SIGTERM"] and interrupted.startswith("interrupted"):
+        if code != EXIT_CODES["SIGINT"] and interrupted.startswith("interrupted"):
             interrupted = "terminated" + interrupted[len("interrupted"):]
         typer.echo(interrupted, err=True)
         raise typer.Exit(code=code) from None

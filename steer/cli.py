@@ -204,6 +204,8 @@ def generate(
         if not out.strip():
             raise SteerError("--out is empty; give the output folder, e.g. --out out")
         prompts = io.read_prompts(prompts_file, given=prompt)
+        if negative_prompt:
+            io.check_prompt(negative_prompt, "--negative-prompt")
         _check_device(device)
         check_run_options(seed=seed, steps=steps, guidance_scale=guidance, height=height, width=width,
                           batch_size=None, nfe_budget=nfe_budget, device=device, dtype=io.parse_dtype(dtype))

@@ -231,8 +231,7 @@ def hold_folder(folder: Path) -> bool:
         os.close(fd)
         if holder is None:
             return False
-        raise SteerError(f"--out {str(folder)!r} is in use by another steer run (PID {holder}); wait for it to "
-                         f"end, stop it, or choose another --out") from None
+        raise _in_use(folder, holder) from None
     with contextlib.suppress(OSError):  # the PID is for the message only; a full disk may refuse it
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -242,6 +241,32 @@ def hold_folder(folder: Path) -> bool:
             os.close(stale)
     _HELD[str(folder.resolve())] = fd
     return True
+
+
+def check_free(folder: Path) -> None:
+    """A one-line ``SteerError`` naming the PID when another process holds ``folder`` now (a check before
+    a run loads anything; the run itself holds the folder with :func:`hold_folder`)."""
+    folder = Path(folder)
+    if not (folder / LOCK).is_file() or _holds(folder):
+        return
+    try:
+        import fcntl
+
+        fd = os.open(folder / LOCK, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except (ImportError, OSError):
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # shared, and let go at once: it takes nothing
+    except OSError as e:
+        if e.errno not in _NO_LOCKS:
+            raise _in_use(folder, _holder(fd)) from None
+    finally:
+        os.close(fd)
+
+
+def _in_use(folder: Path, holder: str) -> SteerError:
+    return SteerError(f"--out {str(folder)!r} is in use by another steer run (PID {holder}); wait for it to end, "
+                      f"stop it, or choose another --out")
 
 
 def release_folder(folder: Path) -> None:
@@ -361,7 +386,8 @@ def follow_umask(path: Path) -> None:
     ``0o666`` less the umask. For files written by libraries that create them 0600 (safetensors)."""
     path = Path(path)
     mode = 0o666 & ~umask()
-    for file in ([path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []):
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+    for file in files:
         if not file.is_symlink():
             with contextlib.suppress(OSError):
                 os.chmod(file, mode)

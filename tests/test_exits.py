@@ -115,6 +115,21 @@ def test_sigterm_is_handled_like_ctrl_c_with_exit_143(capsys):
     assert e.value.exit_code == 130 and capsys.readouterr().err == "interrupted\n"
 
 
+def test_sighup_likewise_and_an_ignored_sigterm_stays_ignored(capsys):
+    with pytest.raises(typer.Exit) as e:
+        with io.boundary(debug=False, interrupted="interrupted: kept"):
+            os.kill(os.getpid(), signal.SIGHUP)
+    assert e.value.exit_code == 129 and capsys.readouterr().err == "terminated: kept\n"
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. a parent that ignores it on purpose
+    try:
+        with io.boundary(debug=False):
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)  # ignored: the command goes on
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_sigterm_during_a_deferred_write_lets_it_finish(capsys):
     done = []
     with pytest.raises(typer.Exit) as e:

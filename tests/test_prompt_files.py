@@ -101,3 +101,13 @@ def test_prompts_are_the_nonblank_newline_separated_lines(tmp_path, lines, crlf,
     assert read(tmp_path, data) == expected
     numbered = io.prompt_lines(data.decode("utf-8"))
     assert [n for n, _ in numbered] == [k + 1 for k, ln in enumerate(lines) if ln.strip()]  # line numbers
+
+
+def test_the_negative_prompt_is_checked_too(tmp_path):
+    from steer.cli import app
+
+    result = CliRunner().invoke(app, ["generate", "--prompt", "a cat", "--negative-prompt", "\u200b\u2060",
+                                      "--model", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: --negative-prompt has only invisible characters")

@@ -21,7 +21,8 @@ from steer.rewards.base import Reward
 
 ROOT = Path(__file__).resolve().parents[1]
 # a process that holds FOLDER until killed
-HOLDER = "import sys, time\nfrom steer import io\nio.hold_folder(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(600)\n"
+HOLDER = "import sys, time\nfrom steer import io\nio.hold_folder(sys.argv[1])\nprint('held', flush=True)\n" \
+         "time.sleep(600)\n"
 # a process that tries to hold FOLDER: exit 0 if it could, else 1 with the refusal on stdout
 PROBE = "import sys\nfrom steer import io\ntry:\n    io.hold_folder(sys.argv[1])\nexcept Exception as e:\n" \
         "    print(e)\n    sys.exit(1)\n"
@@ -103,6 +104,21 @@ def test_a_held_folder_is_refused_naming_the_pid_and_a_killed_holder_leaves_no_s
     finally:
         io.release_folder(tmp_path)
     assert probe(tmp_path).returncode == 0  # released: free for the next run
+
+
+def test_check_free_names_the_holder_and_takes_nothing(tmp_path, holder):
+    io.check_free(tmp_path)  # no lock file: free, and none is made
+    assert not (tmp_path / io.LOCK).exists()
+    proc = holder(tmp_path)
+    with pytest.raises(SteerError, match=rf"in use by another steer run \(PID {proc.pid}\)"):
+        io.check_free(tmp_path)
+    proc.kill()
+    proc.wait()
+    io.check_free(tmp_path)
+    with io.holding(tmp_path):
+        io.check_free(tmp_path)  # held by this process: free for it
+        assert probe(tmp_path).returncode == 1
+    assert probe(tmp_path).returncode == 0
 
 
 def test_the_lock_file_is_not_a_run_and_survives_cleanup(tmp_path):
