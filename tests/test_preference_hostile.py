@@ -196,6 +196,22 @@ def test_fingerprint_follows_the_bytes_of_every_data_file(tmp_path):
     assert fingerprint(str(j)) != before
 
 
+@FAST
+@given(rows=st.lists(st.tuples(st.text(max_size=20), st.sampled_from([0.0, 0.5, 1.0])), min_size=1, max_size=6),
+       at=st.integers(0, 10_000), byte=st.integers(1, 255), cut=st.integers(1, 50))
+def test_any_edit_of_the_data_changes_the_fingerprint(tmp_path_factory, rows, at, byte, cut):
+    with tempfile.TemporaryDirectory(dir=tmp_path_factory.getbasetemp()) as d:
+        path = _jsonl(Path(d), [_row(caption=c, label=y) for c, y in rows])
+        data = path.read_bytes()
+        before = fingerprint(str(path))
+        k = at % len(data)
+        for edited in (data[:k] + bytes([data[k] ^ byte]) + data[k + 1:], data[:max(0, len(data) - cut)]):
+            path.write_bytes(edited)
+            assert fingerprint(str(path)) != before
+        path.write_bytes(data)
+        assert fingerprint(str(path)) == before
+
+
 def test_a_resumed_stream_past_the_end_of_a_shrunk_dataset_is_one_line_not_stopiteration(tmp_path):
     path = write_parquet(tmp_path / "pairs.parquet", _rows(4, ties=0))
     with pytest.raises(SteerError, match=r"ran out after 4 rows .*checkpoint had read 9.*--overwrite"):
