@@ -533,3 +533,59 @@ def test_the_readme_documents_every_cap_flag_with_its_default():
                           ("--max-image-pixels", limits.max_image_pixels),
                           ("--max-batch-pixels", limits.max_batch_pixels)):
         assert f"| `{flag}` | {default}" in readme, flag
+
+
+@pytest.mark.parametrize("fault", [RuntimeError("boom\n  at line 2"), KeyError("k"), MemoryError()])
+def test_the_catch_all_turns_any_escaping_exception_into_one_json_line(fault, caplog, monkeypatch):
+    import asyncio
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("steer.rewards.server"), "propagate", True)  # to caplog
+
+    from steer.rewards.server import OneLineErrors
+
+    async def app(scope, receive, send):
+        raise fault
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    with caplog.at_level("INFO", logger="steer.rewards.server"):
+        asyncio.run(OneLineErrors(app)({"type": "http", "method": "POST", "path": "/score"}, None, send))
+    assert sent[0]["status"] == 500 and ("content-type", "application/json") in [
+        (k.decode(), v.decode()) for k, v in sent[0]["headers"]]
+    error = json.loads(sent[1]["body"])["error"]
+    assert f"the server failed on POST /score: {type(fault).__name__}" in error and "\n" not in error
+    assert len(caplog.records) == 1 and "\n" not in caplog.records[0].getMessage()
+
+
+def test_the_catch_all_sends_nothing_more_once_an_answer_started_and_a_disconnect_is_one_line(caplog, monkeypatch):
+    import asyncio
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("steer.rewards.server"), "propagate", True)  # to caplog
+
+    from starlette.requests import ClientDisconnect
+
+    from steer.rewards.server import OneLineErrors
+
+    async def half(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("mid-answer")
+
+    async def gone(scope, receive, send):
+        raise ClientDisconnect()
+
+    for app, says in ((half, "mid-answer"), (gone, "disconnected")):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        caplog.clear()
+        with caplog.at_level("INFO", logger="steer.rewards.server"):
+            asyncio.run(OneLineErrors(app)({"type": "http", "method": "POST", "path": "/score"}, None, send))
+        assert len(sent) == (1 if app is half else 0)
+        assert len(caplog.records) == 1 and says in caplog.records[0].getMessage()

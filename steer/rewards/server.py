@@ -39,13 +39,18 @@ from steer import io
 from steer.errors import SteerError
 from steer.rewards.wire import Limits
 
+MAX_BODY_BYTES = Limits.max_body_bytes  # the default of --max-body-mb, in bytes
 INSTALL_HINT = "pip install 'steer[serve]' (fastapi and uvicorn)"
 ENDPOINTS = "the endpoints are GET /health and POST /score"
 log = logging.getLogger(__name__)
 
 
-def create_app(reward, *, spec: str, device=None, limits: Limits = Limits(), decoding: int = 2):
-    """The FastAPI application serving ``reward`` (a ``steer.rewards.Reward``) within ``limits``."""
+def create_app(reward, *, spec: str, device=None, limits: Limits = Limits(), decoding: int = 2,
+               max_bytes: Optional[int] = None):
+    """The FastAPI application serving ``reward`` (a ``steer.rewards.Reward``) within ``limits``
+    (``max_bytes``: their ``max_body_bytes`` alone)."""
+    import dataclasses
+
     import torch
     from fastapi import FastAPI, Request
     from starlette.concurrency import run_in_threadpool
@@ -61,6 +66,8 @@ def create_app(reward, *, spec: str, device=None, limits: Limits = Limits(), dec
     except metadata.PackageNotFoundError:  # a source tree that was never installed
         version = None
 
+    if max_bytes is not None:
+        limits = dataclasses.replace(limits, max_body_bytes=max_bytes)
     app = FastAPI(title=f"steer reward {reward.name}", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(OneLineErrors)
     lock = threading.Lock()
@@ -238,10 +245,10 @@ def serve(spec: str, host: str = "127.0.0.1", port: int = 8085, *, device: Optio
         raise SteerError(f"steer serve-reward needs {e.name or 'fastapi'}: {INSTALL_HINT}") from None
     from steer.rewards.registry import load
 
-    _log_to_stderr()
-    _pixels_checked_here()
     reward = load(spec, device=device, dtype=dtype)
     sock = listen(host, port)
+    _log_to_stderr()  # the process is now the server's: its logging and PIL's settings are ours
+    _pixels_checked_here()
     app = create_app(reward, spec=spec, device=device, limits=limits)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
                             http=one_line_protocol(), log_config=None)
