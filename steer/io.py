@@ -351,7 +351,7 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as e:
-        raise _naming(e, path) from e
+        raise naming_path(e, path) from e
     try:
         with contextlib.suppress(OSError, AttributeError):  # fchmod: POSIX only
             os.fchmod(fd, 0o666 & ~umask())
@@ -364,7 +364,7 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise _naming(e, path) from e
+            raise naming_path(e, path) from e
         raise
     with contextlib.suppress(OSError, AttributeError):  # folders cannot be opened on every OS
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -374,8 +374,9 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
             os.close(dir_fd)
 
 
-def _naming(error: OSError, path: Path) -> OSError:
-    """``error`` with ``path`` as its file name (``f.write`` on a full disk names no file)."""
+def naming_path(error: OSError, path: Path) -> OSError:
+    """``error`` with ``path`` as its file name (``f.write`` on a full disk names no file), for writes that
+    are not :func:`atomic_write`'s: ``raise io.naming_path(e, path) from e``."""
     if error.errno is None:
         return OSError(f"{error}: {str(path)!r}")
     return OSError(error.errno, error.strerror or os.strerror(error.errno), str(path))

@@ -252,6 +252,8 @@ def test_atomic_write_names_the_path_and_keeps_the_old_file(tmp_path):
         io.atomic_write(path, full)
     assert err.value.errno == errno.ENOSPC and err.value.filename == str(path)
     assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+    named = io.naming_path(OSError(errno.EDQUOT, "Disk quota exceeded"), tmp_path / "metrics.jsonl")
+    assert named.errno == errno.EDQUOT and named.filename == str(tmp_path / "metrics.jsonl")
 
 
 def test_generate_on_a_full_disk_names_the_file_and_marks_the_trace(model_dir, tmp_path, monkeypatch, straight):
