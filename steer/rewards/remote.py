@@ -200,7 +200,10 @@ class HttpReward(Reward):
 
     def _request(self, method: str, path: str, body: Optional[bytes] = None, content_type: Optional[str] = None):
         """One JSON answer, retrying connection errors and 5xx / 408 / 429 answers with exponential backoff."""
+        import http.client
+
         import requests
+        import urllib3
 
         headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         if content_type:
@@ -224,7 +227,8 @@ class HttpReward(Reward):
                 self._reset()  # a pooled connection to a dead server is useless
                 failure = ("down", _reason(e))
                 continue
-            except (requests.exceptions.RequestException, OSError, ValueError) as e:
+            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                    OSError, ValueError) as e:  # anything else a hostile answer can make requests raise
                 self._reset()
                 raise RewardServerError(f"reward server {self.url} failed on {path}: {type(e).__name__}: "
                                         f"{_reason(e)}") from None
