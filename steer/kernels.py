@@ -172,6 +172,31 @@ def renoise(schedule: Schedule, x: Tensor, j: int, i: int, noise: Tensor) -> Ten
     return r * x + (si**2 - (r * sj) ** 2).clamp_min(0) ** 0.5 * noise
 
 
+def renoise_along(schedule: Schedule, x: Tensor, j: int, i: int, noise: Tensor) -> Tensor:
+    """Move a state at step ``j`` to the noisier step ``i <= j`` deterministically toward the noise endpoint
+    ``noise``: x_i = a·x + b·ε with (a, b) such that the forward state of (x0, ε) at j lands on the one at i —
+    diffusion a = sqrt(ᾱ_i/ᾱ_j), b = sqrt(1−ᾱ_i) − a·sqrt(1−ᾱ_j); flow a = (1−σ_i)/(1−σ_j), b = σ_i − a·σ_j
+    (SOAR's re-noising "toward the same noise endpoint")."""
+    if i > j:
+        raise ValueError(f"renoise_along goes from step j={j} back to an earlier step i <= j, got i={i}")
+    if schedule.kind == "diffusion":
+        ai, aj = schedule.alphas_cumprod[i], schedule.alphas_cumprod[j]
+        a = (ai / aj) ** 0.5
+        return a * x + ((1 - ai) ** 0.5 - a * (1 - aj).clamp_min(0) ** 0.5) * noise
+    si, sj = schedule.sigmas[i], schedule.sigmas[j]
+    a = (1 - si) / (1 - sj)
+    return a * x + (si - a * sj) * noise
+
+
+def implied_noise(schedule: Schedule, i: int, x: Tensor, x0: Tensor) -> Tensor:
+    """The noise ε with add_noise(x0, ε) = x at step ``i`` (so ``training_target`` of it points x̂0 at x0)."""
+    if schedule.kind == "diffusion":
+        a = schedule.alphas_cumprod[i]
+        return (x - a**0.5 * x0) / (1 - a) ** 0.5
+    s = schedule.sigmas[i]
+    return (x - (1 - s) * x0) / s
+
+
 def training_target(schedule: Schedule, i: int, x0: Tensor, noise: Tensor) -> Tensor:
     """What the model is trained to output at step ``i`` for x_i = add_noise(x0, noise):
     ε (epsilon), sqrt(ᾱ)·ε − sqrt(1−ᾱ)·x0 (v_prediction), x0 (sample), ε − x0 (flow)."""

@@ -316,3 +316,19 @@ def test_a_malformed_trace_on_resume_is_one_line_naming_file_and_fix(model_dir, 
     (out / "trace.json").write_bytes(data)
     line = error_line(generate(model_dir, out, "--resume"))
     assert f"--resume: {str(out / 'trace.json')!r} {what}" in line and "start over with --overwrite" in line, line
+
+
+def test_a_trained_lora_follows_the_umask(tmp_path):
+    """safetensors writes 0600; the LoRA folder's files follow the umask like every other file of a run."""
+    import os
+
+    from steer.finetune import DraftConfig, draft
+    from tests.test_finetune import PROMPTS, Brightness, tiny_process
+
+    old = os.umask(0o027)
+    try:
+        result = draft(tiny_process(steps=2), Brightness(), PROMPTS, DraftConfig(max_steps=1), out_dir=tmp_path)
+    finally:
+        os.umask(old)
+    files = [p for p in result.lora_dir.iterdir() if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o777 == 0o640 for p in files), [(p.name, oct(p.stat().st_mode)) for p in files]

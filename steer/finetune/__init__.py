@@ -5,24 +5,26 @@
 - ``distill`` — steering (fk, dts_star, best_of_n, reno) distilled into a LoRA, RAFT-style
 - ``dpo`` / ``kto`` — Diffusion-DPO on preference pairs, Diffusion-KTO on desirable / undesirable
   samples, from a Pick-a-Pic dataset, steering, or a verifier (``steer.finetune.preference_data``)
+- ``soar`` — SOAR: on-policy self-correction toward steered samples (``steer.finetune.soar``)
 - ``nft`` — DiffusionNFT: positive / negative implicit policies on the forward process, any sampler,
   any reward (``steer.finetune.nft``)
 Each takes ``(process, reward, prompts, config, out_dir=...)`` and writes ``out_dir/lora`` (loadable with
 ``pipe.load_lora_weights``), ``metrics.jsonl`` and resumable ``checkpoints/``.
 """
 from steer.finetune.config import (CONFIGS, DistillConfig, DPOConfig, DraftConfig, GRPOConfig, KTOConfig, NFTConfig,
-                                   TrainConfig)
+                                   SoarConfig, TrainConfig)
 from steer.finetune.distill import distill
 from steer.finetune.dpo import dpo
 from steer.finetune.draft import draft
 from steer.finetune.grpo import grpo
 from steer.finetune.kto import kto
 from steer.finetune.nft import nft
+from steer.finetune.soar import soar
 from steer.finetune.lora import attach_lora, load_lora, lora_disabled, merge_lora, save_lora
 from steer.finetune.trainer import TrainResult
 
-METHODS = {"draft": draft, "grpo": grpo, "distill": distill, "dpo": dpo, "kto": kto, "nft": nft}
+METHODS = {"draft": draft, "grpo": grpo, "distill": distill, "dpo": dpo, "kto": kto, "nft": nft, "soar": soar}
 
 __all__ = ["draft", "grpo", "distill", "dpo", "kto", "DraftConfig", "GRPOConfig", "DistillConfig", "DPOConfig",
-           "KTOConfig", "NFTConfig", "nft", "TrainConfig", "CONFIGS",
+           "KTOConfig", "NFTConfig", "nft", "SoarConfig", "soar", "TrainConfig", "CONFIGS",
            "METHODS", "TrainResult", "attach_lora", "save_lora", "load_lora", "merge_lora", "lora_disabled"]

@@ -1,6 +1,6 @@
 """``steer finetune``: the typer command (registered in ``steer/cli.py``).
 
-    steer finetune --method draft|grpo|nft|distill|dpo|kto | --preset NAME --reward SPEC --prompts FILE --out DIR
+    steer finetune --method draft|grpo|nft|distill|soar|dpo|kto | --preset NAME --reward SPEC --prompts FILE --out DIR
                    [--dataset PICKAPIC_PATH] [--model ID_OR_PATH] [--steer-method fk --particles 8 -o KEY=VALUE ...]
                    [--max-steps N] [--lora-rank R] [--set FIELD=VALUE ...] [--resume | --overwrite]
 
@@ -31,7 +31,7 @@ def _preset(name: Optional[str], method: Optional[str], steps, guidance):
     """(preset config fields, method, steps, guidance): the preset's where not given explicitly."""
     if name is None:
         if method is None:
-            raise SteerError("--method is required (draft, grpo, nft, distill, dpo or kto), or give a --preset")
+            raise SteerError("--method is required (draft, grpo, nft, distill, soar, dpo or kto), or give a --preset")
         return {}, method, steps, guidance
     from steer.finetune import presets
 
@@ -41,7 +41,7 @@ def _preset(name: Optional[str], method: Optional[str], steps, guidance):
             p.process["guidance_scale"] if guidance is None else guidance)
 
 
-STEERED = ("distill", "dpo", "kto")  # methods whose data come from a steering method
+STEERED = ("distill", "soar", "dpo", "kto")  # methods whose data come from a steering method
 
 
 def _prompts(prompts_file: Optional[Path], dataset: Optional[str], method: str) -> list[str]:
@@ -104,6 +104,7 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     from steer.finetune import checkpoint
     from steer.finetune.trainer import earlier_run
 
+    io.check_free(out)  # another run holding --out is named (PID) before anything else is said about it
     if resume and overwrite:
         raise SteerError("--resume and --overwrite exclude each other: --resume continues the run in --out, "
                          "--overwrite deletes it; give one")
@@ -195,7 +196,7 @@ class _one_line_warnings(warnings.catch_warnings):
 
 def finetune(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="draft (reward backprop), grpo (DDPO / "
-                                         "Flow-GRPO), nft (DiffusionNFT), distill, dpo (Diffusion-DPO) or kto (Diffusion-KTO) "
+                                         "Flow-GRPO), nft (DiffusionNFT), distill, soar (self-correction), dpo (Diffusion-DPO) or kto (Diffusion-KTO) "
                                          "(default: the preset's)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="A reference's defaults: ddpo, flow_grpo, alignprop, "
                                          "draft_k, draft_lv, diffusion_dpo, diffusion_kto, diffusion_nft (flags and --set "
@@ -211,12 +212,12 @@ def finetune(
                                           "label_0), streamed; sets source=dataset."),
     out: Path = typer.Option(..., "--out", help="Output folder (lora/, metrics.jsonl, checkpoints/)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model id or local diffusers folder."),
-    steer_method: str = typer.Option("fk", "--steer-method", help="distill / dpo / kto (and nft with "
+    steer_method: str = typer.Option("fk", "--steer-method", help="distill / soar / dpo / kto (and nft with "
                                      "--particles or -o): steering method that makes the samples (fk, dts_star, "
                                      "best_of_n, reno)."),
-    particles: Optional[int] = typer.Option(None, "--particles", help="distill / dpo / kto: particles (fk) or "
+    particles: Optional[int] = typer.Option(None, "--particles", help="distill / soar / dpo / kto / nft: particles (fk) or "
                                             "candidates (best_of_n)."),
-    option: List[str] = typer.Option(None, "--option", "-o", help="distill / dpo / kto: steering option KEY=VALUE "
+    option: List[str] = typer.Option(None, "--option", "-o", help="distill / soar / dpo / kto / nft: steering option KEY=VALUE "
                                      "(repeatable)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps."),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank."),
@@ -245,7 +246,7 @@ def finetune(
             explicit_steer = steer_method
         else:
             if particles is not None or option:
-                raise SteerError("--particles and --option only apply to --method distill, dpo, kto or nft")
+                raise SteerError("--particles and --option only apply to --method distill, soar, dpo, kto or nft")
             opts, explicit_steer = {}, None
         config = build_config(method, dict(max_steps=max_steps, lora_rank=lora_rank, lora_alpha=lora_alpha,
                                            learning_rate=learning_rate, seed=seed, steer_method=explicit_steer,

@@ -200,6 +200,26 @@ class DistillConfig(TrainConfig):
 
 
 @dataclass
+class SoarConfig(DistillConfig):
+    """SOAR on-policy self-correction toward steered samples (see ``steer.finetune.soar``)."""
+
+    aux_points: int = opt(6, "Auxiliary re-noised states per sample and step (SOAR: trajectory_length 6); 0 = "
+                             "the plain denoising loss.", "method")
+    aux_weight: float = opt(1.0, "λ of the auxiliary loss (SOAR: lambda_aux 1.0).", "method")
+    rollout_guidance: Optional[float] = opt(None, "Guidance of the stop-gradient rollout step (SOAR: 4.5); None = "
+                                                  "the process' guidance_scale.", "method")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.aux_points >= 0, f"aux_points must be >= 0, got {self.aux_points}")
+        _require(self.aux_weight >= 0 and math.isfinite(self.aux_weight), f"aux_weight must be >= 0, got {self.aux_weight}")
+        _require(self.rollout_guidance is None or self.rollout_guidance >= 1,
+                 f"rollout_guidance must be >= 1 or None, got {self.rollout_guidance}")
+
+    method = "soar"
+
+
+@dataclass
 class PreferenceConfig(TrainConfig):
     """What Diffusion-DPO and Diffusion-KTO share: where the preference data comes from
     (``steer.finetune.preference_data``) and the micro-batch."""
@@ -333,4 +353,4 @@ class NFTConfig(TrainConfig):
     method = "nft"
 
 
-CONFIGS = {"draft": DraftConfig, "grpo": GRPOConfig, "distill": DistillConfig, "dpo": DPOConfig, "kto": KTOConfig, "nft": NFTConfig}
+CONFIGS = {"draft": DraftConfig, "grpo": GRPOConfig, "distill": DistillConfig, "dpo": DPOConfig, "kto": KTOConfig, "nft": NFTConfig, "soar": SoarConfig}

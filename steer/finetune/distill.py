@@ -37,17 +37,23 @@ def distill(process, reward, prompts: Sequence[str], config: Optional[DistillCon
             resume: bool = False, overwrite: bool = False, callback: Optional[Callable] = None,
             accelerator=None, eval_reward=None) -> TrainResult:
     """Steer, keep the top samples, fine-tune a LoRA on them with the denoising loss; returns the LoRA."""
+    return train_on_steered(process, reward, prompts, config or DistillConfig(), distill_step, out_dir=out_dir,
+                            resume=resume, overwrite=overwrite, callback=callback, accelerator=accelerator,
+                            eval_reward=eval_reward)
+
+
+def train_on_steered(process, reward, prompts, config: DistillConfig, step_fn: Callable, **run) -> TrainResult:
+    """The trainer of a method that fits steered samples (``config.method``), run with ``step_fn``."""
     from steer.catalog import check_options, resolve_method
 
-    config = config or DistillConfig()
     method = resolve_method(config.steer_method)
     check_options(method, dict(config.steer_options), config.steer_method)
     if config.max_steps != config.steps_per_round * config.rounds:
         config = replace(config, max_steps=config.steps_per_round * config.rounds)
-    trainer = Trainer(process, reward, prompts, config, out_dir, method="distill", resume=resume, overwrite=overwrite,
-                      accelerator=accelerator, callback=callback, eval_reward=eval_reward)
+    out_dir = run.pop("out_dir")
+    trainer = Trainer(process, reward, prompts, config, out_dir, method=config.method, **run)
     trainer.steer_fn = method
-    return trainer.run(distill_step)
+    return trainer.run(step_fn)
 
 
 def steered_samples(trainer: Trainer, round_index: int) -> dict:
@@ -127,8 +133,9 @@ def denoising_loss(trainer: Trainer, x0: torch.Tensor, cond: Cond, generator: to
     return torch.nn.functional.mse_loss(output, target.float())
 
 
-def distill_step(trainer: Trainer, generator: torch.Generator, step: int) -> dict:
-    """Sample a new steered set at the start of each round, then one micro-batch of the denoising loss."""
+def distill_step(trainer: Trainer, generator: torch.Generator, step: int, loss_fn: Callable = None) -> dict:
+    """Sample a new steered set at the start of each round, then one micro-batch of the denoising loss
+    (or of ``loss_fn(trainer, x0, cond, generator)``, e.g. SOAR's)."""
     config = trainer.config
     round_index = step // config.steps_per_round
     data = trainer.extra.get("distill_data")
@@ -137,7 +144,7 @@ def distill_step(trainer: Trainer, generator: torch.Generator, step: int) -> dic
     rows = torch.randint(len(data["idx"]), (min(config.train_batch_size, len(data["idx"])),), generator=generator)
     x0 = data["latents"][rows].to(trainer.process.device)
     idx = [data["idx"][r] for r in rows.tolist()]
-    loss = denoising_loss(trainer, x0, trainer.cond(idx), generator)
+    loss = (loss_fn or denoising_loss)(trainer, x0, trainer.cond(idx), generator)
     trainer.backward(loss)
     return {"loss": float(loss.detach()), "rewards": data["rewards"], "eval_rewards": data.get("eval_rewards"),
             "prompts": [trainer.prompts[j] for j in idx]}

@@ -22,6 +22,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from steer import io
+
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER = "default"
 
@@ -133,12 +135,15 @@ def save_lora(pipe, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if f"{name}_lora_layers" not in params:
-        return _save_peft_format(pipe, directory)
+        _save_peft_format(pipe, directory)
+        io.follow_umask(directory)  # safetensors writes its files 0600
+        return directory
     layers = lora_state_dict(pipe)  # peft keys (lora_A / lora_B), which every diffusers LoRA loader reads
     kwargs = {f"{name}_lora_layers": layers}
     if f"{name}_lora_adapter_metadata" in params:
         kwargs[f"{name}_lora_adapter_metadata"] = adapter_metadata(pipe)
     saver(str(directory), safe_serialization=True, **kwargs)
+    io.follow_umask(directory)  # safetensors writes its files 0600; everything else here follows the umask
     return directory
 
 

@@ -30,7 +30,8 @@ _FLAGS = {"method": "--method", "model": "--model", "denoiser": "--model", "rewa
           "prompts": "--prompts (the file's contents)", "num_prompts": "--prompts", "num_inference_steps": "--steps",
           "guidance_scale": "--guidance", "learning_rate": "--learning-rate", "seed": "--seed",
           "lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha", "steer_method": "--steer-method",
-          "steer_options": "--particles / -o", "processes": "the number of processes"}
+          "steer_options": "--particles / -o", "processes": "the number of processes",
+          "dataset_contents": "--dataset (the data's contents changed; start over with --overwrite)"}
 RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "lora", "lora_ema", "reward.png")
 
 

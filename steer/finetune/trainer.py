@@ -264,8 +264,11 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with io.deferred_interrupts(), open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with io.deferred_interrupts(), open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: name the file
+            raise io.naming_path(e, self.metrics_path) from e
 
     def _truncate_metrics(self, step: int) -> None:
         """Keep the records of steps <= ``step`` (a line torn by a kill mid-append is dropped)."""
