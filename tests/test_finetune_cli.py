@@ -110,3 +110,27 @@ def test_dpo_on_a_dataset_needs_no_prompts_or_reward(tmp_path, model_dir):
     assert config["source"] == "dataset" and config["method"] == "dpo"
     missing = invoke("--method", "kto", "--out", tmp_path / "other")
     assert missing.exit_code == 2 and "--prompts FILE is required" in missing.output
+
+
+@pytest.mark.parametrize("method, extra", [("nft", ["--set", "group_size=2", "--set", "kl_beta=0"]),
+                                           ("soar", ["--steer-method", "best_of_n", "--particles", "2",
+                                                     "--set", "aux_points=1"])])
+def test_new_methods_run_and_announce_their_updates_per_prompt(tmp_path, prompts, model_dir, method, extra):
+    """nft and soar run from the CLI; every run states its updates per prompt and warns below the measured need."""
+    result = invoke("--method", method, "--reward", "tests.test_finetune:Brightness", "--prompts", prompts,
+                    "--model", model_dir, "--steps", "2", "--guidance", "1", "--out", tmp_path / "run",
+                    "--lora-rank", "2", "--max-steps", "2", *extra)
+    assert result.exit_code == 0, result.output
+    per_prompt = 2 * 2 * 1 / 2 if method == "nft" else 4 * 2 / 2  # nft: prompts × group; soar: train_batch_size
+    assert f"{method}: 2 steps over 2 prompt(s): {per_prompt:.0f} updates per prompt" in result.output
+    assert "warning:" in result.output and "raise --max-steps to ~" in result.output
+    assert (tmp_path / "run" / "lora").is_dir()
+
+
+def test_updates_per_prompt_counts_what_enters_the_loss():
+    from steer.finetune.command import updates_per_prompt
+    from steer.finetune.config import DistillConfig, DraftConfig, GRPOConfig
+
+    assert updates_per_prompt(GRPOConfig(max_steps=40, prompts_per_step=2, group_size=8), 16) == 40.0
+    assert updates_per_prompt(DraftConfig(max_steps=60, prompts_per_step=4, gradient_accumulation_steps=2), 8) == 60.0
+    assert updates_per_prompt(DistillConfig(max_steps=150, train_batch_size=4), 16) == 37.5

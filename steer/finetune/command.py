@@ -16,6 +16,7 @@ Bad input exits with code 2 and one line on stderr (``--debug`` shows the traceb
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -97,6 +98,34 @@ def steer_options(steer_method: str, particles: Optional[int], options: List[str
         out[key] = particles
     check_options(fn, out, steer_method)
     return out
+
+
+# Updates per prompt below which the shapes-world benchmarks saw a LoRA carry little (benchmarks/README.md,
+# "Amortization"): relational layout moved only with ~250 per caption (distill_ceiling.py), the chroma style
+# with ~100 (amortize_style.py).
+MIN_UPDATES_PER_PROMPT = 100
+
+
+def updates_per_prompt(config, num_prompts: int) -> float:
+    """How many times a run trains on each prompt in expectation: samples entering the loss per optimizer
+    step (prompts × group for online methods, the micro-batch for methods fitting stored samples) × steps ×
+    accumulation / prompts."""
+    per_step = getattr(config, "train_batch_size", None) if config.method in STEERED else None
+    if per_step is None:
+        per_step = config.prompts_per_step * getattr(config, "group_size", 1)
+    return per_step * config.max_steps * config.gradient_accumulation_steps / max(1, num_prompts)
+
+
+def _announce_updates(config, num_prompts: int) -> None:
+    """One stderr line with the updates per prompt the run will take; a warning when below the measured need."""
+    k = updates_per_prompt(config, num_prompts)
+    typer.echo(f"{config.method}: {config.max_steps} steps over {num_prompts} prompt(s): {k:.0f} updates per prompt",
+               err=True)
+    if k < MIN_UPDATES_PER_PROMPT:
+        need = math.ceil(MIN_UPDATES_PER_PROMPT * config.max_steps / k)
+        typer.echo(f"warning: {k:.0f} updates per prompt is below the ~{MIN_UPDATES_PER_PROMPT} a LoRA needed on the "
+                   f"shapes world (benchmarks/README.md); raise --max-steps to ~{need} or train on fewer prompts",
+                   err=True)
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
@@ -252,6 +281,8 @@ def finetune(
                                            learning_rate=learning_rate, seed=seed, steer_method=explicit_steer,
                                            dataset=dataset, source="dataset" if dataset else None),
                               settings or [], opts, base=base)
+        if prompts:
+            _announce_updates(config, len(prompts))
         result = run_finetune(method, reward, prompts, out, model=model, config=config, resume=resume,
                               steps=steps, guidance=guidance, device=device, overwrite=overwrite,
                               eval_reward=eval_reward)
