@@ -63,17 +63,6 @@ def _method_kwargs(method: str, explicit: dict, extra: List[str]) -> dict:
     return kwargs
 
 
-def _check_device(device: Optional[str]) -> None:
-    if device is None:
-        return
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SteerError(f"--device {device} asked for, but no CUDA device is available here; use --device cpu")
-    if device.startswith("mps") and not torch.backends.mps.is_available():
-        raise SteerError(f"--device {device} asked for, but MPS is not available here; use --device cpu")
-
-
 def _scalar(value) -> Optional[float]:
     """A number to show for a per-prompt record (lists: their mean), or None."""
     if value is None:
@@ -206,7 +195,7 @@ def generate(
         prompts = io.read_prompts(prompts_file, given=prompt)
         if negative_prompt:
             io.check_prompt(negative_prompt, "--negative-prompt")
-        _check_device(device)
+        io.check_device(device)
         check_run_options(seed=seed, steps=steps, guidance_scale=guidance, height=height, width=width,
                           batch_size=None, nfe_budget=nfe_budget, device=device, dtype=io.parse_dtype(dtype))
         kwargs = _method_kwargs(method, dict(particles=particles, n=n, lam=lam, potential=potential,

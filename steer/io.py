@@ -163,6 +163,18 @@ def parse_dtype(name: Optional[str]):
     return getattr(torch, DTYPES[name])
 
 
+def check_device(device: Optional[str]) -> None:
+    """``--device`` that this machine lacks (CUDA / MPS not available): a one-line error naming the fix."""
+    if device is None:
+        return
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SteerError(f"--device {device} asked for, but no CUDA device is available here; use --device cpu")
+    if device.startswith("mps") and not torch.backends.mps.is_available():
+        raise SteerError(f"--device {device} asked for, but MPS is not available here; use --device cpu")
+
+
 def output_dir(path: Path, create: bool = True) -> Path:
     """``--out``: a folder (created when ``create``), not a file."""
     path = Path(path)

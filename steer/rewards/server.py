@@ -317,10 +317,7 @@ def serve_reward(
         if not 0 <= port <= 65535:
             raise SteerError(f"--port must be in 0..65535, got {port}")
         limits = _limits(max_body_mb, max_images, max_image_pixels, max_batch_pixels)
-        if device is not None:
-            from steer.cli import _check_device
-
-            _check_device(device)
+        io.check_device(device)
         serve(spec, host, port, device=device, dtype=io.parse_dtype(dtype), limits=limits, echo=typer.echo)
 
 
