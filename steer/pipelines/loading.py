@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from steer.pipelines.families import FAMILIES, check_video_options, from_pipe
+
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -37,8 +39,6 @@ def load(model_id_or_path: str | os.PathLike, device=None, dtype=None, **options
     """
     from diffusers import DiffusionPipeline
 
-    from steer.pipelines import from_pipe
-
     torch_dtype = _dtype(dtype)
     index, source, local_only = _model_index(model_id_or_path)
     _check_family(index.get("_class_name"), model_id_or_path)
@@ -54,8 +54,6 @@ def load(model_id_or_path: str | os.PathLike, device=None, dtype=None, **options
 
 def _check_options(class_name, options) -> None:
     """Options the family cannot take (``num_frames`` for an image pipeline), refused before loading."""
-    from steer.pipelines import FAMILIES, check_video_options
-
     if options.get("num_frames") is not None and class_name in FAMILIES:
         module, name = FAMILIES[class_name].split(":")
         check_video_options(getattr(importlib.import_module(module), name), class_name, options)
@@ -130,8 +128,6 @@ def _offline() -> bool:
 
 
 def _check_family(class_name: Optional[str], name) -> None:
-    from steer.pipelines import FAMILIES
-
     if class_name not in FAMILIES:
         raise TypeError(
             f"{name} is a {class_name}; steer has no adapter for it. Supported families: "
