@@ -1,12 +1,40 @@
-"""Caption algebra of the shapes world: the other spelling of a relation, one canonical spelling per
+"""The captions of the shapes world (``world``): the vocabulary, the three caption forms and their
+parsing; and the caption algebra: the other spelling of a relation, one canonical spelling per
 meaning, the perpendicular relations, and the corruptions that are false for every scene of a
 caption (the hard negatives of the CLIPs and the checker's tests)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from steer.zoo.shapes.world import (COLORS, INVERSE, NUMBERS, PLURALS, RELATIONS, SHAPES, _parse_relation,
-                                    count_caption, relation_caption, single_caption)
+COLORS: dict[str, tuple[float, float, float]] = {
+    "red": (0.90, 0.10, 0.10),
+    "green": (0.10, 0.80, 0.15),
+    "blue": (0.10, 0.25, 0.95),
+    "yellow": (0.95, 0.85, 0.10),
+}
+SHAPES = ("circle", "square", "triangle")
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
+RELATIONS = ("above", "below", "to the left of", "to the right of")
+INVERSE = {"above": "below", "below": "above", "to the left of": "to the right of", "to the right of": "to the left of"}
+NUMBERS = {2: "two", 3: "three"}
+
+
+def single_caption(color: str, shape: str) -> str:
+    return f"a {color} {shape}"
+
+
+def relation_caption(a: tuple[str, str], relation: str, b: tuple[str, str]) -> str:
+    return f"a {a[0]} {a[1]} {relation} a {b[0]} {b[1]}"
+
+
+def count_caption(color: str, shape: str, n: int) -> str:
+    return f"{NUMBERS[n]} {color} {PLURALS[shape]}"
+
+
+def _parse_relation(caption: str) -> tuple[tuple[str, str], str, tuple[str, str]]:
+    w = caption.split()
+    rel = " ".join(w[3:-3])
+    return (w[1], w[2]), rel, (w[-2], w[-1])
 
 
 def _objects_of(caption: str) -> tuple[list[tuple[str, str]], Optional[str]]:

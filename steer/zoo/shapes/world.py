@@ -35,17 +35,13 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-COLORS: dict[str, tuple[float, float, float]] = {
-    "red": (0.90, 0.10, 0.10),
-    "green": (0.10, 0.80, 0.15),
-    "blue": (0.10, 0.25, 0.95),
-    "yellow": (0.95, 0.85, 0.10),
-}
-SHAPES = ("circle", "square", "triangle")
-PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
-RELATIONS = ("above", "below", "to the left of", "to the right of")
-INVERSE = {"above": "below", "below": "above", "to the left of": "to the right of", "to the right of": "to the left of"}
-NUMBERS = {2: "two", 3: "three"}
+# The caption grammar (vocabulary, the three caption forms, parsing) and its algebra (equivalent
+# spellings, perpendicular relations, corruptions) live in ``captions.py``; re-exported here because
+# callers think of them as part of the world.
+from steer.zoo.shapes.captions import (COLORS, INVERSE, NUMBERS, PLURALS, RELATIONS, SHAPES,  # noqa: F401
+                                       _parse_relation, canonical, count_caption, equivalent, mismatches,
+                                       perpendicular, relation_caption, single_caption)
+
 KINDS = ("single", "relation", "count")
 KIND_WEIGHTS = (0.3, 0.5, 0.2)
 SIZE_RANGE = (0.22, 0.38)  # object bbox side as a fraction of the image side
@@ -87,18 +83,6 @@ class Scene:
     kind: str
     objects: tuple[Obj, ...]
     relation: Optional[str] = None
-
-
-def single_caption(color: str, shape: str) -> str:
-    return f"a {color} {shape}"
-
-
-def relation_caption(a: tuple[str, str], relation: str, b: tuple[str, str]) -> str:
-    return f"a {a[0]} {a[1]} {relation} a {b[0]} {b[1]}"
-
-
-def count_caption(color: str, shape: str, n: int) -> str:
-    return f"{NUMBERS[n]} {color} {PLURALS[shape]}"
 
 
 def all_captions() -> dict[str, list[str]]:
@@ -201,12 +185,6 @@ def _place(rng: np.random.Generator, kinds: Sequence[tuple[str, str]], size: int
 
 
 # ----------------------------------------------------------------------------- sampling
-def _parse_relation(caption: str) -> tuple[tuple[str, str], str, tuple[str, str]]:
-    w = caption.split()
-    rel = " ".join(w[3:-3])
-    return (w[1], w[2]), rel, (w[-2], w[-1])
-
-
 def scene_for(caption: str, rng: np.random.Generator, size: int = 32) -> Scene:
     """A random scene realising a caption of the grammar."""
     words = caption.split()
@@ -244,8 +222,3 @@ def batch(n: int, seed: int = 0, split: str = "train", size: int = 32,
     """``n`` scenes stacked: images (n, 3, size, size) and their captions."""
     pairs = list(dataset(n, seed, split, size, start))
     return torch.stack([p[0] for p in pairs]), [p[1] for p in pairs]
-
-
-# Caption algebra (equivalent spellings, perpendicular relations, corruptions) lives in
-# ``captions.py``; re-exported here because callers think of it as part of the world.
-from steer.zoo.shapes.captions import canonical, equivalent, mismatches, perpendicular  # noqa: E402,F401
