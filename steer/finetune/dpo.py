@@ -42,7 +42,7 @@ from steer.finetune import lora
 from steer.finetune.config import DPOConfig
 from steer.finetune.trainer import Trainer, TrainResult
 
-METHOD = "dpo"
+METHOD = DPOConfig.method  # "dpo" (config holds each method's name)
 
 
 def dpo(process, reward, prompts: Sequence[str], config: Optional[DPOConfig] = None, *, out_dir,

@@ -25,30 +25,11 @@ the dataset stream's position is kept there too, and the dataset's fingerprint a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
-from torch import Tensor
 
-from steer.finetune.trainer import Trainer, step_generator
-from steer.types import Cond
-
-SALT = 30_000_000  # generator streams of the online data (distill uses 10_000_000 + ...)
-
-
-@dataclass
-class PreferenceBatch:
-    """One micro-batch. ``x0``: clean latents (DPO: 2B rows, winners then losers; KTO: B rows);
-    ``cond``: B conditioning rows; ``desirable``: KTO's labels (B,) bool; ``prompts``: B prompts;
-    ``rewards`` / ``eval_rewards``: the scores of the data (for the step record)."""
-
-    x0: Tensor
-    cond: Cond
-    prompts: list
-    desirable: Optional[Tensor] = None
-    rewards: Optional[Tensor] = None
-    eval_rewards: Optional[Tensor] = None
+from steer.finetune.config import DPOConfig
+from steer.finetune.preference_common import SALT, PreferenceBatch, stream_seed  # noqa: F401  (re-exported)
+from steer.finetune.trainer import Trainer
 
 
 def preference_batch(trainer: Trainer, generator: torch.Generator, step: int, *, paired: bool) -> PreferenceBatch:
@@ -143,10 +124,8 @@ def verifier_data(trainer: Trainer, round_index: int) -> dict:
 
 def check_data(trainer: Trainer, data: dict) -> None:
     """A round that gives the method nothing to learn from is a one-line error naming the fix."""
-    from steer.finetune.dpo import METHOD as DPO
-
     config = trainer.config
-    if trainer.method == DPO and len(data["pairs"]) == 0:
+    if trainer.method == DPOConfig.method and len(data["pairs"]) == 0:
         what = ("every pair's two samples got the same reward" if config.source == "steering" else
                 f"no prompt had both a sample with reward > {config.threshold} and one without")
         raise ValueError(f"no preference pairs in round {data['round']}: {what}; raise samples_per_prompt, "
@@ -185,8 +164,3 @@ def labelled_batch(trainer: Trainer, data: dict, generator: torch.Generator) -> 
     return PreferenceBatch(x0=data["latents"][rows].to(trainer.process.device), cond=trainer.cond(idx),
                            prompts=[trainer.prompts[j] for j in idx], desirable=desirable[rows],
                            rewards=data["rewards"], eval_rewards=data.get("eval_rewards"))
-
-
-def stream_seed(trainer: Trainer, epoch: int) -> int:
-    """The shuffle seed of epoch ``epoch`` of a dataset stream (the run's seed and the epoch)."""
-    return int(torch.randint(2 ** 31 - 1, (1,), generator=step_generator(trainer.config.seed, SALT + epoch)))

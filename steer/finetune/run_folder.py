@@ -103,7 +103,7 @@ def hold(out_dir: Path, accelerator) -> None:
 
 def settings(trainer) -> dict[str, Any]:
     """What ``trainer`` trains with: the config, method, model, chain, reward, prompts, processes, and a
-    preference dataset's contents (``preference_dataset.fingerprint``)."""
+    preference dataset's contents (``dataset_files.fingerprint``)."""
     name = getattr(trainer.pipe, "name_or_path", None)
     if name and os.path.exists(str(name)):
         name = str(Path(name).resolve())
@@ -116,7 +116,7 @@ def settings(trainer) -> dict[str, Any]:
            "prompts": hashlib.sha256("\n".join(trainer.prompts).encode()).hexdigest(),
            "num_prompts": len(trainer.prompts), "processes": trainer.world}
     if getattr(trainer.config, "source", None) == "dataset":  # its contents: a resume refuses changed data
-        from steer.finetune.preference_dataset import dataset_fingerprint
+        from steer.finetune.dataset_files import dataset_fingerprint
 
         run["dataset_contents"] = dataset_fingerprint(trainer)
     return _plain({**{k: v for k, v in trainer.config.to_dict().items() if k != "method"}, **run})
