@@ -213,7 +213,6 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                        "steer's first-order ODE (DDIM η = 0 / Euler) samples instead of the reference's 2nd-order "
                        "DPM solver", "the trained steps are shared by a micro-batch (the reference: a "
                        "permutation per sample)", "the advantages' statistics are this process' batch",
-                       "LoRA init: peft's default (B = 0) instead of init_lora_weights='gaussian'",
                        "eval_num_steps = 40 is an evaluation setting: evaluate the LoRA with --steps 40")),
 )}
 
