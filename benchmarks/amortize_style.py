@@ -16,6 +16,7 @@ plain deterministic sampler:
 
 - ``nft`` — DiffusionNFT (``steer.finetune.nft``): samples from v_old with the ODE of a
   ``--train-steps``-step chain (the reference trains on a 10-step chain and evaluates at 40);
+- ``nft-early`` — the same NFT run stopped after ``--nft-early-steps`` (default 10) steps;
 - ``grpo`` — DDPO (GRPO on DDIM η = 1) on the same ``--train-steps``-step chain, the same prompts and
   group size per step, so rewards-vs-samples curves compare at equal samples;
 - ``distill`` — FK samples (``--particles``) distilled with the x̂0-space loss (RAFT-style);
@@ -43,6 +44,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -68,7 +70,8 @@ from steer.zoo.shapes import DEFAULT_GUIDANCE_SCALE, checker, pipeline  # noqa: 
 from steer.zoo.shapes.evaluate import relational_heldout_captions  # noqa: E402
 from steer.zoo.shapes.reward import ShapesClipReward  # noqa: E402
 
-ROWS = ("base", "fk", "nft", "grpo", "distill", "draft")
+ROWS = ("base", "fk", "nft", "nft-early", "grpo", "distill", "draft")
+ONLINE = ("nft", "nft-early", "grpo", "draft")  # rows that draw new samples every step
 
 
 def parse(argv):
@@ -86,6 +89,7 @@ def parse(argv):
     p.add_argument("--nft-steps", type=int, default=100)
     p.add_argument("--nft-lr", type=float, default=3e-3)
     p.add_argument("--nft-fraction", type=float, default=0.5)
+    p.add_argument("--nft-early-steps", type=int, default=10)
     p.add_argument("--grpo-steps", type=int, default=100)
     p.add_argument("--grpo-lr", type=float, default=3e-3)
     p.add_argument("--grpo-fraction", type=float, default=0.5)
@@ -114,6 +118,9 @@ def train_setup(row: str, args):
         return nft, NFTConfig(group_size=args.group, max_steps=args.nft_steps, learning_rate=args.nft_lr,
                               timestep_fraction=args.nft_fraction, kl_beta=0.0, guided=True,
                               checkpoint_every=args.nft_steps, **common), args.train_steps
+    if row == "nft-early":  # the same run stopped early: the curve shows the gain arrives in the first steps
+        fn, config, steps = train_setup("nft", args)
+        return fn, replace(config, max_steps=args.nft_early_steps, checkpoint_every=args.nft_early_steps), steps
     if row == "grpo":
         return grpo, GRPOConfig(group_size=args.group, max_steps=args.grpo_steps, learning_rate=args.grpo_lr,
                                 timestep_fraction=args.grpo_fraction, noise_level=1.0,
@@ -179,8 +186,8 @@ def train_row(row, args, reference, cells, clip):
     cells.put(row, "training", {
         "config": config.to_dict(), "train_chain_steps": steps, "steps": len(m), "wall_seconds": wall,
         "seconds_per_step": sum(r["seconds"] for r in m) / len(m), "nfe": m[-1]["nfe"],
-        "samples": per_step * len(m) if row in ("nft", "grpo", "draft") else per_step,
-        "curve": [[per_step * (k + 1) if row in ("nft", "grpo", "draft") else per_step, r["reward_mean"]]
+        "samples": per_step * len(m) if row in ONLINE else per_step,
+        "curve": [[per_step * (k + 1) if row in ONLINE else per_step, r["reward_mean"]]
                   for k, r in enumerate(m)],
         "lora_b_norm": lora_b_norm(pipe), "threads": torch.get_num_threads(), **mem.report()})
     return process_of(pipe, args.steps)
@@ -188,7 +195,7 @@ def train_row(row, args, reference, cells, clip):
 
 def samples_per_step(row, config, n_captions: int) -> int:
     """Images generated per optimizer step (nft / grpo / draft) or in all (distill: particles included)."""
-    if row in ("nft", "grpo"):
+    if row in ("nft", "nft-early", "grpo"):
         return config.prompts_per_step * config.group_size
     if row == "draft":
         return config.prompts_per_step

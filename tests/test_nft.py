@@ -11,7 +11,7 @@ from steer.finetune.nft import nft_loss, old_decay, optimality
 from steer.rewards.combine import WeightedSum
 from steer.types import Schedule
 from tests.fixtures import grey
-from tests.test_finetune import PIXEL_WIDE, PROMPTS, WIDE, Brightness, tiny_process
+from tests.test_finetune import PIXEL_WIDE, PROMPTS, WIDE, Brightness, Interrupt, _stop_at, tiny_process
 
 FLOW = Schedule(kind="flow", timesteps=torch.tensor([900.0, 500.0]), prediction_type="flow",
                 sigmas=torch.tensor([0.9, 0.5, 0.0]))
@@ -165,19 +165,12 @@ def test_nft_with_a_weighted_sum_kl_and_steering_sampler(tmp_path):
         nft(tiny_process(steps=2), reward, PROMPTS, NFTConfig(steer_method="nope", max_steps=1), out_dir=tmp_path / "x")
 
 
-def _stop_at(step):
-    def callback(record):
-        if record["step"] == step:
-            raise KeyboardInterrupt
-    return callback
-
-
 def test_nft_resume_is_bitwise_including_the_sampling_policy(tmp_path):
     cfg = NFTConfig(max_steps=4, checkpoint_every=1, group_size=2, learning_rate=1e-2, target_modules=WIDE,
                     old_decay_rate=0.2, kl_beta=0.0)
     straight = tiny_process(steps=2)
     nft(straight, Bright(), PROMPTS, cfg, out_dir=tmp_path / "a")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupt):
         nft(tiny_process(steps=2), Bright(), PROMPTS, cfg, out_dir=tmp_path / "b", callback=_stop_at(2))
     resumed = tiny_process(steps=2)
     nft(resumed, Bright(), PROMPTS, cfg, out_dir=tmp_path / "b", resume=True)
