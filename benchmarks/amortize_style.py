@@ -35,6 +35,10 @@ an interrupted run resumes; a LoRA whose row is cached is reloaded. Runs on one 
 (``--threads``) so it can share the 2-core machine.
 
     python benchmarks/amortize_style.py [--rows base,fk,nft,grpo,distill,draft] [--report-only] [--plot out.png]
+
+The relational side run (issue 28's third goal, NFT on the exact checker): ``--reward shapes-check
+--teacher-reward shapes-clip --metric correct --train-captions 8 --heldout 8 --cache
+benchmarks/amortize_relational_cells``.
 """
 from __future__ import annotations
 
@@ -68,7 +72,7 @@ from steer.pipelines import from_pipe  # noqa: E402
 from steer.rewards.chroma import ChromaReward  # noqa: E402
 from steer.zoo.shapes import DEFAULT_GUIDANCE_SCALE, checker, pipeline  # noqa: E402
 from steer.zoo.shapes.evaluate import relational_heldout_captions  # noqa: E402
-from steer.zoo.shapes.reward import ShapesClipReward  # noqa: E402
+from steer.zoo.shapes.reward import ShapesCheckReward, ShapesClipReward  # noqa: E402
 
 ROWS = ("base", "fk", "nft", "nft-early", "grpo", "distill", "draft")
 ONLINE = ("nft", "nft-early", "grpo", "draft")  # rows that draw new samples every step
@@ -98,6 +102,11 @@ def parse(argv):
     p.add_argument("--draft-steps", type=int, default=60)
     p.add_argument("--draft-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reward", default="chroma", choices=("chroma", "shapes-check", "shapes-clip"),
+                   help="the training reward (and the teacher's unless --teacher-reward)")
+    p.add_argument("--teacher-reward", default=None, choices=(None, "chroma", "shapes-check", "shapes-clip"))
+    p.add_argument("--metric", default="chroma", choices=("chroma", "correct"),
+                   help="what the share of the teacher's gain is taken on (correct: checker accuracy)")
     p.add_argument("--chunk", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", type=Path, default=HERE / "amortize_style_cells")
@@ -136,20 +145,28 @@ def train_setup(row: str, args):
     raise ValueError(row)
 
 
+def training_reward(args, clip, name=None):
+    """The reward named ``name`` (default ``--reward``): chroma, the exact checker or the shapes CLIP."""
+    name = name or args.reward
+    return {"chroma": ChromaReward, "shapes-check": ShapesCheckReward, "shapes-clip": lambda: clip}[name]()
+
+
 def process_of(pipe, steps: int):
     return from_pipe(pipe, num_inference_steps=steps, guidance_scale=DEFAULT_GUIDANCE_SCALE)
 
 
-def evaluate(process, row, method, options, args, cells, clip) -> None:
-    """Missing evaluation cells of ``row``: chroma, checker and shapes-clip per caption over the seeds."""
+def evaluate(process, row, method, options, args, cells, clip, steer_reward=None) -> None:
+    """Missing evaluation cells of ``row``: chroma, checker and shapes-clip per caption over the seeds
+    (``steer_reward``: what a steering method is steered by; default the training reward)."""
     chroma = ChromaReward()
+    steer_reward = steer_reward or training_reward(args, clip)
     for name, caps in sets(args).items():
         if cells.get(row, name):
             continue
         cols = {"chroma": [], "correct": [], "clip": []}
         t0, nfe = time.perf_counter(), 0.0
         for seed in range(args.seeds):
-            results, n, _ = steer_all(process, chroma, caps, method, options, seed, args.chunk)
+            results, n, _ = steer_all(process, steer_reward, caps, method, options, seed, args.chunk)
             images = torch.cat([r.images.float() for r in results])
             nfe += n / args.seeds
             with torch.no_grad():
@@ -175,7 +192,7 @@ def train_row(row, args, reference, cells, clip):
     clip_before = fingerprint(clip.model)
     t0 = time.perf_counter()
     with PeakRSS() as mem:
-        result = fn(process_of(pipe, steps), ChromaReward(), captions, config, out_dir=cells.run_dir(row),
+        result = fn(process_of(pipe, steps), training_reward(args, clip), captions, config, out_dir=cells.run_dir(row),
                     overwrite=True, eval_reward=clip)
     wall = time.perf_counter() - t0
     if fingerprint(clip.model) != clip_before:
@@ -210,23 +227,24 @@ def fmt(cell, key, pct=False) -> str:
     return f"{m:.1%} [{lo:.1%}, {hi:.1%}]" if pct else f"{m:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
-def kept(cells, row, name) -> str:
+def kept(cells, row, name, metric: str = "chroma") -> str:
     base, teacher, lora = (cells.get(r, name) for r in ("base", "fk", row))
     if not (base and teacher and lora):
         return "—"
-    point, ci = share(base["chroma_per_caption"], teacher["chroma_per_caption"], lora["chroma_per_caption"])
+    point, ci = share(*(c[f"{metric}_per_caption"] for c in (base, teacher, lora)))
     if point is None:
         return "—"
     return f"{point:.0%}" + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci else " (teacher gain not clear)")
 
 
-def tables(cells, rows) -> str:
-    out = ["| row | set | chroma [95% CI] | share of FK's gain kept [95% CI] | checker acc. [95% CI] | shapes-clip |",
+def tables(cells, rows, metric: str = "chroma") -> str:
+    out = [f"| row | set | chroma [95% CI] | share of FK's {metric} gain kept [95% CI] | checker acc. [95% CI] "
+           f"| shapes-clip |",
            "|---|---|---|---|---|---|"]
     for row in rows:
         for name in ("train", "heldout"):
             c = cells.get(row, name)
-            out.append(f"| {row} | {name} | {fmt(c, 'chroma')} | {kept(cells, row, name) if row not in ('base', 'fk') else '—'} "
+            out.append(f"| {row} | {name} | {fmt(c, 'chroma')} | {kept(cells, row, name, metric) if row not in ('base', 'fk') else '—'} "
                        f"| {fmt(c, 'correct', pct=True)} | {'—' if c is None else format(c['clip_mean'], '.2f')} |")
     out += ["", "| row | steps | wall (s) | s/step | samples drawn | NFE | peak RSS growth (MiB) | reward first → last |",
             "|---|---|---|---|---|---|---|---|"]
@@ -270,8 +288,10 @@ def main(argv=None) -> str:
     torch.set_num_threads(args.threads)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     cells = Cells(args.cache)
-    cells.check_settings({"steps": args.steps, "seeds": args.seeds, "particles": args.particles,
-                          "sets": sets(args)})
+    wanted = {"steps": args.steps, "seeds": args.seeds, "particles": args.particles, "sets": sets(args)}
+    if args.reward != "chroma" or args.teacher_reward:  # the style run's settings.json predates these keys
+        wanted.update(reward=args.reward, teacher_reward=args.teacher_reward)
+    cells.check_settings(wanted)
     if not args.report_only:
         clip = ShapesClipReward()
         base_pipe = pipeline()
@@ -281,12 +301,13 @@ def main(argv=None) -> str:
             if row == "base":
                 evaluate(process_of(base_pipe, args.steps), row, "best_of_n", {"n": 1}, args, cells, clip)
             elif row == "fk":
-                evaluate(process_of(base_pipe, args.steps), row, "fk", {"particles": args.particles}, args, cells, clip)
+                evaluate(process_of(base_pipe, args.steps), row, "fk", {"particles": args.particles}, args, cells, clip,
+                         training_reward(args, clip, args.teacher_reward))
             else:
                 process = train_row(row, args, reference, cells, clip)
                 evaluate(process, row, "best_of_n", {"n": 1}, args, cells, clip)
             print(f"{row}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    report = tables(cells, rows)
+    report = tables(cells, rows, args.metric)
     print(report)
     if args.plot:
         plot(cells, rows, args.plot)
