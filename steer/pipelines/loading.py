@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from steer.errors import SteerError
 from steer.pipelines.families import FAMILIES, check_video_options, from_pipe
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -67,14 +68,50 @@ def _model_index(model_id_or_path) -> tuple[dict, str, bool]:
         if not index.is_file():
             raise ModelNotFoundError(f"{path} has no model_index.json: pass the directory of a diffusers pipeline "
                                      f"(saved with pipe.save_pretrained(dir) or downloaded with `hf download ID`)")
-        return json.loads(index.read_text()), str(path), True
+        data = _read_index(index)
+        _check_components(path, data)
+        return data, str(path), True
+    if path.is_file():
+        raise ModelNotFoundError(f"--model {path} is a file; pass the folder that holds model_index.json "
+                                 f"({path.parent if path.name == 'model_index.json' else 'a diffusers pipeline folder'})")
     name = str(model_id_or_path)
     if _looks_like_path(name):
         raise ModelNotFoundError(_missing(name, "not found"))
     snapshot = _cached_snapshot(name)
     if snapshot is not None:  # loaded from the cache's snapshot folder: no connection at all
-        return json.loads((snapshot / "model_index.json").read_text()), str(snapshot), True
-    return json.loads(Path(_download(name, "model_index.json")).read_text()), name, False
+        return _read_index(snapshot / "model_index.json"), str(snapshot), True
+    return _read_index(Path(_download(name, "model_index.json"))), name, False
+
+
+def _read_index(index: Path) -> dict:
+    """model_index.json as a dict whose ``_class_name`` is a string, or a one-line SteerError naming the file."""
+    try:
+        data = json.loads(index.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SteerError(f"{index} is not valid JSON ({str(err).splitlines()[0]}); re-save the pipeline with "
+                         f"pipe.save_pretrained(dir) or re-download it") from None
+    if not isinstance(data, dict):
+        raise SteerError(f"{index} holds a JSON {type(data).__name__}, not an object; re-save the pipeline with "
+                         f"pipe.save_pretrained(dir) or re-download it")
+    if not isinstance(data.get("_class_name"), str):
+        raise SteerError(f"{index}: _class_name must be a pipeline class name string such as "
+                         f"\"StableDiffusionPipeline\", got {data.get('_class_name')!r}")
+    return data
+
+
+def _check_components(path: Path, index: dict) -> None:
+    """Each component folder model_index.json names exists, and holds safetensors, not only pickled .bin weights."""
+    for key, spec in index.items():
+        if key.startswith("_") or not isinstance(spec, (list, tuple)) or None in spec:
+            continue
+        folder = path / key
+        if not folder.is_dir():
+            raise ModelNotFoundError(f"{path}/model_index.json names component {key!r} but {folder} is missing; "
+                                     f"copy the whole pipeline folder (or re-save it with pipe.save_pretrained(dir))")
+        pickled = sorted(f.name for f in folder.glob("*.bin"))
+        if pickled and not any(folder.glob("*.safetensors")):
+            raise SteerError(f"{folder} holds only pickled weights ({pickled[0]}); steer loads safetensors only: "
+                             f"convert them (load the pipeline and pipe.save_pretrained(dir, safe_serialization=True))")
 
 
 def _cached_snapshot(repo_id: str) -> Optional[Path]:
