@@ -19,6 +19,25 @@ class RewardError(SteerError, FloatingPointError):
     names the method, the step and the prompt. (A ``FloatingPointError`` too, for NaN/inf scores.)"""
 
 
+class NotScores(TypeError):
+    """A reward function returned text, a dict or another non-number (raised by ``CallableReward``);
+    ``score_images`` reports it with the method, step and prompt named."""
+
+
+def returned(out) -> str:
+    """What a reward returned, for a message: ``str 'good'``, ``dict with keys ['score']``."""
+    if isinstance(out, dict):
+        return f"a dict with keys {list(out)[:5]!r}"
+    text = repr(out)
+    return f"{type(out).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def check_not_text(out, name: str) -> None:
+    """Refuse a str / bytes / dict returned by reward ``name`` in one line (torch's own error says nothing)."""
+    if isinstance(out, (str, bytes, dict)):
+        raise NotScores(f"reward {name!r} returned {returned(out)}, not scores; return a tensor of scores, one per image")
+
+
 def score_images(reward, images: Tensor, prompts: Sequence[str], *, trace=None, method: str = "?",
                  step: Optional[int] = None) -> Tensor:
     """reward(images, prompts) as float32 (B,) on the images' device, counted into ``trace``.
@@ -44,6 +63,8 @@ def score_images(reward, images: Tensor, prompts: Sequence[str], *, trace=None, 
                 r = reward(copy, list(prompts))
     except RewardError:
         raise
+    except NotScores as e:
+        raise RewardError(f"{method} at {where} for {which}: {e}") from None
     except FloatingPointError as e:  # the Reward base class refusing its own NaN names the prompt
         raise RewardError(f"{method} at {where}: {e}") from None
     except SystemExit as e:  # sys.exit in a user's reward fails the run; it must not end it as a success
@@ -68,6 +89,8 @@ def _as_scores(r, images: Tensor, head: str) -> Tensor:
     B = images.shape[0]
     if r is None:
         raise RewardError(f"{head} returned None; return a tensor of {B} scores, one per image")
+    if isinstance(r, (str, bytes, dict)):
+        raise RewardError(f"{head} returned {returned(r)}, not scores; return a tensor of {B} scores, one per image")
     try:
         r = torch.as_tensor(r)
     except (TypeError, ValueError, RuntimeError) as e:

@@ -80,3 +80,34 @@ def test_missing_component_folder(copy):
     with pytest.raises(loading.ModelNotFoundError) as err:
         loading.load(copy)
     assert "'unet'" in one_line(err) and "missing" in one_line(err)
+
+
+def _brightness(images, prompts):
+    return images.mean((1, 2, 3))
+
+
+def test_weighted_sum_with_every_weight_zero():
+    from steer import rewards
+    from steer.rewards.combine import WeightedSum, as_reward
+
+    with pytest.raises(ValueError) as err:
+        WeightedSum([(0, as_reward(_brightness, name="a")), (0.0, as_reward(_brightness, name="b"))])
+    assert "'a=0,b=0'" in one_line(err) and "a=1" in one_line(err) and "every weight is 0" in one_line(err)
+    with pytest.raises(ValueError, match=r"'tests.rewards_for_tests:brightness=0'.*every weight is 0"):
+        rewards.load("tests.rewards_for_tests:brightness=0")
+    assert WeightedSum([(0, as_reward(_brightness)), (1, as_reward(_brightness))]).name  # one nonzero weight is fine
+
+
+@pytest.mark.parametrize("value,says", [("good", "returned str 'good'"), ({"score": 1.0}, "returned a dict with keys ['score']")])
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_reward_returning_text_or_dict(value, says, wrapped):
+    from steer.rewards.combine import as_reward
+    from steer.scoring import RewardError, score_images
+
+    def chatty(images, prompts):
+        return value
+
+    reward = as_reward(chatty) if wrapped else chatty
+    with pytest.raises(RewardError) as err:
+        score_images(reward, torch.rand(2, 3, 8, 8), ["a", "b"], method="fk", step=1)
+    assert "reward 'chatty'" in one_line(err) and says in one_line(err) and "not scores" in one_line(err)

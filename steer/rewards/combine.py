@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from steer.rewards.base import SPACES, Reward
+from steer.scoring import check_not_text
 
 
 class CallableReward(Reward):
@@ -33,6 +34,7 @@ class CallableReward(Reward):
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         out = self.fn(images, prompts)
+        check_not_text(out, self.name)
         return out if out is None or isinstance(out, Tensor) else torch.as_tensor(out)  # the dtype checked by Reward
 
     def __repr__(self) -> str:
@@ -55,6 +57,10 @@ class WeightedSum(Reward):
                 raise ValueError(f"weight of reward {reward.name!r} must be finite, got {weight}")
         self.terms = [(float(w), r) for w, r in terms]
         self.name = "+".join(f"{w:g}*{r.name}" for w, r in self.terms)
+        if all(w == 0 for w, _ in self.terms):
+            spec = ",".join(f"{r.name}={w:g}" for w, r in self.terms)
+            raise ValueError(f"reward spec {spec!r}: every weight is 0, so it scores every image 0 and steers "
+                             f"nothing; give at least one reward a nonzero weight (e.g. {self.terms[0][1].name}=1)")
         self.differentiable = all(r.differentiable for _, r in self.terms)
         spaces = {r.space for _, r in self.terms}
         if len(spaces) > 1:
