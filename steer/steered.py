@@ -71,6 +71,10 @@ def wrap(pipe, method: str = "fk", reward=None, *, decode: Optional[Callable] = 
     try:
         particles = wrap_methods.METHODS[method](model, **options)
     except TypeError as e:
+        call_args = [k for k in options if k in inspect.signature(pipe.__call__).parameters]
+        if call_args:
+            raise SteerError(f"steer.wrap({method}): {call_args[0]}= is an argument of the pipeline's call, not of "
+                             f"the method; pass it to the call: steer.wrap(pipe, ...)(prompt, {call_args[0]}=...)") from None
         raise SteerError(f"steer.wrap({method}): {e}".splitlines()[0]) from None
     level = particles.kernel_level(wrap_step.chain_kind(pipe.scheduler) or "diffusion")
     if level is not None:
@@ -95,6 +99,15 @@ def _reward(reward, device):
 
 def _check_pipeline(pipe) -> None:
     name = type(pipe).__name__
+    if not callable(pipe) or not hasattr(pipe, "scheduler"):
+        shown = f" {pipe!r}"[:60] if isinstance(pipe, (str, bytes, int, float)) else ""
+        hint = "; to steer a model by name use steer.generate(model, ...)" if isinstance(pipe, (str, bytes)) else ""
+        raise SteerError(f"steer.wrap: pipe must be a diffusers pipeline (DiffusionPipeline.from_pretrained(...)), got "
+                         f"{name}{shown}{hint}")
+    denoisers = [k for k in ("unet", "transformer") if k in (getattr(pipe, "components", None) or {})]
+    if denoisers and all(getattr(pipe, k, None) is None for k in denoisers):
+        raise SteerError(f"steer.wrap: {name}.{denoisers[0]} is None, so it cannot denoise; load the pipeline with "
+                         f"its {denoisers[0]} (do not pass {denoisers[0]}=None to from_pretrained)")
     params = inspect.signature(pipe.__call__).parameters
     if "callback_on_step_end" not in params or "latents" not in getattr(pipe, "_callback_tensor_inputs", ()):
         raise SteerError(f"steer.wrap: {name}.__call__ has no callback_on_step_end that sees the latents, so particles "
@@ -119,6 +132,9 @@ class Steered:
         if taken:
             raise SteerError(f"{name}: num_images_per_prompt is the method's particle count; pass particles=/n= "
                              f"to steer.wrap and leave num_images_per_prompt at 1")
+        steps = kwargs.get("num_inference_steps")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise SteerError(f"{name}: num_inference_steps must be a whole number >= 1, got {steps!r}")
         generator = kwargs.get("generator")
         if isinstance(generator, (list, tuple)):
             raise SteerError(f"{name}: pass one torch.Generator, not a list (resampling and the kernel draw from it)")

@@ -111,3 +111,40 @@ def test_reward_returning_text_or_dict(value, says, wrapped):
     with pytest.raises(RewardError) as err:
         score_images(reward, torch.rand(2, 3, 8, 8), ["a", "b"], method="fk", step=1)
     assert "reward 'chatty'" in one_line(err) and says in one_line(err) and "not scores" in one_line(err)
+
+
+def _red(images, prompts):
+    return images[:, 0].mean((1, 2))
+
+
+@pytest.mark.parametrize("obj,says", [("runwayml/sd", "got str 'runwayml/sd'"), (torch.nn.Linear(2, 2), "got Linear")])
+def test_wrap_a_non_pipeline(obj, says):
+    with pytest.raises(SteerError) as err:
+        steer.wrap(obj, method="best_of_n", reward=_red, n=2)
+    assert "must be a diffusers pipeline" in one_line(err) and says in one_line(err)
+
+
+@pytest.fixture(scope="module")
+def sd():
+    pipe = build("sd")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("method,options", [("best_of_n", dict(n=2)), ("fk", dict(particles=2))])
+def test_wrap_with_zero_steps(sd, method, options):
+    steered = steer.wrap(sd, method=method, reward=_red, **options)
+    with pytest.raises(SteerError) as err:
+        steered("a cat", num_inference_steps=0, height=32, width=32, generator=torch.Generator().manual_seed(0))
+    assert "num_inference_steps must be a whole number >= 1, got 0" in one_line(err)
+    with pytest.raises(SteerError) as err:  # given to wrap instead of the call: where it goes
+        steer.wrap(sd, method=method, reward=_red, num_inference_steps=0, **options)
+    assert "pass it to the call" in one_line(err)
+
+
+def test_wrap_pipeline_without_denoiser():
+    pipe = build("sd")
+    pipe.unet = None
+    with pytest.raises(SteerError) as err:
+        steer.wrap(pipe, method="fk", reward=_red, particles=2)
+    assert "StableDiffusionPipeline.unet is None" in one_line(err)
