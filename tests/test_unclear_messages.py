@@ -148,3 +148,20 @@ def test_wrap_pipeline_without_denoiser():
     with pytest.raises(SteerError) as err:
         steer.wrap(pipe, method="fk", reward=_red, particles=2)
     assert "StableDiffusionPipeline.unet is None" in one_line(err)
+
+
+@pytest.mark.parametrize("returned, word", [({"score": 1.0}, "a dict with keys ['score']"), ("good", "str 'good'")])
+def test_a_reward_subclass_returning_text_is_named(returned, word):
+    import torch
+
+    from steer.rewards.base import Reward
+
+    class Chatty(Reward):
+        name = "chatty"
+
+        def score(self, images, prompts):
+            return returned
+
+    with pytest.raises(TypeError, match=r"reward 'chatty' returned .*not scores") as err:
+        Chatty()(torch.zeros(1, 3, 4, 4), ["a"])
+    assert word in str(err.value) and "\n" not in str(err.value)

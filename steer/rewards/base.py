@@ -42,6 +42,10 @@ class Reward(ABC):
         out = self.score(images, list(prompts))
         if out is None:
             raise TypeError(f"reward {self.name!r} returned None; return one score per image")
+        if isinstance(out, (str, bytes, dict)):
+            what = f"a dict with keys {sorted(map(str, out))[:5]}" if isinstance(out, dict) else \
+                f"{type(out).__name__} {str(out)[:40]!r}"
+            raise TypeError(f"reward {self.name!r} returned {what}, not scores; return a tensor of scores, one per image")
         out = torch.as_tensor(out)
         if out.is_complex() or out.dtype == torch.bool:
             raise TypeError(f"reward {self.name!r} returned {out.dtype} scores; return real numbers, one per image")
