@@ -264,6 +264,10 @@ from steer.rewards.server import serve_reward  # noqa: E402  (``steer serve-rewa
 
 app.command("serve-reward")(serve_reward)
 
+from steer.finetune.lora_export import lora_app  # noqa: E402  (``steer lora export``)
+
+app.add_typer(lora_app(), name="lora")
+
 
 def main() -> None:
     # the current directory is never put on sys.path here: ``--reward mymodule:score`` looks for
