@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {"generate": "steer.api", "Budget": "steer.budget", "Trace": "steer.budget", "Cond": "steer.types",
             "Prediction": "steer.types", "Result": "steer.types", "Schedule": "steer.types",
-            "StepInfo": "steer.types", "wrap": "steer.steered"}
+            "StepInfo": "steer.types", "wrap": "steer.wrapping"}
 __all__ = [*_EXPORTS, "__version__"]
 
 

@@ -146,7 +146,7 @@ def test_scheduler_restored_on_error(sd):
 @pytest.mark.parametrize("family", ["sd3", "sdxl", "flux", *sorted(UNADAPTED)])
 def test_decode_rule_is_the_pipelines_own(family):
     """best-of-N with n=1 on the pipeline's own scheduler is the plain call: the family's decode rule
-    (``steer.wrap_decode``: scaled, scaled + shift, SDXL, FLUX's packed latents) gives the pipeline's
+    (``steer.pipelines.decoding``: scaled, scaled + shift, SDXL, FLUX's packed latents) gives the pipeline's
     own images bit for bit."""
     pipe = _build(family) if family in UNADAPTED else build(family)
     pipe.set_progress_bar_config(disable=True)

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import torch
 
 from steer.errors import SteerError
+from steer.pipelines import decoding
 
 # Limits on the pipeline options (README "Limits"): past them a value is a typo or a resource bomb.
 MAX_STEPS = 1000  # num_inference_steps: the training schedules have 1000 timesteps
@@ -139,9 +140,7 @@ def vae_decode(name: str, vae, x0, latent_shape, crop_to=None):
     (``z = x0 / scaling_factor + shift_factor``, no shift when the VAE has none), differentiable.
     ``crop_to``: (image_processor, width, height) to resize-and-crop back to after resolution binning."""
     latents(name, x0, latent_shape)
-    config = vae.config
-    z = x0.to(vae.dtype) / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)  # (B, C, h, w)
-    image = vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
+    image = decoding.scaled_shift(vae, x0)  # (B, 3, H, W) in [-1, 1]
     if crop_to is not None:
         processor, width, height = crop_to
         image = processor.resize_and_crop_tensor(image, width, height)

@@ -22,6 +22,14 @@ import torch
 from steer.types import Schedule
 
 
+def after_last(alphas_cumprod: torch.Tensor, last_t: int, num_train_timesteps: int, num_inference_steps: int,
+               final_alpha_cumprod) -> torch.Tensor:
+    """ᾱ after the last step t_{S-1}: DDIM's ᾱ(t_{S-1} − T//S) if that is ≥ 0, else ``final_alpha_cumprod``
+    (a 0-d float32 tensor; ``steer.wrapping.step`` uses the same rule on the pipeline's own scheduler)."""
+    prev = last_t - num_train_timesteps // num_inference_steps
+    return alphas_cumprod[prev] if prev >= 0 else torch.as_tensor(final_alpha_cumprod, dtype=torch.float32)
+
+
 def ddim_schedule(scheduler_config: Mapping, num_inference_steps: int, device=None) -> Schedule:
     """``Schedule(kind="diffusion")`` with S = ``num_inference_steps`` steps from a scheduler config."""
     from diffusers import DDIMScheduler
@@ -42,8 +50,7 @@ def ddim_schedule(scheduler_config: Mapping, num_inference_steps: int, device=No
     ddim.set_timesteps(num_inference_steps, device=device)
     timesteps = ddim.timesteps  # (S,) int64
     ac = ddim.alphas_cumprod.float()  # (T,)
-    last_prev = int(timesteps[-1]) - T // num_inference_steps
-    final = ac[last_prev] if last_prev >= 0 else torch.as_tensor(ddim.final_alpha_cumprod, dtype=torch.float32)
+    final = after_last(ac, int(timesteps[-1]), T, num_inference_steps, ddim.final_alpha_cumprod)
     levels = torch.cat([ac[timesteps.cpu()], final.reshape(1)])  # (S+1,)
     clip = float(ddim.config.clip_sample_range) if ddim.config.clip_sample else None
     return Schedule(kind="diffusion", timesteps=timesteps, alphas_cumprod=levels.to(device),

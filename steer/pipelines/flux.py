@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from steer.pipelines import checks
+from steer.pipelines import checks, decoding
 from steer.pipelines.base import Process
 from steer.pipelines.flow_schedule import flow_schedule, mu_from_config
 from steer.types import Cond
@@ -30,6 +30,7 @@ class FluxProcess(Process):
     """``FluxPipeline`` -> ``Process``. Options use diffusers' names and defaults."""
 
     name = "FluxProcess"
+    latent_rule = "packed"  # steer.pipelines.decoding: decode and steer.wrap share it
 
     def __init__(self, pipe, *, num_inference_steps: int = 28, guidance_scale: float = 3.5,
                  height: Optional[int] = None, width: Optional[int] = None, negative_prompt=None,
@@ -95,7 +96,5 @@ class FluxProcess(Process):
 
     def decode(self, x0: Tensor) -> Tensor:
         checks.latents(self.name, x0, self.latent_shape)
-        config = self.vae.config
-        z = self.unpack(x0.to(self.vae.dtype)) / config.scaling_factor + (config.shift_factor or 0.0)  # (B, C, h, w)
-        image = self.vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        image = decoding.raw(self.latent_rule, self.pipe, x0, self.height, self.width)  # (B, 3, H, W) in [-1, 1]
+        return decoding.to_unit(image)

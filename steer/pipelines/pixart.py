@@ -45,6 +45,7 @@ class PixArtProcess(GuidedProcess):
     names and defaults (``max_sequence_length=None`` takes the pipeline's own: 120 for α, 300 for Σ)."""
 
     name = "PixArtProcess"
+    latent_rule = "scaled_shift"  # steer.pipelines.decoding: decode and steer.wrap share it
 
     def __init__(self, pipe, *, num_inference_steps: int = 20, guidance_scale: float = 4.5,
                  height: Optional[int] = None, width: Optional[int] = None, negative_prompt="",

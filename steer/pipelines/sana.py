@@ -80,6 +80,7 @@ class SanaProcess(GuidedProcess):
     (``complex_human_instruction="default"`` takes the pipeline's own; None turns it off)."""
 
     name = "SanaProcess"
+    latent_rule = "scaled_shift"  # steer.pipelines.decoding: decode and steer.wrap share it
 
     def __init__(self, pipe, *, num_inference_steps: int = 20, guidance_scale: float = 4.5,
                  height: Optional[int] = None, width: Optional[int] = None, negative_prompt="",

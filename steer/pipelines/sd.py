@@ -15,7 +15,7 @@ from typing import Optional
 
 from torch import Tensor
 
-from steer.pipelines import checks
+from steer.pipelines import checks, decoding
 from steer.pipelines.guided import GuidedProcess, paired
 from steer.pipelines.ddim_schedule import ddim_schedule
 from steer.types import Cond
@@ -25,6 +25,7 @@ class StableDiffusionProcess(GuidedProcess):
     """``StableDiffusionPipeline`` -> ``Process``. Options use diffusers' names and defaults."""
 
     name = "StableDiffusionProcess"
+    latent_rule = "scaled"  # steer.pipelines.decoding: decode and steer.wrap share it
 
     def __init__(self, pipe, *, num_inference_steps: int = 50, guidance_scale: float = 7.5,
                  height: Optional[int] = None, width: Optional[int] = None,
@@ -60,9 +61,7 @@ class StableDiffusionProcess(GuidedProcess):
     # ---- decode -------------------------------------------------------------------------
     def decode(self, x0: Tensor) -> Tensor:
         checks.latents(self.name, x0, self.latent_shape)
-        z = x0.to(self.vae.dtype) / self.vae.config.scaling_factor  # (B, 4, h, w)
-        image = self.vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        return decoding.to_unit(decoding.raw(self.latent_rule, self.pipe, x0))  # (B, 3, H, W) in [0, 1]
 
 
     def encode(self, images: Tensor, generator=None) -> Tensor:

@@ -27,6 +27,7 @@ class StableDiffusion3Process(GuidedProcess):
     """``StableDiffusion3Pipeline`` -> ``Process``. Options use diffusers' names and defaults."""
 
     name = "StableDiffusion3Process"
+    latent_rule = "scaled_shift"  # steer.pipelines.decoding: decode and steer.wrap share it
 
     def __init__(self, pipe, *, num_inference_steps: int = 28, guidance_scale: float = 7.0,
                  height: Optional[int] = None, width: Optional[int] = None, negative_prompt=None,

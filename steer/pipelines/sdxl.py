@@ -5,8 +5,9 @@ conditioning, all built by the pipeline's own code: ``encode_prompt`` runs both 
 (penultimate hidden states of each, concatenated; pooled projection of the second; zero negative
 embeddings when ``force_zeros_for_empty_prompt`` and no negative prompt), and ``_get_add_time_ids``
 builds the micro-conditioning (original size, crop (0, 0), target size = the generated size).
-``decode`` follows diffusers: ``latents_mean``/``latents_std`` when the VAE config has them, and the
-fp16 VAE is upcast to float32 for decoding when ``force_upcast`` is set.
+``decode`` follows diffusers (``steer.pipelines.decoding.sdxl``, the rule steer.wrap uses too):
+``latents_mean``/``latents_std`` when the VAE config has them, and the fp16 VAE is upcast to float32
+for decoding when ``force_upcast`` is set.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from steer.pipelines import checks
+from steer.pipelines import checks, decoding
 from steer.pipelines.guided import paired
 from steer.pipelines.sd import StableDiffusionProcess
 from steer.types import Cond
@@ -26,6 +27,7 @@ class StableDiffusionXLProcess(StableDiffusionProcess):
     (SDXL's default ``guidance_scale`` is 5.0)."""
 
     name = "StableDiffusionXLProcess"
+    latent_rule = "sdxl"  # steer.pipelines.decoding: mean/std, fp16 VAE upcast when force_upcast
 
     def __init__(self, pipe, *, guidance_scale: float = 5.0, **options):
         super().__init__(pipe, guidance_scale=guidance_scale, **options)
@@ -57,27 +59,10 @@ class StableDiffusionXLProcess(StableDiffusionProcess):
 
     def decode(self, x0: Tensor) -> Tensor:
         checks.latents(self.name, x0, self.latent_shape)
-        vae = self.vae
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-        dtype = torch.float32 if upcast else vae.dtype
-        z = self._unscale(x0.to(dtype))  # (B, 4, h, w)
-        if upcast:
-            vae.to(torch.float32)
-        try:
-            image = vae.decode(z, return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
-        finally:
-            if upcast:
-                vae.to(torch.float16)
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        return decoding.to_unit(decoding.raw(self.latent_rule, self.pipe, x0))  # (B, 3, H, W) in [0, 1]
 
     def _unscale(self, z: Tensor) -> Tensor:
-        config = self.vae.config
-        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-        if mean is None or std is None:
-            return z / config.scaling_factor
-        mean = torch.tensor(mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
-        return z * std / config.scaling_factor + mean
+        return decoding.sdxl_unscale(self.vae.config, z)
 
     def _scale(self, z: Tensor) -> Tensor:
         """The inverse of ``_unscale``: a VAE latent -> the UNet's latent space."""
@@ -92,7 +77,7 @@ class StableDiffusionXLProcess(StableDiffusionProcess):
     def encode(self, images: Tensor, generator=None) -> Tensor:
         """Images in [0, 1] -> latents (the inverse of ``decode``; the VAE runs in float32 when it must upcast)."""
         vae = self.vae
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        upcast = decoding.needs_upcast(vae)
         if upcast:
             vae.to(torch.float32)
         try:

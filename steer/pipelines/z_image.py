@@ -40,6 +40,7 @@ class ZImageProcess(GuidedProcess):
     """``ZImagePipeline`` -> ``Process``. Options use diffusers' names and defaults."""
 
     name = "ZImageProcess"
+    latent_rule = "scaled_shift"  # steer.pipelines.decoding: decode and steer.wrap share it
 
     def __init__(self, pipe, *, num_inference_steps: int = 50, guidance_scale: float = 5.0,
                  height: Optional[int] = None, width: Optional[int] = None, negative_prompt=None,

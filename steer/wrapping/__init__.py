@@ -1,5 +1,9 @@
-"""``steer.wrap`` (this module is ``steer.steered``: a module named ``steer.wrap`` would shadow the function
-``steer.wrap`` once imported): a diffusers pipeline that steers itself, called with its own signature.
+"""``steer.wrap``: a diffusers pipeline that steers itself, called with its own signature.
+
+This package is ``steer.wrapping`` (``methods``: the particle methods; ``step``: the scheduler tap;
+``decode``: latents -> images by the family's rule), not ``steer.wrap``: importing a submodule binds it
+as an attribute of its parent package, so a package ``steer/wrap/`` would replace the function
+``steer.wrap`` with a module the first time any of its modules is imported.
 
     steered = steer.wrap(pipe, method="fk", reward="hps", particles=8)
     out = steered("a cat", num_inference_steps=30, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
@@ -9,14 +13,14 @@
 What runs where. The particle methods run *inside* the pipeline's own ``__call__``: it is called once
 with ``num_images_per_prompt=K`` (K particles per prompt, prompt-major; pipelines without that argument
 get the prompt list repeated), ``output_type="latent"``, and a ``callback_on_step_end`` that hands the
-latents to the method after every step (``steer.wrap_methods``); the method may replace them — FK
+latents to the method after every step (``steer.wrapping.methods``); the method may replace them — FK
 resamples particles there and, in kernel mode, adds the kernel's noise. ``pipe.scheduler.step`` is
-wrapped for the call (``steer.wrap_step``) to read the model output it is given: x̂0 and steer's
+wrapped for the call (``steer.wrapping.step``) to read the model output it is given: x̂0 and steer's
 kernel (DDIM η / Flow-GRPO SDE) at that step; it is restored afterwards, also on errors. The final
-K·P latents are decoded with the family's rule (``steer.wrap_decode``), scored, and the best of each
+K·P latents are decoded with the family's rule (``steer.pipelines.decoding``, the rule the family's adapter decodes with), scored, and the best of each
 prompt is post-processed by the pipeline's own ``image_processor`` into the pipeline's output class.
 
-Methods: ``best_of_n`` / ``bon`` (``n``; by default the pipeline's own scheduler samples, any
+Methods (by their ``steer.catalog`` names, its aliases too): ``best_of_n`` / ``bon`` (``n``; by default the pipeline's own scheduler samples, any
 scheduler; ``noise_level`` > 0 uses steer's kernel) and ``fk`` (``steer.samplers.fk``'s options and
 defaults except ``guidance``, which needs gradients through the denoiser; needs a first-order ᾱ or
 flow-σ scheduler: DDIM, DDPM, DPM-Solver, FlowMatchEuler, ...).
@@ -47,7 +51,8 @@ import torch
 from steer.budget import Trace
 from steer.errors import SteerError
 from steer.scoring import reads_latents, score_images
-from steer import toolkit, wrap_decode, wrap_methods, wrap_step
+from steer import catalog, toolkit
+from steer.wrapping import decode as wrap_decode, methods as wrap_methods, step as wrap_step
 
 _OURS = ("num_images_per_prompt", "output_type", "return_dict", "callback_on_step_end",
          "callback_on_step_end_tensor_inputs")
@@ -58,10 +63,8 @@ def wrap(pipe, method: str = "fk", reward=None, *, decode: Optional[Callable] = 
     steered image per prompt. ``method``: ``"fk"`` or ``"best_of_n"`` (``"bon"``); ``reward``: a spec,
     a ``Reward`` or a callable (images, prompts) -> scores; ``options``: the method's (``particles=``,
     ``lam=``, ``n=``, ...); ``decode``: latents -> images in [-1, 1] for a pipeline not in
-    ``steer.wrap_decode.RULES``. A pipeline that cannot be steered is refused here in one line."""
-    if not isinstance(method, str) or method not in wrap_methods.METHODS:
-        raise SteerError(f"steer.wrap: method {method!r} does not run inside a pipeline call; choose one of "
-                         f"{', '.join(wrap_methods.METHODS)} (other methods: steer.generate)")
+    ``steer.pipelines.decoding``. A pipeline that cannot be steered is refused here in one line."""
+    method = _method_name(method)
     if reward is None:
         raise SteerError("steer.wrap: pass reward= (a spec such as 'hps', a Reward, or a callable "
                          "images, prompts -> scores)")
@@ -80,6 +83,17 @@ def wrap(pipe, method: str = "fk", reward=None, *, decode: Optional[Callable] = 
     if level is not None:
         wrap_step.check_kernel_scheduler(pipe.scheduler, method)
     return Steered(pipe, particles, decoder.custom)
+
+
+def _method_name(method) -> str:
+    """The catalog name of ``method`` (``steer.catalog.ALIASES`` resolved) if it runs inside a pipeline call,
+    else a one-line error."""
+    key = catalog.ALIASES.get(method.lower(), method.lower()) if isinstance(method, str) else None
+    if key not in wrap_methods.METHODS:
+        names = [n for n in wrap_methods.METHODS] + [a for a, n in catalog.ALIASES.items() if n in wrap_methods.METHODS]
+        raise SteerError(f"steer.wrap: method {method!r} does not run inside a pipeline call; choose one of "
+                         f"{', '.join(names)} (other methods: steer.generate)")
+    return key
 
 
 def _reward(reward, device):

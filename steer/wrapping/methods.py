@@ -9,7 +9,7 @@ is added), and ``finish(rewards)`` on the final particles' rewards (P·K,) -> wh
 FK (``steer.samplers.fk``, whose seam is reused: ``resolve`` for the settings, ``initial_weights``,
 ``reweight`` for the λ schedule, potentials and ESS-triggered resampling, ``final_weights``) at a
 scoring step i scores x̂0(x_i) — the prediction from the model output the scheduler was given at step
-i (``wrap_step``) — exactly the x̂0 ``steer.generate(method="fk")`` scores; adds log G_i to the
+i (``steer.wrapping.step``) — exactly the x̂0 ``steer.generate(method="fk")`` scores; adds log G_i to the
 log-weights; resamples a prompt's particles when ESS < threshold·K (the kernel means of x_{i+1} are
 reindexed by the ancestors); then draws x_{i+1} = mean + std·ε from the shared generator.
 The draws come in steer's order (init noise by the pipeline, then per step: resampling uniforms,
@@ -136,4 +136,5 @@ def _sample(kernel: kernels.Gaussian, latents: Tensor, generator) -> Tensor:
     return chain.sample(kernel, generator).to(device=latents.device, dtype=latents.dtype)
 
 
-METHODS = {"best_of_n": BestOfN, "bon": BestOfN, "fk": FK}
+# the methods that run inside a pipeline call, by their ``steer.catalog.METHODS`` name (aliases: ``catalog.ALIASES``)
+METHODS = {"best_of_n": BestOfN, "fk": FK}

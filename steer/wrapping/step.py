@@ -9,14 +9,14 @@ the scheduler's noise levels, and forms what steer's chain forms (``steer.kernel
   ``prediction_type`` (clipped like DDIM when ``clip_sample``); flow x̂0 = x_i − σ_i·v with
   σ_i = ``sigmas[step_index]``.
 - the kernel N(mean, std²) of x_{i+1}: DDIM with η (ᾱ_{t_{i+1}} the next timestep's, after the last
-  step ᾱ(t − T//S) or ``final_alpha_cumprod``, as ``steer.pipelines.ddim_schedule``) or the Flow-GRPO
+  step ``steer.pipelines.ddim_schedule.after_last``, the rule steer's own DDIM chain uses) or the Flow-GRPO
   SDE with level a on the scheduler's own σ's.
 
 In *observe* mode (``noise_level`` 0 on best-of-N) the scheduler's result is returned untouched: the
 pipeline samples with its own scheduler. In *kernel* mode (FK, or best-of-N with ``noise_level`` > 0)
 the original ``step`` still runs (so the scheduler's counters advance as usual) but its sample is
 replaced by the kernel's **mean**; the method's ``callback_on_step_end`` then resamples the rows and
-adds std·ε (``steer.wrap_methods``). Every call counts ``len(sample)`` NFE (a CFG pair counts once).
+adds std·ε (``steer.wrapping.methods``). Every call counts ``len(sample)`` NFE (a CFG pair counts once).
 The tap is an instance attribute shadowing the class method, deleted again on exit, also on errors.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import Tensor
 
 from steer import kernels
 from steer.errors import SteerError
+from steer.pipelines.ddim_schedule import after_last
 from steer.types import Prediction, Schedule
 
 
@@ -131,12 +132,11 @@ class StepTap:
         ts = [int(v) for v in s.timesteps]
         pos = ts.index(t)
         ac = s.alphas_cumprod.float().cpu()
-        final = torch.as_tensor(getattr(s, "final_alpha_cumprod", 1.0), dtype=torch.float32)
         if pos + 1 < len(ts):
             a_next = ac[ts[pos + 1]]
         else:
-            prev = t - s.config.num_train_timesteps // s.num_inference_steps
-            a_next = ac[prev] if prev >= 0 else final
+            a_next = after_last(ac, t, s.config.num_train_timesteps, s.num_inference_steps,
+                                getattr(s, "final_alpha_cumprod", 1.0))
         clip = float(s.config.clip_sample_range) if s.config.get("clip_sample", False) else None
         levels = torch.stack([ac[t], a_next.reshape(())])  # (2,)
         return Schedule(kind="diffusion", timesteps=torch.tensor([t]), prediction_type=s.config.prediction_type,
