@@ -20,7 +20,11 @@ plain deterministic sampler:
 - ``grpo`` — DDPO (GRPO on DDIM η = 1) on the same ``--train-steps``-step chain, the same prompts and
   group size per step, so rewards-vs-samples curves compare at equal samples;
 - ``distill`` — FK samples (``--particles``) distilled with the x̂0-space loss (RAFT-style);
-- ``draft`` — DRaFT-1 (reward backprop through the last step) on the 25-step chain.
+- ``soar`` — the distill row's FK samples, fitted with SOAR's self-correction (``--soar-aux`` states);
+- ``draft`` — DRaFT-1 (reward backprop through the last step) on the 25-step chain;
+- ``alignprop`` — AlignProp (randomized truncation, η = 1) on the 25-step chain;
+- ``dpo`` — Diffusion-DPO on FK-8 samples against the base model's, labelled by chroma (x̂0 errors, β 500);
+- ``kto`` — Diffusion-KTO on FK-8 samples, desirable above ``--kto-threshold`` chroma.
 
 Evaluation sets, ``--seeds`` seeds each: the training captions and the first ``--heldout`` of the 104
 held-out relational captions. Per set: mean chroma with a 95% interval (bootstrap over captions, each
@@ -65,8 +69,8 @@ try:
 finally:
     if _ADDED:
         sys.path.remove(str(HERE))
-from steer.finetune import DistillConfig, DraftConfig, GRPOConfig, NFTConfig  # noqa: E402
-from steer.finetune import distill, draft, grpo, nft  # noqa: E402
+from steer.finetune import DistillConfig, DPOConfig, DraftConfig, GRPOConfig, KTOConfig, NFTConfig, SoarConfig  # noqa: E402
+from steer.finetune import distill, dpo, draft, grpo, kto, nft, soar  # noqa: E402
 from steer.finetune.lora import denoiser, load_lora  # noqa: E402
 from steer.pipelines import from_pipe  # noqa: E402
 from steer.rewards.chroma import ChromaReward  # noqa: E402
@@ -74,8 +78,8 @@ from steer.zoo.shapes import DEFAULT_GUIDANCE_SCALE, checker, pipeline  # noqa: 
 from steer.zoo.shapes.evaluate import relational_heldout_captions  # noqa: E402
 from steer.zoo.shapes.reward import ShapesCheckReward, ShapesClipReward  # noqa: E402
 
-ROWS = ("base", "fk", "nft", "nft-early", "grpo", "distill", "draft")
-ONLINE = ("nft", "nft-early", "grpo", "draft")  # rows that draw new samples every step
+ROWS = ("base", "fk", "nft", "nft-early", "grpo", "distill", "soar", "draft", "alignprop", "dpo", "kto")
+ONLINE = ("nft", "nft-early", "grpo", "draft", "alignprop")  # rows that draw new samples every step
 
 
 def parse(argv):
@@ -101,6 +105,12 @@ def parse(argv):
     p.add_argument("--distill-lr", type=float, default=1e-3)
     p.add_argument("--draft-steps", type=int, default=60)
     p.add_argument("--draft-lr", type=float, default=1e-3)
+    p.add_argument("--soar-aux", type=int, default=2)
+    p.add_argument("--alignprop-steps", type=int, default=60)
+    p.add_argument("--alignprop-lr", type=float, default=1e-3)
+    p.add_argument("--pref-steps", type=int, default=100)
+    p.add_argument("--pref-lr", type=float, default=1e-3)
+    p.add_argument("--kto-threshold", type=float, default=0.15, help="kto: a sample is desirable above this chroma")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reward", default="chroma", choices=("chroma", "shapes-check", "shapes-clip"),
                    help="the training reward (and the teacher's unless --teacher-reward)")
@@ -139,6 +149,22 @@ def train_setup(row: str, args):
                                       samples_per_prompt=2, max_steps=args.distill_steps, learning_rate=args.distill_lr,
                                       loss_space="x0", guided=True, checkpoint_every=args.distill_steps,
                                       **{**common, "prompts_per_step": 8}), args.steps
+    if row == "soar":  # the distill row's data and loss space, plus SOAR's self-correction states
+        _, config, steps = train_setup("distill", args)
+        fields = {k: v for k, v in config.to_dict().items() if k not in ("method", "steps_per_round")}
+        return soar, SoarConfig(**fields, aux_points=args.soar_aux), steps
+    if row == "alignprop":
+        return draft, DraftConfig(variant="alignprop", noise_level=1.0, max_steps=args.alignprop_steps,
+                                  learning_rate=args.alignprop_lr, gradient_checkpointing=False,
+                                  checkpoint_every=args.alignprop_steps, **{**common, "prompts_per_step": 4}), args.steps
+    if row in ("dpo", "kto"):  # FK-8 samples (the distill row's budget) against base samples / judged by a threshold
+        shared = dict(steer_method="fk", steer_options={"particles": args.particles}, samples_per_prompt=2,
+                      loss_space="x0", guided=True, train_batch_size=4, **{**common, "prompts_per_step": 8})
+        if row == "dpo":
+            return dpo, DPOConfig(source="steering", loser="base", max_steps=args.pref_steps, learning_rate=args.pref_lr,
+                                  beta=500.0, checkpoint_every=args.pref_steps, **shared), args.steps
+        return kto, KTOConfig(source="verifier", threshold=args.kto_threshold, max_steps=args.pref_steps,
+                              learning_rate=args.pref_lr, beta=500.0, checkpoint_every=args.pref_steps, **shared), args.steps
     if row == "draft":
         return draft, DraftConfig(variant="draft", k=1, max_steps=args.draft_steps, learning_rate=args.draft_lr,
                                   checkpoint_every=args.draft_steps, **{**common, "prompts_per_step": 4}), args.steps
@@ -214,9 +240,10 @@ def samples_per_step(row, config, n_captions: int) -> int:
     """Images generated per optimizer step (nft / grpo / draft) or in all (distill: particles included)."""
     if row in ("nft", "nft-early", "grpo"):
         return config.prompts_per_step * config.group_size
-    if row == "draft":
+    if row in ("draft", "alignprop"):
         return config.prompts_per_step
-    return n_captions * config.samples_per_prompt * config.steer_options["particles"]
+    steered = n_captions * config.samples_per_prompt * config.steer_options["particles"]
+    return steered + (n_captions * config.samples_per_prompt if row == "dpo" else 0)  # dpo: + the base losers
 
 
 # ---- report ---------------------------------------------------------------------------------------
@@ -270,7 +297,7 @@ def plot(cells, rows, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for row in rows:
         t = cells.get(row, "training")
-        if t is None or row == "distill":
+        if t is None or row not in ONLINE:  # fixed-data rows have no curve
             continue
         xs, ys = zip(*t["curve"])
         k = max(1, len(ys) // 10)
