@@ -22,6 +22,7 @@ from torch import Tensor
 
 from steer.budget import Budget, Trace
 from steer.errors import SteerError
+from steer.io import MAX_PROMPT_CHARS
 from steer.scoring import decode
 from steer.types import Result, StepInfo
 
@@ -76,6 +77,10 @@ def prompt_list(method: str, prompts) -> list[str]:
     prompts = list(prompts) if isinstance(prompts, (list, tuple)) else prompts
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"{method}: prompts must be a string or a non-empty list of strings, got {prompts!r}")
+    for k, p in enumerate(prompts):  # a bounded cost per prompt: no multi-megabyte caption reaches a tokenizer
+        if len(p) > MAX_PROMPT_CHARS:
+            raise ValueError(f"{method}: prompt {k} is {len(p):,} characters long, over the limit of "
+                             f"{MAX_PROMPT_CHARS:,}; shorten it")
     return prompts
 
 

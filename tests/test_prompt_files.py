@@ -111,3 +111,19 @@ def test_the_negative_prompt_is_checked_too(tmp_path):
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert lines[0].startswith("error: --negative-prompt has only invisible characters")
+
+
+def test_every_entry_point_bounds_a_prompt_s_length(tmp_path):
+    """The 2.6 MB caption class: steer.generate's prompts and preference-dataset captions are bounded too."""
+    from steer.errors import SteerError
+    from steer.finetune.preference_dataset import Row, _caption
+    from steer.io import MAX_PROMPT_CHARS
+    from steer.toolkit import prompt_list
+
+    huge = "a red circle " * (MAX_PROMPT_CHARS // 10)
+    with pytest.raises(ValueError, match=r"prompt 1 is .* over the limit of 10,000"):
+        prompt_list("fk", ["a red circle", huge])
+
+    row = Row(cells={"caption": huge}, file=tmp_path / "pairs.jsonl", where="line 4")
+    with pytest.raises(SteerError, match="pairs.jsonl' line 4: caption is .* over the limit"):
+        _caption(row)

@@ -165,3 +165,11 @@ def test_a_reward_subclass_returning_text_is_named(returned, word):
     with pytest.raises(TypeError, match=r"reward 'chatty' returned .*not scores") as err:
         Chatty()(torch.zeros(1, 3, 4, 4), ["a"])
     assert word in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_all_zero_spec_is_refused_before_any_reward_model_loads(monkeypatch):
+    from steer.rewards import registry
+
+    monkeypatch.setattr(registry, "build", lambda *a, **k: pytest.fail("a reward was built"))
+    with pytest.raises(ValueError, match=r"'hps=0,clip=0': every weight is 0.*hps=1"):
+        registry.load("hps=0,clip=0")

@@ -43,6 +43,7 @@ from typing import Iterator, NamedTuple, Optional
 
 import torch
 
+from steer import io
 from steer.errors import SteerError
 from steer.finetune.dataset_files import (FIX, FULL_HASH_BYTES, SAMPLE_BYTES, _brief, _name,  # noqa: F401
                                          _open_regular, data_files, dataset_fingerprint, dataset_root, fingerprint)
@@ -347,7 +348,7 @@ def _caption(row: Row) -> str:
     caption = row.cells["caption"]
     if not isinstance(caption, str):
         raise SteerError(f"{_at(row)}: caption is {type(caption).__name__} {_show(caption)}, not text; {FIX}")
-    return caption
+    return io.check_prompt(caption, f"{_at(row)}: caption")  # NUL, invisible-only and over-long captions
 
 
 def _image(row: Row, column: str, root: Path):

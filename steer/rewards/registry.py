@@ -266,6 +266,9 @@ def load(spec, device: Optional[torch.device | str] = None, dtype: Optional[torc
         return _place(as_reward(spec), device, dtype)
     options = {_key_of(k): v for k, v in (options or {}).items()}
     terms = parse_spec(spec)
+    if all(w == 0 for _, w in terms):  # refused before any reward model loads
+        raise ValueError(f"reward spec {spec!r}: every weight is 0, so it scores nothing; give at least one reward "
+                         f"a nonzero weight (e.g. {terms[0][0]}=1)")
     # a per-frame term takes its own options, else those of the reward it wraps
     rewards = [(w, build(name, **options.get(name, options.get(parse_frames(name)[0], {})))) for name, w in terms]
     reward = rewards[0][1] if len(rewards) == 1 and rewards[0][0] == 1.0 else WeightedSum(rewards)
