@@ -19,12 +19,15 @@ METHODS: dict[str, str] = {
     "dts": "steer.search.dts:dts",
     "dts_star": "steer.search.dts:dts_star",
     "beam": "steer.search.beam:beam",
+    "svdd": "steer.search.svdd:svdd",
+    "reward_guidance": "steer.samplers.guidance:reward_guidance",
     "zero_order": "steer.search.zero_order:zero_order",
     "path_search": "steer.search.zero_order:path_search",
 }
 ALIASES: dict[str, str] = {"bon": "best_of_n", "best-of-n": "best_of_n", "dts*": "dts_star",
                            "dts-star": "dts_star", "zero-order": "zero_order", "smc": "fk",
-                           "path-search": "path_search"}
+                           "path-search": "path_search", "svdd-pm": "svdd", "reward-guidance": "reward_guidance",
+                           "dps": "reward_guidance"}
 # the head every method shares; what follows it are the method's own options
 COMMON = ("generator", "budget", "callback")
 

@@ -13,7 +13,8 @@ from steer.zoo.gmm import GMMProcess, quadratic_reward
 
 SMALL = {"best_of_n": {"n": 3}, "fk": {"particles": 3}, "reno": {"iterations": 2}, "dts": {"rollouts": 3},
          "dts_star": {"rollouts": 3}, "beam": {"beam_width": 2, "candidates": 2},
-         "zero_order": {"iterations": 1, "neighbors": 2}, "path_search": {"paths": 2, "candidates": 2}}
+         "zero_order": {"iterations": 1, "neighbors": 2}, "path_search": {"paths": 2, "candidates": 2},
+         "svdd": {"candidates": 2}, "reward_guidance": {"n": 2, "scale": 1.0}}
 NOISY = sorted(m for m in METHODS if "noise_level" in method_options(resolve_method(m)))
 
 
@@ -45,7 +46,8 @@ def test_reno_returns_its_optimized_noise_apart_from_the_final_latents():
 
 
 def test_every_method_with_a_kernel_takes_the_one_noise_knob_and_its_eta_alias():
-    assert NOISY == ["beam", "best_of_n", "dts", "dts_star", "fk", "path_search", "zero_order"]
+    assert NOISY == ["beam", "best_of_n", "dts", "dts_star", "fk", "path_search", "reward_guidance", "svdd",
+                     "zero_order"]
     for name in NOISY:
         options = method_options(resolve_method(name))
         assert isinstance(options["noise_level"], toolkit.NoiseDefault), name
