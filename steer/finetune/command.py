@@ -2,11 +2,13 @@
 
     steer finetune --method draft|grpo|nft|distill|soar|dpo|kto | --preset NAME --reward SPEC --prompts FILE --out DIR
                    [--dataset PICKAPIC_PATH] [--model ID_OR_PATH] [--steer-method fk --particles 8 -o KEY=VALUE ...]
-                   [--max-steps N] [--lora-rank R] [--set FIELD=VALUE ...] [--resume | --overwrite]
+                   [--max-steps N] [--lora-rank R] [--set FIELD=VALUE ...] [--report-to tensorboard]
+                   [--resume | --overwrite]
 
 Bad input exits with code 2 and one line on stderr (``--debug`` shows the traceback). Shows progress
 (step, loss, reward, s/step, ETA). Writes ``DIR/lora`` (``pipe.load_lora_weights(DIR/lora)``),
-``DIR/metrics.jsonl``, ``DIR/config.json``, ``DIR/reward.png`` (reward vs step) and ``DIR/checkpoints/``. Under ``accelerate launch`` every process trains and gradients are averaged.
+``DIR/metrics.jsonl``, ``DIR/config.json``, ``DIR/reward.png`` (reward vs step), ``DIR/checkpoints/`` and, with
+``--report-to``, ``DIR/trackers/``. Under ``accelerate launch`` every process trains and gradients are averaged.
 
 ``DIR`` holds one run: a fresh run into a folder with an earlier one is refused unless ``--resume``
 (continue it: every setting must match the checkpoint's, except ``--max-steps``, and
@@ -253,6 +255,9 @@ def finetune(
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the rank)."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--lr", help="AdamW learning rate."),
     settings: List[str] = typer.Option(None, "--set", help="Any config field FIELD=VALUE (repeatable), e.g. k=2."),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help="Experiment trackers (accelerate's): "
+                                            "tensorboard, wandb, ... (comma-separated) get each step's metrics under "
+                                            "DIR/trackers/; --set log_images_every=N adds sample images (grpo)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="num_inference_steps of the sampling chain."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="guidance_scale."),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -261,7 +266,8 @@ def finetune(
                                 "--max-steps may change; checkpoint_every, keep_checkpoints, gradient_checkpointing "
                                 "may change with a warning)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the earlier run in --out (checkpoints/, "
-                                   "metrics.jsonl, config.json, lora/, lora_ema/, reward.png) and start afresh."),
+                                   "metrics.jsonl, config.json, lora/, lora_ema/, reward.png, trackers/) and start "
+                                   "afresh."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """Fine-tune a LoRA with a reward: reward backprop, GRPO, distilled steering, or preference optimization."""
@@ -279,8 +285,14 @@ def finetune(
             opts, explicit_steer = {}, None
         config = build_config(method, dict(max_steps=max_steps, lora_rank=lora_rank, lora_alpha=lora_alpha,
                                            learning_rate=learning_rate, seed=seed, steer_method=explicit_steer,
-                                           dataset=dataset, source="dataset" if dataset else None),
+                                           dataset=dataset, source="dataset" if dataset else None,
+                                           report_to=report_to),
                               settings or [], opts, base=base)
+        if config.report_to:  # a missing tracker package is named before any model loads
+            from steer.finetune.config import tracker_names
+            from steer.finetune.distributed import check_trackers
+
+            check_trackers(tracker_names(config.report_to))
         if prompts:
             _announce_updates(config, len(prompts))
         result = run_finetune(method, reward, prompts, out, model=model, config=config, resume=resume,

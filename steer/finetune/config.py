@@ -18,6 +18,17 @@ def opt(default, help: str, group: str, **kw):
     return field(default=default, metadata={"help": help, "group": group}, **kw)
 
 
+# accelerate's tracker names (``accelerate.utils.LoggerType`` without "all", which would start every installed one)
+TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab")
+
+
+def tracker_names(report_to: Optional[str]) -> list[str]:
+    """The tracker names of a ``report_to`` value (``"tensorboard,wandb"`` -> both), [] for None."""
+    if report_to is None:
+        return []
+    return [n.strip().lower() for n in str(report_to).split(",") if n.strip()]
+
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise ValueError(message)
@@ -53,6 +64,12 @@ class TrainConfig:
     keep_checkpoints: int = opt(2, "Checkpoints kept on disk (older ones are deleted).", "runtime")
     preset: Optional[str] = opt(None, "The reference preset these settings started from (steer.finetune.presets).",
                                 "runtime")
+    report_to: Optional[str] = opt(None, "Experiment trackers (accelerate's), comma-separated: tensorboard, wandb, "
+                                         "trackio, comet_ml, aim, mlflow, clearml, dvclive, swanlab; each step's "
+                                         "metrics.jsonl numbers go to them (logs in DIR/trackers/). None = off.",
+                                   "runtime")
+    log_images_every: int = opt(0, "With report_to: the step's sampled images go to the trackers every N steps "
+                                   "(grpo); 0 = never.", "runtime")
 
     def __post_init__(self):
         self.target_modules = tuple(self.target_modules)
@@ -70,6 +87,13 @@ class TrainConfig:
         _require(self.mixed_precision in ("no", "fp16", "bf16"),
                  f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
         _require(len(self.target_modules) > 0, "target_modules must name at least one module")
+        _require(self.report_to is None or (isinstance(self.report_to, str) and bool(tracker_names(self.report_to))
+                                            and all(n in TRACKERS for n in tracker_names(self.report_to))),
+                 f"report_to must be None or tracker names from {', '.join(TRACKERS)} (comma-separated), "
+                 f"got {self.report_to!r}")
+        _require(isinstance(self.log_images_every, int) and not isinstance(self.log_images_every, bool)
+                 and self.log_images_every >= 0,
+                 f"log_images_every must be an integer >= 0 (0 = no images), got {self.log_images_every!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

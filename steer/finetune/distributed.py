@@ -1,5 +1,5 @@
-"""Multi-process fine-tuning (``accelerate launch``): the run's ``Accelerator`` and the averaging of the
-LoRA gradients over ranks.
+"""Multi-process fine-tuning (``accelerate launch``): the run's ``Accelerator`` (with its experiment trackers,
+``config.report_to``) and the averaging of the LoRA gradients over ranks.
 
 Each rank draws its own prompts and noise; after the micro-steps the LoRA gradients are averaged over
 ranks with ``accelerator.reduce`` — DDP's semantics. torch's ``DistributedDataParallel`` wrapper itself
@@ -12,14 +12,52 @@ from typing import Sequence
 
 import torch
 
-from steer.finetune.config import TrainConfig
+from steer.errors import SteerError
+from steer.finetune.config import TrainConfig, tracker_names
 
 
-def make_accelerator(process, config: TrainConfig):
+# the pip package behind each tracker name (``config.TRACKERS``)
+_PACKAGES = {"comet_ml": "comet-ml"}
+
+
+def check_trackers(names: Sequence[str]) -> None:
+    """Refuse (one line naming the ``pip install``) a tracker whose package is not installed; accelerate itself
+    would drop it silently."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
+    for name in names:
+        if name not in available:
+            package = _PACKAGES.get(name, name)
+            raise SteerError(f"report_to={name!r} needs the {package} package, which is not installed: "
+                             f"pip install {package}" + (" (or pip install 'steer[track]')"
+                                                         if name == "tensorboard" else ""))
+
+
+def make_accelerator(process, config: TrainConfig, logging_dir=None):
+    """The run's ``Accelerator``; with ``config.report_to`` its trackers (``log_with``) write under ``logging_dir``."""
     from accelerate import Accelerator
 
     cpu = torch.device(getattr(process, "device", "cpu")).type == "cpu"
-    return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
+    names = tracker_names(config.report_to)
+    if not names:
+        return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
+    check_trackers(names)
+    return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu, log_with=names,
+                       project_dir=None if logging_dir is None else str(logging_dir))
+
+
+def add_trackers(accelerator, config: TrainConfig, logging_dir) -> None:
+    """Give a caller's ``accelerator`` made without ``log_with`` the trackers of ``config.report_to``."""
+    from accelerate.tracking import filter_trackers
+
+    names = tracker_names(config.report_to)
+    if not names or accelerator.log_with:
+        return
+    check_trackers(names)
+    if accelerator.project_configuration.logging_dir is None:
+        accelerator.project_configuration.logging_dir = str(logging_dir)
+    accelerator.log_with = filter_trackers(names, accelerator.logging_dir)
 
 
 def average_gradients(accelerator, params: Sequence[torch.Tensor], world: int) -> None:

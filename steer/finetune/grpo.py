@@ -93,7 +93,7 @@ def sample_batch(trainer: Trainer, generator: torch.Generator) -> dict:
     return {"idx": idx, "states": torch.stack(states), "log_probs": torch.stack(log_probs),  # (S+1, B, ...), (S, B)
             "rewards": rewards, "advantages": advantages(config, rewards.cpu(), list(cond.prompts), history),
             "eval_rewards": trainer.eval_scores(images, cond.prompts),
-            "steps": train_steps(stochastic, config, generator)}
+            "steps": train_steps(stochastic, config, generator), "images": images}
 
 
 def train_steps(stochastic: list[int], config: GRPOConfig, generator: torch.Generator) -> list[int]:
@@ -157,7 +157,11 @@ def grpo_step(trainer: Trainer, generator: torch.Generator, step: int) -> dict:
     batches = trainer.extra.setdefault("grpo_batches", {})  # micro index -> batch (kept in checkpoints)
     cached = batches.get(trainer.micro)
     if cached is None or cached["id"] != batch_id:
-        cached = batches[trainer.micro] = {"id": batch_id, **sample_batch(trainer, generator)}
+        sampled = sample_batch(trainer, generator)
+        images = sampled.pop("images")  # not kept in the batch: it is checkpointed
+        cached = batches[trainer.micro] = {"id": batch_id, **sampled}
+    else:
+        images = None  # a reused batch (inner epochs): its images went to the trackers when it was drawn
     cond = trainer.cond(cached["idx"])
     total, infos = 0.0, []
     for i in cached["steps"]:
@@ -169,4 +173,5 @@ def grpo_step(trainer: Trainer, generator: torch.Generator, step: int) -> dict:
     return {"loss": total, "rewards": cached["rewards"], "eval_rewards": cached.get("eval_rewards"),
             "prompts": [trainer.prompts[j] for j in cached["idx"]],
             "clip_fraction": sum(f["clip_fraction"] for f in infos) / len(infos),
-            "kl": sum(kls) / len(kls) if kls else None, "first_ratio": infos[0]["ratio"]}
+            "kl": sum(kls) / len(kls) if kls else None, "first_ratio": infos[0]["ratio"],
+            "images": images if images is not None and trainer.wants_images(step) else None}

@@ -25,14 +25,15 @@ from steer.finetune import checkpoint, lora
 # settings a resume may change: FREE silently (max_steps extends or shortens the run), HARMLESS with a
 # warning (they change when checkpoints are written or how memory is spent, not the trained weights)
 FREE = ("max_steps",)
-HARMLESS = ("checkpoint_every", "keep_checkpoints", "gradient_checkpointing", "eval_reward")
+HARMLESS = ("checkpoint_every", "keep_checkpoints", "gradient_checkpointing", "eval_reward", "report_to",
+            "log_images_every")
 _FLAGS = {"method": "--method", "model": "--model", "denoiser": "--model", "reward": "--reward",
           "prompts": "--prompts (the file's contents)", "num_prompts": "--prompts", "num_inference_steps": "--steps",
           "guidance_scale": "--guidance", "learning_rate": "--learning-rate", "seed": "--seed",
           "lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha", "steer_method": "--steer-method",
           "steer_options": "--particles / -o", "processes": "the number of processes",
           "dataset_contents": "--dataset (the data's contents changed; start over with --overwrite)"}
-RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "lora", "lora_ema", "reward.png")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "lora", "lora_ema", "reward.png", "trackers")
 
 
 def earlier_run(out_dir) -> list[str]:

@@ -1,6 +1,8 @@
 """The loop every fine-tuning method shares: LoRA, AdamW, warm-up, gradient accumulation, max-grad-norm,
 mixed precision and multi-process gradient averaging (accelerate), EMA, atomic checkpoints with resume,
-NaN guards and ``metrics.jsonl``.
+NaN guards, ``metrics.jsonl`` and experiment trackers (``config.report_to``: accelerate's tensorboard, wandb, ...
+get each step's numbers under ``DIR/trackers/``, and every ``log_images_every`` steps the images a method
+returns as ``"images"`` when ``trainer.wants_images(step)``).
 
 A method supplies ``micro_step(trainer, generator, step) -> dict`` that computes its loss, calls
 ``trainer.backward(loss)`` (possibly several times) and returns metrics. Every random choice of step
@@ -29,8 +31,8 @@ import torch
 from steer import io
 from steer.budget import Trace
 from steer.finetune import checkpoint, lora, run_folder
-from steer.finetune.config import TrainConfig
-from steer.finetune.distributed import average_gradients, make_accelerator
+from steer.finetune.config import TrainConfig, tracker_names
+from steer.finetune.distributed import add_trackers, average_gradients, make_accelerator
 from steer.finetune.plot import reward_plot
 # the run-folder names, importable from here as before they moved to run_folder
 from steer.finetune.run_folder import _FLAGS, FREE, HARMLESS, RUN_FILES, _plain, clear_run, earlier_run  # noqa: F401
@@ -75,7 +77,9 @@ class Trainer:
         self.method, self.callback = method, callback
         self.eval_reward = eval_reward  # a held-out reward logged beside the trained one, never trained on
         self.out_dir = Path(out_dir)
-        self.accelerator = accelerator or make_accelerator(process, config)
+        self.accelerator = accelerator or make_accelerator(process, config, self.tracker_dir)
+        if accelerator is not None:
+            add_trackers(accelerator, config, self.tracker_dir)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self._prepare_out_dir(resume, overwrite)
         self.pipe = lora.pipeline_of(process)
@@ -92,6 +96,8 @@ class Trainer:
         self.extra: dict[str, Any] = {}  # method state that must survive a resume (e.g. a GRPO sample batch)
         self._cond_all: Optional[Cond] = None
         self.micro = 0
+        self._step_images: Optional[torch.Tensor] = None
+        self._tracking = False
         if resume:
             self._resume()
 
@@ -173,17 +179,23 @@ class Trainer:
     def run(self, micro_step: Callable) -> TrainResult:
         t_run = time.perf_counter()
         metrics: list[dict[str, Any]] = []
-        for step in range(self.start_step, self.config.max_steps):
-            t0 = time.perf_counter()
-            record = self._one_step(micro_step, step)
-            record["seconds"] = time.perf_counter() - t0
-            metrics.append(record)
-            self._log(record)
-            if (step + 1) % self.config.checkpoint_every == 0 or step + 1 == self.config.max_steps:
-                self.save_checkpoint(step + 1)
-            if self.callback is not None:
-                self.callback(record)
-        return self._finish(metrics, time.perf_counter() - t_run)
+        self._start_trackers()
+        try:
+            for step in range(self.start_step, self.config.max_steps):
+                t0 = time.perf_counter()
+                self._step_images = None
+                record = self._one_step(micro_step, step)
+                record["seconds"] = time.perf_counter() - t0
+                metrics.append(record)
+                self._log(record)
+                self._track(record)
+                if (step + 1) % self.config.checkpoint_every == 0 or step + 1 == self.config.max_steps:
+                    self.save_checkpoint(step + 1)
+                if self.callback is not None:
+                    self.callback(record)
+            return self._finish(metrics, time.perf_counter() - t_run)
+        finally:
+            self._end_trackers()
 
     def _one_step(self, micro_step: Callable, step: int) -> dict[str, Any]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -197,6 +209,9 @@ class Trainer:
             except FloatingPointError as e:
                 raise FloatingPointError(f"{self.method} step {step + 1}: {e}; {self._kept()}") from None
             self._check_loss(records[-1], step)
+        images = [r.pop("images") for r in records if r.get("images") is not None]
+        if images:
+            self._step_images = torch.cat([torch.as_tensor(i).detach().float().cpu() for i in images])
         average_gradients(self.accelerator, self.params, self.world)
         grad_norm = self._clip()
         self.optimizer.step()
@@ -269,6 +284,53 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:  # a full disk: name the file
             raise io.naming_path(e, self.metrics_path) from e
+
+    # ---- trackers (accelerate's) ---------------------------------------------------------
+    @property
+    def tracker_dir(self) -> Path:
+        """Where file-based trackers write (tensorboard: ``trackers/steer-finetune/events.out.tfevents.*``)."""
+        return self.out_dir / "trackers"
+
+    def wants_images(self, step: int) -> bool:
+        """Whether a method should return its sampled images (``"images"``, (B, 3, H, W) in [0, 1]) in the
+        record of 0-based ``step``: trackers on, ``log_images_every`` > 0 and ``step`` a multiple of it."""
+        every = self.config.log_images_every
+        return self._tracking and every > 0 and step % every == 0 and self.accelerator.is_main_process
+
+    def _start_trackers(self) -> None:
+        if not tracker_names(self.config.report_to) or not self.accelerator.log_with:
+            return
+        hparams = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v, default=str)
+                   for k, v in self.config.to_dict().items() if v is not None}
+        self.accelerator.init_trackers("steer-finetune", config=hparams)
+        self._tracking = True
+
+    def _track(self, record: dict) -> None:
+        """The step's numeric ``metrics.jsonl`` values (None skipped) and its images, if any, to the trackers."""
+        if not self._tracking:
+            return
+        values = {k: float(v) for k, v in record.items()
+                  if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.accelerator.log(values, step=record["step"])
+        images, self._step_images = self._step_images, None
+        if images is None or not self.accelerator.is_main_process:
+            return
+        images = images[:16].clamp(0, 1)  # (N, 3, H, W): a few per step keep the event files small
+        for name in tracker_names(self.config.report_to):
+            tracker = self.accelerator.get_tracker(name)
+            if hasattr(tracker, "log_images"):
+                tracker.log_images({"samples": images}, step=record["step"])
+
+    def _end_trackers(self) -> None:
+        """Close the trackers (``accelerator.end_training`` would also destroy a multi-process group the caller
+        may still use, so only its ``finish`` part)."""
+        if not self._tracking:
+            return
+        self._tracking = False
+        if self.accelerator.is_main_process:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+        self.accelerator.trackers = []
 
     def _truncate_metrics(self, step: int) -> None:
         """Keep the records of steps <= ``step`` (a line torn by a kill mid-append is dropped)."""
