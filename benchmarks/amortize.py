@@ -112,8 +112,8 @@ try:
 finally:
     if _ADDED:
         sys.path.remove(str(HERE))
-from steer.finetune import DistillConfig, DPOConfig, DraftConfig, GRPOConfig, KTOConfig  # noqa: E402
-from steer.finetune import distill, dpo, draft, grpo, kto  # noqa: E402
+from steer.finetune import DistillConfig, DPOConfig, DraftConfig, GRPOConfig, KTOConfig, NFTConfig, SoarConfig  # noqa: E402
+from steer.finetune import distill, dpo, draft, grpo, kto, nft, soar  # noqa: E402
 from steer.finetune.lora import denoiser, load_lora, lora_state_dict  # noqa: E402
 from steer.io import write_json  # noqa: E402
 from steer.pipelines import from_pipe  # noqa: E402
@@ -122,7 +122,7 @@ from steer.zoo.shapes import pipeline, world  # noqa: E402
 from steer.zoo.shapes.evaluate import relational_heldout_captions  # noqa: E402
 from steer.zoo.shapes.reward import ShapesCheckReward, ShapesClipReward, ShapesSwapReward  # noqa: E402
 
-ROWS = ("base", "fk", "distill", "draft", "alignprop", "grpo-clip", "grpo-check", "dpo", "kto")
+ROWS = ("base", "fk", "distill", "draft", "alignprop", "grpo-clip", "grpo-check", "dpo", "kto", "nft-clip", "soar")
 TRAINED = ROWS[2:]
 SETS = ("train", "heldout", "single")
 
@@ -131,7 +131,7 @@ DEFAULTS = {
     "train_captions": (32, 8), "heldout": (104, 16), "seeds": (4, 2),
     "distill_steps": (200, 60), "distill_samples": (2, 1),
     "draft_steps": (100, 30), "alignprop_steps": (100, 20), "grpo_steps": (40, 8),
-    "dpo_steps": (100, 20), "kto_steps": (100, 20),
+    "dpo_steps": (100, 20), "kto_steps": (100, 20), "nft_steps": (60, 8),
 }
 
 
@@ -164,7 +164,8 @@ def labels(args) -> dict[str, str]:
             "draft": f"DRaFT-{args.draft_k} → LoRA (shapes-clip)", "alignprop": "AlignProp → LoRA (shapes-clip)",
             "grpo-clip": "GRPO → LoRA (shapes-clip)", "grpo-check": "GRPO → LoRA (shapes-check)",
             "dpo": f"Diffusion-DPO, FK-{K} vs base pairs → LoRA (shapes-clip)",
-            "kto": f"Diffusion-KTO, FK-{K} samples, checker labels → LoRA (shapes-check)"}
+            "kto": f"Diffusion-KTO, FK-{K} samples, checker labels → LoRA (shapes-check)",
+            "nft-clip": "DiffusionNFT → LoRA (shapes-clip, lr 3e-4)", "soar": f"SOAR on FK-{K} samples → LoRA"}
 
 
 def train_setup(row: str, args, n_captions: int):
@@ -190,6 +191,14 @@ def train_setup(row: str, args, n_captions: int):
                                 max_steps=args.grpo_steps, learning_rate=args.grpo_lr,
                                 checkpoint_every=args.grpo_steps, **common), \
             "shapes-clip" if row == "grpo-clip" else "shapes-check"
+    if row == "nft-clip":  # DiffusionNFT at its reference lr, sampling (ODE) and training the guided policy
+        return nft, NFTConfig(group_size=args.grpo_group, prompts_per_step=args.grpo_prompts, max_steps=args.nft_steps,
+                              learning_rate=args.nft_lr, timestep_fraction=0.5, kl_beta=0.0, guided=True,
+                              checkpoint_every=args.nft_steps, **common), "shapes-clip"
+    if row == "soar":  # the distill row plus SOAR's self-correction states
+        _, config, reward = train_setup("distill", args, n_captions)
+        fields = {k: v for k, v in config.to_dict().items() if k not in ("method", "steps_per_round")}
+        return soar, SoarConfig(**fields, aux_points=2), reward
     if row in ("dpo", "kto"):
         shared = dict(steer_method="fk", steer_options={"particles": args.teacher_particles},
                       samples_per_prompt=args.distill_samples, prompts_per_step=min(8, n_captions),
@@ -514,6 +523,8 @@ def parse(argv):
     g.add_argument("--guided", type=int, choices=(0, 1), default=0,
                    help="distill / dpo / kto fit the guided prediction (1) or the conditional branch (0)")
     g.add_argument("--pref-batch", type=int, default=4, help="dpo: pairs, kto: samples per step")
+    g.add_argument("--nft-steps", type=int, help="(60; quick 8)")
+    g.add_argument("--nft-lr", type=float, default=3e-4, help="DiffusionNFT's own learning rate")
     g.add_argument("--dpo-steps", type=int, help="(100; quick 20)")
     g.add_argument("--dpo-lr", type=float, default=1e-3)
     g.add_argument("--dpo-beta", type=float, default=500.0, help="β (x0-space errors; the paper's 5000 is for ε)")
