@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from steer.errors import SteerError
 from steer.finetune import lora
+from steer.finetune import kohya_unet
 from steer.finetune import lora_export as lx
 from tests.fixtures.tiny import build
 
@@ -72,21 +73,21 @@ def test_diffusers_loads_the_export_like_the_original(family, export_family, tar
 
 def test_sgm_names():
     # the LDM / SGM names of an SD-1.5-shaped UNet (layers_per_block 2), as kohya writes them for SDXL
-    assert lx.unet_to_ldm("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "sd") == \
+    assert kohya_unet.unet_to_ldm("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "sd") == \
         "input_blocks.4.1.transformer_blocks.0.attn1.to_q"
-    assert lx.unet_to_ldm("mid_block.attentions.0.proj_in", "sd") == "middle_block.1.proj_in"
-    assert lx.unet_to_ldm("up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_out.0", "sd") == \
+    assert kohya_unet.unet_to_ldm("mid_block.attentions.0.proj_in", "sd") == "middle_block.1.proj_in"
+    assert kohya_unet.unet_to_ldm("up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_out.0", "sd") == \
         "output_blocks.11.1.transformer_blocks.0.attn2.to_out.0"
-    assert lx.unet_to_ldm("down_blocks.0.resnets.1.conv2", "sd") == "input_blocks.2.0.out_layers.3"
-    assert lx.unet_to_ldm("down_blocks.0.downsamplers.0.conv", "sd") == "input_blocks.3.0.op"
-    assert lx.unet_to_ldm("up_blocks.1.upsamplers.0.conv", "sd") == "output_blocks.5.2.conv"
-    assert lx.unet_to_ldm("up_blocks.0.upsamplers.0.conv", "sd") == "output_blocks.2.1.conv"
+    assert kohya_unet.unet_to_ldm("down_blocks.0.resnets.1.conv2", "sd") == "input_blocks.2.0.out_layers.3"
+    assert kohya_unet.unet_to_ldm("down_blocks.0.downsamplers.0.conv", "sd") == "input_blocks.3.0.op"
+    assert kohya_unet.unet_to_ldm("up_blocks.1.upsamplers.0.conv", "sd") == "output_blocks.5.2.conv"
+    assert kohya_unet.unet_to_ldm("up_blocks.0.upsamplers.0.conv", "sd") == "output_blocks.2.1.conv"
     for name in ("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", "down_blocks.0.resnets.1.conv2",
                  "down_blocks.0.downsamplers.0.conv", "up_blocks.1.upsamplers.0.conv", "mid_block.resnets.1.conv1",
                  "up_blocks.3.attentions.2.transformer_blocks.0.ff.net.0.proj", "conv_in", "conv_out",
                  "time_embedding.linear_1", "add_embedding.linear_2", "down_blocks.1.resnets.0.conv_shortcut"):
-        ldm = lx.unet_to_ldm(name, "sd")
-        assert lx.ldm_to_unet(lx._ldm_path(ldm.replace(".", "_")), 2) == name
+        ldm = kohya_unet.unet_to_ldm(name, "sd")
+        assert kohya_unet.ldm_to_unet(kohya_unet.ldm_path(ldm.replace(".", "_")), 2) == name
 
 
 @pytest.mark.parametrize("family,targets", [("sd", lora.DEFAULT_TARGETS), ("sdxl", lora.DEFAULT_TARGETS),
