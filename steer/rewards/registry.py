@@ -21,7 +21,7 @@ import torch
 
 from steer.rewards.base import Reward
 from steer.rewards.combine import WeightedSum, as_reward, import_dotted
-from steer.rewards.remote import is_url, normalize_url
+from steer.rewards.reward_url import is_url, normalize_url
 from steer.rewards.video import FrameReward, frames_key, parse_frames
 
 SPEC_EXAMPLE = "'hps' or 'hps=1,clip=0.5'"

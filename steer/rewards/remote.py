@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import socket
 import threading
 import time
 from typing import Optional, Sequence
@@ -38,70 +35,17 @@ from torch import Tensor
 
 from steer.errors import SteerError
 from steer.rewards.base import Reward
+from steer.rewards.http_transport import (READ_TIMEOUT_ENV, Late, default_read_timeout, error_detail,
+                                          positive_seconds, preview, read_timed_out, reason, server_limits, shut_at,
+                                          watch, watched_adapter)
+from steer.rewards.reward_url import normalize_url
 
-SCHEMES = ("http://", "https://")
-READ_TIMEOUT_ENV = "STEER_REWARD_HTTP_TIMEOUT"
 MAX_ANSWER_BYTES = 16 << 20
 RETRIED_4XX = (408, 429)  # a request timeout, too many requests: may pass a moment later
-LIMIT_KEYS = ("max_body_bytes", "max_images", "max_image_pixels", "max_batch_pixels")
-URL_SHAPE = "http://HOST:PORT[/path] (a `steer serve-reward` server)"
-_watch = threading.local()  # the connections the current thread's request uses (for its deadline)
 
 
 class RewardServerError(SteerError):
     """A reward server that is not reachable, fails, or answers something other than one score per image."""
-
-
-def is_url(term: str) -> bool:
-    """Whether a spec term names a served reward (``http://...`` or ``https://...``)."""
-    return term.strip().lower().startswith(SCHEMES)
-
-
-def normalize_url(url: str) -> str:
-    """``http://HOST:PORT[/base]`` without a trailing slash, scheme and host lower-cased; else a SteerError."""
-    if not isinstance(url, str):
-        raise SteerError(f"a reward URL must be a string like {URL_SHAPE}, got {type(url).__name__}")
-    text = url.strip()
-    if not text.isascii() or any(c.isspace() or not c.isprintable() for c in text):
-        raise SteerError(f"reward URL {url!r} holds spaces or characters that are not printable ASCII; write "
-                         f"{URL_SHAPE}")
-    try:
-        parts = urlsplit(text)
-        hostname = parts.hostname
-    except ValueError as e:  # "http://[::1": Invalid IPv6 URL
-        raise SteerError(f"reward URL {url!r} is malformed ({_first_line(e)}); write {URL_SHAPE}") from None
-    if parts.scheme.lower() not in ("http", "https") or not hostname:
-        raise SteerError(f"reward URL {url!r} must look like {URL_SHAPE}")
-    try:
-        port = parts.port
-    except ValueError:
-        port = 0
-    if port == 0 or parts.netloc.endswith(":"):
-        raise SteerError(f"reward URL {url!r} has a bad port; write http://HOST:PORT with a port in 1..65535")
-    if "@" in parts.netloc:
-        raise SteerError(f"reward URL {url!r} must not carry a user or password; write {URL_SHAPE}")
-    if parts.query or parts.fragment or "?" in text or "#" in text:
-        raise SteerError(f"reward URL {url!r} must not have a query or fragment; write http://HOST:PORT[/path]")
-    host = _host_name(url, hostname.lower(), bracketed="[" in parts.netloc)
-    netloc = host if port is None else f"{host}:{port}"
-    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
-
-
-def _host_name(url: str, host: str, bracketed: bool) -> str:
-    """``host`` as a URL writes it (an IPv6 address in brackets), or a SteerError."""
-    import ipaddress
-
-    if bracketed:
-        try:
-            if "%" in host:  # a zone id (fe80::1%eth0): not in a reward URL
-                raise ValueError(host)
-            return f"[{ipaddress.IPv6Address(host)}]"
-        except ValueError:
-            raise SteerError(f"reward URL {url!r} has a bad IPv6 address {host!r}; write {URL_SHAPE}, e.g. "
-                             f"http://[::1]:8085") from None
-    if not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?", host):
-        raise SteerError(f"reward URL {url!r} has a bad host name {host!r}; write {URL_SHAPE}")
-    return host
 
 
 class HttpReward(Reward):
@@ -123,11 +67,11 @@ class HttpReward(Reward):
         if image_format not in ("tensor", "png"):
             raise SteerError(f"image_format must be 'tensor' (exact) or 'png' (8-bit), got {image_format!r}")
         self.image_format = image_format
-        self.connect_timeout = _positive("connect_timeout", connect_timeout)
-        self.read_timeout = _positive("read_timeout", _default_read_timeout() if read_timeout is None else read_timeout)
+        self.connect_timeout = positive_seconds("connect_timeout", connect_timeout)
+        self.read_timeout = positive_seconds("read_timeout", default_read_timeout() if read_timeout is None else read_timeout)
         if not isinstance(retries, int) or not 0 <= retries <= 10:
             raise SteerError(f"retries must be an integer in [0, 10], got {retries!r}")
-        self.retries, self.backoff = retries, _positive("backoff", backoff, allow_zero=True)
+        self.retries, self.backoff = retries, positive_seconds("backoff", backoff, allow_zero=True)
         self.remote_name: Optional[str] = None  # the served reward's own name and spec, from /health
         self.remote_spec: Optional[str] = None
         self.remote_limits: Optional[dict] = None  # the server's wire.Limits, which batches are split by
@@ -178,10 +122,10 @@ class HttpReward(Reward):
         """The server's ``/health`` answer (reward name, differentiable, version, limits); records ``remote_name``."""
         data = self._request("GET", "/health")
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            raise self._garbage(f"/health answered {_preview(data)} without a reward 'name'")
+            raise self._garbage(f"/health answered {preview(data)} without a reward 'name'")
         self.remote_name = data["name"]
         self.remote_spec = data["spec"] if isinstance(data.get("spec"), str) else None
-        self.remote_limits = _limits(data.get("limits"))
+        self.remote_limits = server_limits(data.get("limits"))
         return data
 
     def to(self, device=None, dtype=None) -> "HttpReward":
@@ -218,34 +162,34 @@ class HttpReward(Reward):
             except RewardServerError:
                 self._reset()
                 raise
-            except _Late:
+            except Late:
                 self._reset()
                 raise RewardServerError(
                     f"reward server {self.url} did not answer {path} within {self.read_timeout:g} s; check the "
                     f"server, or allow longer with ${READ_TIMEOUT_ENV}=SECONDS (read_timeout=)") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
                 self._reset()  # a pooled connection to a dead server is useless
-                failure = ("down", _reason(e))
+                failure = ("down", reason(e))
                 continue
             except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
                     OSError, ValueError) as e:  # anything else a hostile answer can make requests raise
                 self._reset()
                 raise RewardServerError(f"reward server {self.url} failed on {path}: {type(e).__name__}: "
-                                        f"{_reason(e)}") from None
+                                        f"{reason(e)}") from None
             if 300 <= status < 400:
                 raise RewardServerError(f"reward server {self.url} redirected {path} (HTTP {status}) to "
-                                        f"{_preview(location or 'nowhere')}; not followed, so the batch goes nowhere "
+                                        f"{preview(location or 'nowhere')}; not followed, so the batch goes nowhere "
                                         f"else: name the server you mean in the reward URL") from None
             if status >= 500 or status in RETRIED_4XX:
-                failure = ("5xx", f"HTTP {status}: {_detail(content)}")
+                failure = ("5xx", f"HTTP {status}: {error_detail(content)}")
                 continue
             if status >= 400:  # the batch's own fault: the same request would fail again
-                raise RewardServerError(f"reward server {self.url} refused {path} (HTTP {status}): {_detail(content)}")
+                raise RewardServerError(f"reward server {self.url} refused {path} (HTTP {status}): {error_detail(content)}")
             self._answered = True
             try:
                 return json.loads(content)
             except (ValueError, RecursionError):
-                raise self._garbage(f"{path} answered non-JSON {_preview(content.decode('utf-8', 'replace'))}") \
+                raise self._garbage(f"{path} answered non-JSON {preview(content.decode('utf-8', 'replace'))}") \
                     from None
         tries = f"{self.retries + 1} tries over {time.monotonic() - started:.1f} s"
         if failure[0] == "5xx":
@@ -257,13 +201,13 @@ class HttpReward(Reward):
                                 f"--port {self._port()}`")
 
     def _exchange(self, method: str, path: str, body, headers: dict, deadline: float) -> tuple[int, str, bytes]:
-        """(status, Location, body) of one request, all of it by ``deadline`` (else ``_Late``): a watchdog
+        """(status, Location, body) of one request, all of it by ``deadline`` (else ``Late``): a watchdog
         shuts the request's sockets down at the deadline, so no read can outlive it."""
         import requests
 
         connections, done, fired = [], threading.Event(), threading.Event()
-        watchdog = threading.Thread(target=_shut_at, args=(connections, deadline, done, fired), daemon=True)
-        _watch.connections = connections
+        watchdog = threading.Thread(target=shut_at, args=(connections, deadline, done, fired), daemon=True)
+        watch.connections = connections
         watchdog.start()
         try:
             response = self._http().request(method, self.url + path, data=body, headers=headers, stream=True,
@@ -275,31 +219,31 @@ class HttpReward(Reward):
                     if len(content) > MAX_ANSWER_BYTES:
                         raise self._garbage(f"{path} answered more than {MAX_ANSWER_BYTES >> 20} MiB")
                     if time.monotonic() > deadline:
-                        raise _Late
+                        raise Late
             if fired.is_set():  # cut off mid-head, http.client may have parsed what it had
-                raise _Late
+                raise Late
             return response.status_code, response.headers.get("location", ""), bytes(content)
         except requests.exceptions.ConnectTimeout:
             raise
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
                 requests.exceptions.Timeout, OSError) as e:
-            if fired.is_set() or time.monotonic() >= deadline or _read_timed_out(e):
-                raise _Late from None
+            if fired.is_set() or time.monotonic() >= deadline or read_timed_out(e):
+                raise Late from None
             raise
         finally:
             done.set()
-            _watch.connections = None
+            watch.connections = None
 
     def _scores(self, data, batch: int) -> list[float]:
         scores = data.get("scores") if isinstance(data, dict) else None
         if not isinstance(scores, list):
-            raise self._garbage(f"/score answered {_preview(data)} without a list 'scores'")
+            raise self._garbage(f"/score answered {preview(data)} without a list 'scores'")
         if len(scores) != batch:
             raise self._garbage(f"/score answered {len(scores)} scores for {batch} images")
         if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores):
-            raise self._garbage(f"/score answered scores that are not all numbers: {_preview(scores)}")
+            raise self._garbage(f"/score answered scores that are not all numbers: {preview(scores)}")
         if not all(math.isfinite(s) for s in scores):
-            raise self._garbage(f"/score answered non-finite scores {_preview(scores)}")
+            raise self._garbage(f"/score answered non-finite scores {preview(scores)}")
         return [float(s) for s in scores]
 
     def _garbage(self, what: str) -> RewardServerError:
@@ -311,7 +255,7 @@ class HttpReward(Reward):
             import requests
 
             self._session = requests.Session()
-            adapter = _watched_adapter()
+            adapter = watched_adapter()
             self._session.mount("http://", adapter)
             self._session.mount("https://", adapter)
             if self._host() in ("127.0.0.1", "localhost", "::1"):
@@ -337,144 +281,3 @@ class HttpReward(Reward):
     def _port(self) -> str:
         parts = urlsplit(self.url)
         return str(parts.port or (443 if parts.scheme == "https" else 80))
-
-
-def _positive(name: str, value, allow_zero: bool = False) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise SteerError(f"{name} must be a number of seconds, got {value!r}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise SteerError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    return value
-
-
-def _default_read_timeout() -> float:
-    text = os.environ.get(READ_TIMEOUT_ENV)
-    if text is None or not text.strip():
-        return 120.0
-    try:
-        return float(text)
-    except ValueError:
-        raise SteerError(f"${READ_TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
-
-
-class _Late(Exception):
-    """A request past its overall deadline."""
-
-
-def _shut_at(connections: list, deadline: float, done: threading.Event, fired: threading.Event) -> None:
-    """At ``deadline`` (unless ``done`` first), set ``fired`` and shut down the sockets of ``connections``,
-    again every 50 ms until ``done``: a blocked send or read then ends at once."""
-    wait = deadline - time.monotonic()
-    while not done.wait(max(wait, 0.0)):
-        fired.set()
-        for connection in list(connections):
-            sock = getattr(connection, "sock", None)
-            try:
-                if sock is not None:
-                    sock.shutdown(socket.SHUT_RDWR)
-            except OSError:  # already closed
-                pass
-        wait = 0.05
-
-
-def _watched_adapter():
-    """A requests adapter whose connections register with the requesting thread's deadline watchdog."""
-    from requests.adapters import HTTPAdapter
-    from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
-    from urllib3.connection import HTTPConnection, HTTPSConnection
-
-    class Watched:
-        def request(self, *args, **kwargs):
-            connections = getattr(_watch, "connections", None)
-            if connections is not None:
-                connections.append(self)
-            return super().request(*args, **kwargs)
-
-    class WatchedHTTP(Watched, HTTPConnection):
-        pass
-
-    class WatchedHTTPS(Watched, HTTPSConnection):
-        pass
-
-    class HTTPPool(HTTPConnectionPool):
-        ConnectionCls = WatchedHTTP
-
-    class HTTPSPool(HTTPSConnectionPool):
-        ConnectionCls = WatchedHTTPS
-
-    pools = {"http": HTTPPool, "https": HTTPSPool}
-
-    class Adapter(HTTPAdapter):
-        def init_poolmanager(self, *args, **kwargs):
-            super().init_poolmanager(*args, **kwargs)
-            self.poolmanager.pool_classes_by_scheme = pools
-
-        def proxy_manager_for(self, *args, **kwargs):
-            manager = super().proxy_manager_for(*args, **kwargs)
-            manager.pool_classes_by_scheme = pools
-            return manager
-
-    return Adapter(max_retries=0)
-
-
-def _read_timed_out(e: BaseException) -> bool:
-    """Whether a requests / urllib3 error is a read timing out (requests wraps one met mid-answer in a
-    ConnectionError): the server is slow, not down."""
-    import requests
-
-    if isinstance(e, requests.exceptions.ReadTimeout) or isinstance(e, socket.timeout):
-        return True
-    text = f"{type(e).__name__}: {e}"
-    return "ReadTimeoutError" in text or "Read timed out" in text or "read timeout" in text
-
-
-def _limits(data) -> Optional[dict]:
-    """The ``limits`` of a ``/health`` answer if they are all positive integers; else None (not split)."""
-    if not isinstance(data, dict):
-        return None
-    values = {key: data.get(key) for key in LIMIT_KEYS}
-    ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values.values())
-    return values if ok else None
-
-
-def _reason(e: BaseException) -> str:
-    """A short cause for a requests error (its own message nests several exceptions' reprs)."""
-    text = f"{type(e).__name__}: {e}"
-    errno = re.search(r"\[Errno -?\d+\] ([^'\"\)\]]+)", text)
-    if errno:
-        return errno.group(1).strip().lower()
-    for marker, reason in (("RemoteDisconnected", "the server closed the connection without answering"),
-                           ("Connection aborted", "the connection was aborted"),
-                           ("ConnectTimeout", "connecting timed out"), ("connect timeout", "connecting timed out"),
-                           ("Read timed out", "reading the answer timed out"),
-                           ("ReadTimeout", "reading the answer timed out"), ("timed out", "timed out"),
-                           ("IncompleteRead", "the answer was cut short"),
-                           ("InvalidChunkLength", "the answer was cut short")):
-        if marker in text:
-            return reason
-    return " ".join(str(e).split())[:200] or type(e).__name__
-
-
-def _detail(content: bytes) -> str:
-    """The one-line message of an error answer (``{"error": ...}``, FastAPI's ``{"detail": ...}``, or text)."""
-    text = content.decode("utf-8", "replace")
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        data = text
-    if isinstance(data, dict):
-        data = data.get("error", data.get("detail", data))
-    text = data if isinstance(data, str) else json.dumps(data)
-    return " ".join(text.split())[:300] or "no message"
-
-
-def _preview(value) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = " ".join(text.split())
-    return repr(text[:80] + ("..." if len(text) > 80 else ""))
-
-
-def _first_line(e: BaseException) -> str:
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
