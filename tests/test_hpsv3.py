@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from steer.rewards import MissingWeightsError, load
-from steer.rewards.hpsv3 import (INSTRUCTION, PIXELS, PROMPT_SUFFIX, REWARD_TOKEN, HPSv3Reward, chat_text, preprocess,
-                                 smart_resize, user_text)
+from steer.rewards.hpsv3 import PIXELS, HPSv3Reward, preprocess, smart_resize
+from steer.rewards.hpsv3_prompt import INSTRUCTION, PROMPT_SUFFIX, REWARD_TOKEN, chat_text, user_text
 from steer.rewards.preprocess import CLIP_STD
 from tests.fixtures.hpsv3 import tiny_config_of, tiny_hpsv3_state_dict, write_tiny_hpsv3
 
