@@ -260,7 +260,7 @@ from steer.finetune.command import finetune  # noqa: E402  (``steer finetune``)
 
 app.command("finetune")(finetune)
 
-from steer.rewards.server import serve_reward  # noqa: E402  (``steer serve-reward``)
+from steer.rewards.serve_command import serve_reward  # noqa: E402  (``steer serve-reward``)
 
 app.command("serve-reward")(serve_reward)
 

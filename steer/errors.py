@@ -1,4 +1,4 @@
-"""The one error type of the public boundary, and the 'did you mean' hint its messages use."""
+"""The one error type of the public boundary, and the 'did you mean' hint and first-line reading its messages use."""
 from __future__ import annotations
 
 import difflib
@@ -18,3 +18,8 @@ def suggest(name: str, choices: Sequence[str]) -> str:
 
 class SteerWarning(UserWarning):
     """Something a user should know that is not an error (e.g. a harmless setting changed on ``--resume``)."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-blank line of an exception's message, at most ``limit`` characters (for one-line errors)."""
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:limit]

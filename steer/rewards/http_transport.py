@@ -153,6 +153,3 @@ def preview(value) -> str:
     text = " ".join(text.split())
     return repr(text[:80] + ("..." if len(text) > 80 else ""))
 
-
-def first_line(e: BaseException) -> str:
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]

@@ -4,8 +4,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from steer.errors import SteerError
-from steer.rewards.http_transport import first_line
+from steer.errors import SteerError, first_line
 
 SCHEMES = ("http://", "https://")
 URL_SHAPE = "http://HOST:PORT[/path] (a `steer serve-reward` server)"

@@ -33,10 +33,7 @@ import socket
 import threading
 from typing import Callable, Optional
 
-import typer
-
-from steer import io
-from steer.errors import SteerError
+from steer.errors import SteerError, first_line
 from steer.rewards.wire import Limits
 
 MAX_BODY_BYTES = Limits.max_body_bytes  # the default of --max-body-mb, in bytes
@@ -110,9 +107,9 @@ def create_app(reward, *, spec: str, device=None, limits: Limits = Limits(), dec
             try:
                 scores = await run_in_threadpool(run, images, prompts)
             except (ValueError, TypeError, FloatingPointError) as e:  # the reward's own checks: not worth a retry
-                return failed(422, f"reward {reward.name!r} refused the batch: {type(e).__name__}: {_first_line(e)}")
+                return failed(422, f"reward {reward.name!r} refused the batch: {type(e).__name__}: {first_line(e, 300)}")
             except Exception as e:  # noqa: BLE001 - a crashing reward model: 500, the client may retry
-                return failed(500, f"reward {reward.name!r} raised {type(e).__name__}: {_first_line(e)}")
+                return failed(500, f"reward {reward.name!r} raised {type(e).__name__}: {first_line(e, 300)}")
         return {"scores": scores, "name": reward.name}
 
     @app.exception_handler(HTTPException)
@@ -187,7 +184,7 @@ class OneLineErrors:
             if isinstance(e, (ClientDisconnect, ConnectionError)):
                 log.warning("%s: the client disconnected", where)
                 return
-            message = f"the server failed on {where}: {type(e).__name__}: {_first_line(e)}"
+            message = f"the server failed on {where}: {type(e).__name__}: {first_line(e, 300)}"
             log.error("%s", message)
             if not started:
                 await error(500, message)(scope, receive, send)
@@ -268,7 +265,7 @@ class OneLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = _one_line(record.getMessage())
         if record.exc_info and record.exc_info[1] is not None:
-            text += f" ({type(record.exc_info[1]).__name__}: {_first_line(record.exc_info[1])})"
+            text += f" ({type(record.exc_info[1]).__name__}: {first_line(record.exc_info[1], 300)})"
         return f"steer serve-reward: {record.levelname}: {text}"
 
 
@@ -296,43 +293,6 @@ def _pixels_checked_here() -> None:
     Image.MAX_IMAGE_PIXELS = None
 
 
-def serve_reward(
-    spec: str = typer.Argument(..., help="Reward spec to serve: hps, hps=1,clip=0.5, mypkg.rewards:fn, ..."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; "
-                             "there is no authentication)."),
-    port: int = typer.Option(8085, "--port", help="Port to listen on (0: any free port; the line printed says which)."),
-    device: Optional[str] = typer.Option(None, "--device", help="Device of the reward model: cuda, cpu, ..."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float16, bfloat16 or float32."),
-    max_body_mb: int = typer.Option(Limits.max_body_bytes >> 20, "--max-body-mb",
-                                    help="Largest request body in MiB (HTTP 413 over it)."),
-    max_images: int = typer.Option(Limits.max_images, "--max-images", help="Most images in one request."),
-    max_image_pixels: int = typer.Option(Limits.max_image_pixels, "--max-image-pixels",
-                                         help="Most pixels (H x W) of one image."),
-    max_batch_pixels: int = typer.Option(Limits.max_batch_pixels, "--max-batch-pixels",
-                                         help="Most pixels (B x H x W) of one request."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
-):
-    """Serve a reward over HTTP; use it from another environment as --reward http://HOST:PORT."""
-    with io.boundary(debug, interrupted="stopped serving"):
-        if not 0 <= port <= 65535:
-            raise SteerError(f"--port must be in 0..65535, got {port}")
-        limits = _limits(max_body_mb, max_images, max_image_pixels, max_batch_pixels)
-        io.check_device(device)
-        serve(spec, host, port, device=device, dtype=io.parse_dtype(dtype), limits=limits, echo=typer.echo)
-
-
-def _limits(max_body_mb: int, max_images: int, max_image_pixels: int, max_batch_pixels: int) -> Limits:
-    for flag, value in (("--max-body-mb", max_body_mb), ("--max-images", max_images),
-                        ("--max-image-pixels", max_image_pixels), ("--max-batch-pixels", max_batch_pixels)):
-        if value < 1:
-            raise SteerError(f"{flag} must be a positive integer, got {value}")
-    return Limits(max_body_bytes=max_body_mb << 20, max_images=max_images, max_image_pixels=max_image_pixels,
-                  max_batch_pixels=max_batch_pixels)
-
-
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
-
-def _first_line(e: BaseException) -> str:
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:300]

@@ -32,6 +32,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from steer.errors import first_line
+
 SAFETENSORS = "application/x-safetensors"
 JSON = "application/json"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -126,7 +128,7 @@ def decode(body: bytes, content_type: str, limits: Limits = Limits()) -> tuple[T
     except RecursionError:
         raise WireError("the body is nested too deeply to be a batch", 400) from None
     except Exception as e:  # noqa: BLE001 - any other parse failure of a hostile body: one line, 400
-        raise WireError(f"the body is not a batch ({type(e).__name__}: {_first_line(e)})") from None
+        raise WireError(f"the body is not a batch ({type(e).__name__}: {first_line(e)})") from None
 
 
 def _decode_safetensors(body: bytes, limits: Limits) -> tuple[Tensor, object]:
@@ -139,7 +141,7 @@ def _decode_safetensors(body: bytes, limits: Limits) -> tuple[Tensor, object]:
     try:
         tensors = load(body)
     except Exception as e:  # noqa: BLE001 - the library's parse errors: one line
-        raise WireError(f"the body is not a safetensors file ({type(e).__name__}: {_first_line(e)})") from None
+        raise WireError(f"the body is not a safetensors file ({type(e).__name__}: {first_line(e)})") from None
     return tensors["images"].float(), prompts
 
 
@@ -266,6 +268,3 @@ def _preview(value) -> str:
     text = repr(value)
     return text[:60] + ("..." if len(text) > 60 else "")
 
-
-def _first_line(e: BaseException) -> str:
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
