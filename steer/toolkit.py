@@ -263,8 +263,9 @@ def from_candidates(process, prompts: Sequence[str], trace: Trace, images: Tenso
 
 
 def from_ranked(process, prompts: Sequence[str], trace: Trace, latents: Tensor, rewards: Tensor, **fields) -> Result:
-    """A ``Result`` from final latents (P·K, ...) ranked best-first within each prompt, with their
-    rewards (P, K): the first of each prompt selected, all decoded into ``candidates``."""
+    """A ``Result`` from final latents (P·K, ...) in the order to report within each prompt (best-first, or
+    as drawn for a sampler), with their rewards (P, K): the first of each prompt selected, all decoded into
+    ``candidates``."""
     P = len(prompts)
     with torch.no_grad():
         images = by_prompt(decode(process, latents, trace).float(), P)  # (P, K, 3, H, W)

@@ -60,6 +60,7 @@ def beam(process, reward, prompts, *, generator: Optional[torch.Generator] = Non
     kernel proposals per prompt at every step, scored on decoded x̂0; ``beam_width=1`` is SVDD-PM's
     greedy search. Returns the best final beam per prompt; ``candidates`` holds all final beams."""
     prompts = toolkit.prompt_list(METHOD, prompts)
+    toolkit.check_reward(METHOD, reward)
     width, cands = toolkit.integer(METHOD, "beam_width", beam_width), toolkit.integer(METHOD, "candidates", candidates)
     level = toolkit.noise_level(process, METHOD, noise_level, eta)
     if level == 0 and cands > 1:

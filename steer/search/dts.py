@@ -39,7 +39,7 @@ from torch import Tensor
 
 from steer import toolkit
 from steer.budget import Budget, Trace
-from steer.scoring import decode, score_latents
+from steer.scoring import score_latents
 from steer.search import tree as T
 from steer.search.rollout import rollout
 from steer.types import Result, StepInfo
@@ -183,12 +183,12 @@ def _expand(process, cond, state: T.SearchTree, picks: list[tuple[int, T.Node]],
     return leaves, r
 
 
-def search_rounds(process, reward, cond, state: T.SearchTree, *, choose: Callable[[int], Callable], spend: _Spend,
+def search_rounds(process, reward, cond, state: T.SearchTree, *, choose: Callable[[T.Node], T.Node], spend: _Spend,
                   per_round: int, widen: tuple[float, float], generator, trace: Trace, method: str) -> Iterator[StepInfo]:
     """The anytime loop: one round = up to ``per_round`` new rollouts per prompt, batched together."""
     rnd = 0
     while True:
-        picks = [(k, p) for k in range(len(state.prompts)) for p in _select(state, k, choose(k), spend, per_round, widen)]
+        picks = [(k, p) for k in range(len(state.prompts)) for p in _select(state, k, choose, spend, per_round, widen)]
         if not picks:
             return
         leaves, r = _expand(process, cond, state, picks, reward, generator=generator, trace=trace, method=method)
@@ -203,34 +203,45 @@ def search_rounds(process, reward, cond, state: T.SearchTree, *, choose: Callabl
 
 # ---- public methods -----------------------------------------------------------------------------
 
-def _run(process, reward, prompts, *, select_rule: str, generator, budget, callback, lam, rollouts, rollouts_per_round,
-         branch_every, branch_steps, widen_c, widen_alpha, preset, noise_level, eta, tree, exploration, method):
+@dataclass(frozen=True)
+class TreeOptions:
+    """The keywords ``dts`` and ``dts_star`` share: the tilt, the rollouts, the tree's shape, the kernel."""
+
+    lam: float
+    rollouts: Optional[int]
+    rollouts_per_round: int
+    preset: str
+    branch_every: Optional[int]
+    branch_steps: Optional[Sequence[int]]
+    widen_c: Optional[float]
+    widen_alpha: Optional[float]
+    noise_level: object
+    eta: Optional[float]
+    tree: Optional[T.SearchTree]
+
+
+def _run(process, reward, prompts, o: TreeOptions, rule: Callable[[float], Callable[[T.Node], T.Node]], *,
+         generator, budget, callback, method: str, inf_lam: bool):
+    """Grow every prompt's tree with the selection ``rule(λ)`` until the rollouts or the budget are spent."""
     prompts = toolkit.prompt_list(method, prompts)
-    shape = _tree_shape(method, preset, process.num_steps, widen_c=widen_c, widen_alpha=widen_alpha,
-                        branch_every=branch_every)
-    widen_c, widen_alpha, branch_every = shape["widen_c"], shape["widen_alpha"], shape["branch_every"]
-    lam = toolkit.number(method, "lam", lam, positive=True, allow_inf=(select_rule == "uct"),
-                         maximum=toolkit.MAX_LAM)
-    widen = (toolkit.number(method, "widen_c", widen_c, positive=True),
-             toolkit.number(method, "widen_alpha", widen_alpha, positive=True))
-    per_round = toolkit.integer(method, "rollouts_per_round", rollouts_per_round)
-    levels = branching_levels(process.num_steps, branch_every, branch_steps, method)
+    toolkit.check_reward(method, reward)
+    shape = _tree_shape(method, o.preset, process.num_steps, widen_c=o.widen_c, widen_alpha=o.widen_alpha,
+                        branch_every=o.branch_every)
+    lam = toolkit.number(method, "lam", o.lam, positive=True, allow_inf=inf_lam, maximum=toolkit.MAX_LAM)
+    widen = (toolkit.number(method, "widen_c", shape["widen_c"], positive=True),
+             toolkit.number(method, "widen_alpha", shape["widen_alpha"], positive=True))
+    per_round = toolkit.integer(method, "rollouts_per_round", o.rollouts_per_round)
+    levels = branching_levels(process.num_steps, shape["branch_every"], o.branch_steps, method)
     trace = toolkit.plan(method, len(prompts), budget, unit_nfe=process.num_steps, unit="one rollout")
-    n_rollouts = _default_rollouts(rollouts, budget, method)
-    level = toolkit.noise_level(process, method, noise_level, eta)
+    n_rollouts = _default_rollouts(o.rollouts, budget, method)
+    level = toolkit.noise_level(process, method, o.noise_level, o.eta)
     if level == 0:
         raise ValueError(f"{method}: noise_level=0 makes the kernel deterministic, so a node can have only one "
                          f"distinct child; use noise_level > 0 (default: η=1 diffusion, a=0.7 flow)")
-    state = _state_for(tree, prompts, levels, lam, level, method)
+    state = _state_for(o.tree, prompts, levels, lam, level, method)
     spend = _Spend(len(prompts), budget, n_rollouts)
-    if select_rule == "boltzmann":
-        def choose(k):
-            return lambda node: T.boltzmann_child(node, lam, generator)
-    else:
-        def choose(k):
-            return lambda node: T.uct_child(node, exploration)
     cond = process.prepare(prompts)
-    toolkit.drain(search_rounds(process, reward, cond, state, choose=choose, spend=spend, per_round=per_round,
+    toolkit.drain(search_rounds(process, reward, cond, state, choose=rule(lam), spend=spend, per_round=per_round,
                                 widen=widen, generator=generator, trace=trace, method=method), callback)
     if any(b is None for b in state.best):
         raise ValueError(f"{method}: no rollout fitted the budget; raise Budget(nfe=...) to at least "
@@ -253,21 +264,14 @@ def dts(process, reward, prompts, *, generator: Optional[torch.Generator] = None
     """
     method = "dts"
     toolkit.integer(method, "num_samples", num_samples)
-    state, trace = _run(process, reward, prompts, select_rule="boltzmann", generator=generator, budget=budget,
-                        callback=callback, lam=lam, rollouts=rollouts, rollouts_per_round=rollouts_per_round,
-                        branch_every=branch_every, branch_steps=branch_steps, widen_c=widen_c,
-                        widen_alpha=widen_alpha, preset=preset, noise_level=noise_level, eta=eta, tree=tree, exploration=0.0,
-                        method=method)
+    options = TreeOptions(lam, rollouts, rollouts_per_round, preset, branch_every, branch_steps, widen_c, widen_alpha,
+                          noise_level, eta, tree)
+    state, trace = _run(process, reward, prompts, options, lambda lam: T.boltzmann_rule(lam, generator),
+                        generator=generator, budget=budget, callback=callback, method=method, inf_lam=False)
     picked = [T.sample_leaves(root, state.last_step, state.lam, num_samples, generator) for root in state.roots]
-    lat = torch.stack([leaf.x for row in picked for leaf in row])  # (P*K, *latent_shape)
+    lat = torch.stack([leaf.x for row in picked for leaf in row])  # (P*K, *latent_shape), drawn order
     rew = torch.tensor([[leaf.value for leaf in row] for row in picked], dtype=torch.float32)  # (P, K)
-    with torch.no_grad():
-        imgs = decode(process, lat, trace).float()  # (P*K, 3, H, W)
-    P = len(state.prompts)
-    cands = imgs.reshape(P, num_samples, *imgs.shape[1:])
-    return toolkit.result(process, state.prompts, trace, lat.reshape(P, num_samples, *lat.shape[1:])[:, 0], rew[:, 0],
-                          images=cands[:, 0], candidates=cands, candidate_rewards=rew, result_cls=SearchResult,
-                          tree=state)
+    return toolkit.from_ranked(process, state.prompts, trace, lat, rew, result_cls=SearchResult, tree=state)
 
 
 def dts_star(process, reward, prompts, *, generator: Optional[torch.Generator] = None,
@@ -284,11 +288,10 @@ def dts_star(process, reward, prompts, *, generator: Optional[torch.Generator] =
     """
     method = "dts_star"
     exploration = toolkit.number(method, "exploration (UCT constant c)", exploration)
-    state, trace = _run(process, reward, prompts, select_rule="uct", generator=generator, budget=budget,
-                        callback=callback, lam=lam, rollouts=rollouts, rollouts_per_round=rollouts_per_round,
-                        branch_every=branch_every, branch_steps=branch_steps, widen_c=widen_c,
-                        widen_alpha=widen_alpha, preset=preset, noise_level=noise_level, eta=eta, tree=tree,
-                        exploration=exploration, method=method)
+    options = TreeOptions(lam, rollouts, rollouts_per_round, preset, branch_every, branch_steps, widen_c, widen_alpha,
+                          noise_level, eta, tree)
+    state, trace = _run(process, reward, prompts, options, lambda lam: T.uct_rule(exploration),
+                        generator=generator, budget=budget, callback=callback, method=method, inf_lam=True)
     lat = torch.stack([b.x for b in state.best])  # (P, *latent_shape)
     rew = torch.tensor([b.value for b in state.best], dtype=torch.float32)  # (P,)
     return toolkit.result(process, state.prompts, trace, lat, rew, result_cls=SearchResult, tree=state)

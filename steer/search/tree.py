@@ -94,6 +94,16 @@ def uct_child(node: Node, exploration: float) -> Node:
     return max(node.valued_children(), key=score)
 
 
+def boltzmann_rule(lam: float, generator) -> Callable[[Node], Node]:
+    """DTS's selection: a child drawn ∝ exp(λ·v̂)."""
+    return lambda node: boltzmann_child(node, lam, generator)
+
+
+def uct_rule(exploration: float) -> Callable[[Node], Node]:
+    """DTS*'s selection: the child maximizing v̂ + c·sqrt(log N_parent / N_child)."""
+    return lambda node: uct_child(node, exploration)
+
+
 def descend(root: Node, last_step: int, choose: Callable[[Node], Node], widen_c: float, widen_alpha: float) -> Node:
     """One traversal from the root, counting a visit at every node passed. Stops at the first node
     that may widen (returned: the parent of the next new child) or at a terminal node (returned)."""

@@ -91,6 +91,7 @@ def zero_order(process, reward, prompts, *, generator: Optional[torch.Generator]
     ``budget`` is spent. Costs S·(1 + neighbors·iterations) NFE per prompt."""
     method = "zero_order"
     prompts = toolkit.prompt_list(method, prompts)
+    toolkit.check_reward(method, reward)
     toolkit.integer(method, "neighbors", neighbors)
     if iterations is not None:
         toolkit.integer(method, "iterations", iterations, minimum=0)
@@ -174,6 +175,7 @@ def path_search(process, reward, prompts, *, generator: Optional[torch.Generator
     final sample per prompt; ``candidates`` holds the final paths."""
     method = "path_search"
     prompts = toolkit.prompt_list(method, prompts)
+    toolkit.check_reward(method, reward)
     S = process.num_steps
     delta_f, delta_b = _short_chain_defaults(S, delta_f, delta_b)
     start = _check_path_options(S, paths, candidates, delta_f, delta_b, start_step)
