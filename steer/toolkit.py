@@ -53,9 +53,9 @@ STOCHASTIC, DETERMINISTIC = NoiseDefault("stochastic"), NoiseDefault("determinis
 
 def noise_level(process, method: str, level, eta: Optional[float] = None) -> float:
     """The kernel's stochasticity: DDIM η for diffusion, the Flow-GRPO SDE level a for flow.
-    ``level`` is the method's ``noise_level`` (a ``NoiseDefault`` when not set); ``eta`` is its alias
-    on diffusion processes."""
-    kind = process.schedule.kind
+    ``process``: a ``Process`` or its chain kind (``"diffusion"`` / ``"flow"``); ``level`` is the method's
+    ``noise_level`` (a ``NoiseDefault`` when not set); ``eta`` is its alias on diffusion processes."""
+    kind = process if isinstance(process, str) else process.schedule.kind
     if eta is not None:
         if kind != "diffusion":
             raise ValueError(f"{method}: eta applies to diffusion processes; this process is flow matching, "

@@ -110,8 +110,9 @@ def fk(process, reward, prompts: Sequence[str] | str, *, generator: Optional[tor
     (P, K, ...): resampling them by ``log_weights`` gives samples of the tilted target.
     """
     prompts = toolkit.prompt_list(METHOD, prompts)
-    settings = resolve(process, reward, particles, potential, lam, every, t_start, t_end, ess_threshold,
-                       scheme, noise_level, eta, guidance)
+    settings = resolve(process.schedule.kind, process.num_steps, reward, particles=particles, potential=potential,
+                       lam=lam, every=every, t_start=t_start, t_end=t_end, ess_threshold=ess_threshold, scheme=scheme,
+                       noise_level=noise_level, eta=eta, guidance=guidance)
     K, S = settings.particles, process.num_steps
     scored = S if settings.guidance > 0 else len(settings.steps)
     trace = toolkit.plan(METHOD, len(prompts), budget, unit_nfe=S, nfe=K * S, reward_calls=K * (scored + 1),
@@ -121,11 +122,11 @@ def fk(process, reward, prompts: Sequence[str] | str, *, generator: Optional[tor
     return toolkit.from_candidates(process, prompts, trace, images, rewards, latents, log_weights=log_w)
 
 
-def resolve(process, reward, particles, potential, lam, every, t_start, t_end, ess_threshold, scheme,
-            noise_level, eta, guidance) -> Settings:
-    """FK's options checked and resolved against ``process`` (its chain kind and number of steps); the
-    seam ``steer.wrap``'s FK shares with this loop, as are ``initial_weights``, ``reweight`` and
-    ``final_weights``."""
+def resolve(kind: str, num_steps: int, reward, *, particles, potential, lam, every, t_start, t_end, ess_threshold,
+            scheme, noise_level, eta, guidance) -> Settings:
+    """FK's options (the keywords of ``fk``) checked and resolved for a chain of ``kind`` (``"diffusion"`` /
+    ``"flow"``) and ``num_steps`` steps; the seam ``steer.wrap``'s FK shares with this loop, as are
+    ``initial_weights``, ``reweight`` and ``final_weights``."""
     K = toolkit.integer(METHOD, "particles", particles)
     toolkit.choice(METHOD, "potential", potential, potentials.POTENTIALS)
     lam = toolkit.number(METHOD, "lam", lam, allow_inf=potential == "tempered", maximum=toolkit.MAX_LAM)
@@ -135,11 +136,11 @@ def resolve(process, reward, particles, potential, lam, every, t_start, t_end, e
         raise ValueError(f"{METHOD}: ess_threshold is a fraction of the particles in [0, 1], got {ess_threshold}")
     gamma = toolkit.number(METHOD, "guidance", guidance, maximum=toolkit.MAX_LAM)
     toolkit.check_reward(METHOD, reward, differentiable=gamma > 0)
-    level = toolkit.noise_level(process, METHOD, noise_level, eta)
+    level = toolkit.noise_level(kind, METHOD, noise_level, eta)
     if level == 0:
         raise ValueError(f"{METHOD}: resampled particles need a stochastic kernel; eta/noise_level=0 keeps copies "
                          f"identical. Use eta>0 (diffusion) or noise_level>0 (flow), e.g. the defaults 1.0 / 0.7")
-    steps = frozenset(resampling_steps(process.num_steps, every, t_start, t_end))
+    steps = frozenset(resampling_steps(num_steps, every, t_start, t_end))
     return Settings(K, potential, lam, steps, thr, resample, level, gamma)
 
 
@@ -170,7 +171,8 @@ def _fk_steps(process, reward, prompts, fk: Settings, generator, trace) -> Itera
             if r is None:
                 r = score_latents(process, reward, move.prop.pred.x0, cond.prompts, trace=trace, method=METHOD,
                                   step=i)
-            move, w = reweight(move, w, r.reshape(P, K).to(w.log_w.device), fk, generator, info)
+            move, w, record = reweight(move, w, r.reshape(P, K).to(w.log_w.device), fk, generator)
+            info.update(record.trace_fields())
         x, w = _move(move, w, fk.guidance * fk.lam, generator)
         info["ess"] = rs.ess(w.log_w).tolist()
         trace.record(**info)
@@ -190,14 +192,31 @@ def initial_weights(num_prompts: int, fk: Settings, device=None) -> Weights:
                    torch.full((num_prompts,), lam0, device=device))
 
 
-def reweight(move: Move, w: Weights, r: Tensor, fk: Settings, generator, info: dict) -> tuple[Move, Weights]:
+def reweight(move: Move, w: Weights, r: Tensor, fk: Settings, generator) -> tuple[Move, Weights, "StepRecord"]:
     """One scoring step s on rewards r_s (P, K): λ_s, log w_s += log G_s, resampling where ESS is low;
-    ``info`` gains the step's ESS, the resampled prompts, best reward and λ_s."""
+    returns the moved particles, their weights and the step's record."""
     lam = _tilt(w, r, fk)
     log_g, state = potentials.intermediate(fk.potential, lam[:, None], r, w.state)
-    move, w = _maybe_resample(move, Weights(w.log_w + log_g, state, lam), fk, generator, info)
-    info.update(best_reward=r.max(1).values.tolist(), lam=lam.tolist())
-    return move, w
+    move, w, ess, need, ancestors = _maybe_resample(move, Weights(w.log_w + log_g, state, lam), fk, generator)
+    return move, w, StepRecord(ess, need, ancestors, r.max(1).values, lam)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one scoring step did, per prompt (as blackjax's ``SMCInfo``): the ESS before resampling (P,),
+    which prompts were resampled (P,), the ancestors a_s (P, K) (k itself where not resampled), the best
+    reward (P,) and λ_s (P,)."""
+
+    ess_before: Tensor
+    resampled: Tensor
+    ancestors: Tensor
+    best_reward: Tensor
+    lam: Tensor
+
+    def trace_fields(self) -> dict:
+        """The step's ``trace.json`` fields (the ancestors are not traced)."""
+        return {"ess_before": self.ess_before.tolist(), "resampled": self.resampled.tolist(),
+                "best_reward": self.best_reward.tolist(), "lam": self.lam.tolist()}
 
 
 def final_weights(w: Weights, r: Tensor, fk: Settings) -> tuple[Tensor, Tensor]:
@@ -215,20 +234,19 @@ def _tilt(w: Weights, r: Tensor, fk: Settings) -> Tensor:
     return tempering.next_lambda(w.log_w, r, base, w.lam, fk.lam, fk.ess_threshold).to(r.device)
 
 
-def _maybe_resample(move: Move, w: Weights, fk: Settings, generator, info: dict) -> tuple[Move, Weights]:
+def _maybe_resample(move: Move, w: Weights, fk: Settings, generator):
     """Resample the prompts whose ESS < threshold·K (all of them when the threshold is 1); the others
-    keep their weights."""
+    keep their weights. Returns (move, weights, ESS before (P,), resampled (P,), ancestors (P, K))."""
     P, K = w.log_w.shape
     ess = rs.ess(w.log_w)  # (P,)
     always = fk.ess_threshold >= 1 or fk.potential == "tempered"
     need = torch.ones_like(ess, dtype=torch.bool) if always else ess < fk.ess_threshold * K  # (P,)
-    info.update(ess_before=ess.tolist(), resampled=need.tolist())
-    if not bool(need.any()):
-        return move, w
     keep = torch.arange(K, device=w.log_w.device).expand(P, K)
+    if not bool(need.any()):
+        return move, w, ess, need, keep
     ancestors = torch.where(need[:, None], fk.resample(w.log_w, K, generator), keep)  # (P, K)
     log_w = torch.where(need[:, None], torch.zeros_like(w.log_w), w.log_w)
-    return move.take(rs.flat_ancestors(ancestors)), Weights(log_w, w.state.take(ancestors), w.lam)
+    return move.take(rs.flat_ancestors(ancestors)), Weights(log_w, w.state.take(ancestors), w.lam), ess, need, ancestors
 
 
 def _propose(process, reward, x, i, cond, fk: Settings, trace) -> Move:

@@ -6,8 +6,8 @@ is driven by two hooks: ``step(i, latents, record)`` from ``callback_on_step_end
 may return new latents: that is how particles are resampled and, in kernel mode, how the kernel's noise
 is added), and ``finish(rewards)`` on the final particles' rewards (P·K,) -> what to keep.
 
-FK (``steer.samplers.fk``, whose seam is reused: ``resolve`` for the settings, ``initial_weights``,
-``reweight`` for the λ schedule, potentials and ESS-triggered resampling, ``final_weights``) at a
+FK (``steer.samplers.fk``, whose seam is reused: ``resolve(kind, num_steps, reward, **options)`` for the settings, ``initial_weights``,
+``reweight`` for the λ schedule, potentials and ESS-triggered resampling (its step record carries the ancestors the lineage follows), ``final_weights``) at a
 scoring step i scores x̂0(x_i) — the prediction from the model output the scheduler was given at step
 i (``steer.wrapping.step``) — exactly the x̂0 ``steer.generate(method="fk")`` scores; adds log G_i to the
 log-weights; resamples a prompt's particles when ESS < threshold·K (the kernel means of x_{i+1} are
@@ -18,7 +18,6 @@ kernel noise), so with the same generator, scheduler schedule and kernel the par
 from __future__ import annotations
 
 import importlib
-from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -29,11 +28,6 @@ from steer.samplers import resampling as rs
 from steer.scoring import score_latents
 
 fk_sampler = importlib.import_module("steer.samplers.fk")  # the module (the package exports the function fk)
-
-
-def _stand_in(kind: str, num_steps: int):
-    """What FK's option checks read off a process: its chain kind and number of steps."""
-    return SimpleNamespace(schedule=SimpleNamespace(kind=kind), num_steps=num_steps)
 
 
 class BestOfN:
@@ -92,10 +86,7 @@ class FK:
                 self._settings(kind, max(1000, (t_end or 0) + 1, (t_start or 0) + 1))
 
     def _settings(self, kind: str, num_steps: int):
-        o = self.options
-        return fk_sampler.resolve(_stand_in(kind, num_steps), self.reward, o["particles"], o["potential"], o["lam"],
-                                  o["every"], o["t_start"], o["t_end"], o["ess_threshold"], o["scheme"],
-                                  o["noise_level"], o["eta"], o["guidance"])
+        return fk_sampler.resolve(kind, num_steps, self.reward, **self.options)
 
     def kernel_level(self, kind: str) -> float:
         return self._settings(kind, 1000).noise_level
@@ -114,11 +105,10 @@ class FK:
         if i in self.fk.steps:
             r = score_latents(self.decoder, self.reward, record.pred.x0, self.prompts, trace=self.trace,
                               method=self.method, step=i).reshape(P, K).cpu()
-            # the Move's x carries each particle's root id, so the lineage follows the resampling
-            move = fk_sampler.Move(x=self.lineage.float(), prop=prop)
-            move, self.w = fk_sampler.reweight(move, self.w, r, self.fk, self.generator, info)
-            prop, self.lineage = move.prop, move.x.long()
-            info.update(lineage=self.lineage.reshape(P, K).tolist())
+            move, self.w, step = fk_sampler.reweight(fk_sampler.Move(x=latents, prop=prop), self.w, r, self.fk,
+                                                     self.generator)
+            prop, self.lineage = move.prop, self.lineage[rs.flat_ancestors(step.ancestors)]
+            info.update(step.trace_fields(), lineage=self.lineage.reshape(P, K).tolist())
         info["ess"] = rs.ess(self.w.log_w).tolist()
         self.trace.record(**info)
         return _sample(prop.kernel, latents, self.generator)
