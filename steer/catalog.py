@@ -16,6 +16,7 @@ METHODS: dict[str, str] = {
     "best_of_n": "steer.samplers.best_of_n:best_of_n",
     "fk": "steer.samplers.fk:fk",
     "reno": "steer.samplers.reno:reno",
+    "carinox": "steer.samplers.carinox:carinox",
     "dts": "steer.search.dts:dts",
     "dts_star": "steer.search.dts:dts_star",
     "beam": "steer.search.beam:beam",
