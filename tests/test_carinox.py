@@ -44,7 +44,8 @@ def test_category_reward_weights_each_prompt_by_its_categories():
     pts = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0], [1.5, 1.5]])
     images = torch.cat([pts, torch.zeros(4, 1)], 1)[:, :, None, None]
     r = cat(images, ["go left", "go right", "mixed", "other"])
-    assert torch.allclose(r, torch.tensor([-1.0, 1.0, 0.5 * 2.0, 0.0]))  # 'other' falls back: −‖x − (1.5, 1.5)‖²
+    # 'mixed': 0.25·(−2) + 0.75·2; 'other' falls back to −‖x − (1.5, 1.5)‖²
+    assert torch.allclose(r, torch.tensor([-1.0, 1.0, 0.5 * 2.0, 0.0]))
     with pytest.raises(ValueError, match="no category for prompt 'other' and no default reward"):
         CategoryReward({"L": LEFT}, {"go left": "L"})(images[:1], ["other"])
 

@@ -24,8 +24,8 @@ def test_partial_plan_moves_the_mass_and_prefers_the_cheapest_pairs():
     tokens, patches = _unit(5, 16, 0), _unit(9, 16, 1)
     cos = tokens @ patches.T
     a, b = torch.full((5,), 1 / 5), torch.full((9,), 1 / 9)
-    plan = ot.partial.entropic_partial_wasserstein(a, b, 1 - cos, 0.05, m=torch.tensor(0.5), method="sinkhorn_log", numItermax=100,
-                                                   stopThr=1e-9)
+    plan = ot.partial.entropic_partial_wasserstein(a, b, 1 - cos, 0.05, m=torch.tensor(0.5), method="sinkhorn_log",
+                                                   numItermax=100, stopThr=1e-9)
     assert float(plan.sum()) == pytest.approx(0.5, abs=1e-4)
     assert (plan.sum(1) <= a + 1e-5).all() and (plan.sum(0) <= b + 1e-5).all()
     assert float(semantic(tokens, patches, mass=0.5, reg=0.05, iterations=100)) == pytest.approx(
@@ -54,9 +54,10 @@ def test_shapes_ot_is_registered_differentiable_and_scores_like_the_math():
     r = reward(images, ["a red circle above a blue square", "a green triangle"])
     r.sum().backward()
     assert r.shape == (2,) and torch.isfinite(r).all() and images.grad.abs().sum() > 0
-    semantic_only = load("shapes-ot").__class__(reward.encoder, distribution_weight=0.0)
+    semantic_only = OTClipReward(reward.encoder, distribution_weight=0.0)
     with torch.no_grad():  # r = scale·(S_sem + S_dist), and S_dist = cosine for a batch of one
-        one = reward(images[:1].detach(), ["a green triangle"]) - semantic_only(images[:1].detach(), ["a green triangle"])
+        x, caption = images[:1].detach(), ["a green triangle"]
+        one = reward(x, caption) - semantic_only(x, caption)
         model = reward.encoder.model
         cos = F.cosine_similarity(reward.encoder.encode_image(images[:1].detach()),
                                   reward.encoder.encode_text(["a green triangle"]))

@@ -26,8 +26,8 @@ def test_vp_time_matches_the_signal_to_noise_ratio_and_the_scale_maps_the_states
     assert float(vp_time(torch.tensor(1.0))) == 1.0 and float(vp_time(torch.tensor(0.0))) == 0.0
     # x_r = α_r·x0 + σ_r·ε is s_r times the flow state (1−t)·x0 + t·ε at t = t(r)
     x0, eps = torch.randn(5, 2, generator=_gen(0)), torch.randn(5, 2, generator=_gen(1))
-    assert torch.allclose(a[:, None] * x0 + s[:, None] * eps, scale(r)[:, None] * ((1 - t[:, None]) * x0 + t[:, None] * eps),
-                          atol=1e-5)
+    flow_state = (1 - t[:, None]) * x0 + t[:, None] * eps
+    assert torch.allclose(a[:, None] * x0 + s[:, None] * eps, scale(r)[:, None] * flow_state, atol=1e-5)
 
 
 def _sample_sde(proc, norm, n, seed):

@@ -102,7 +102,8 @@ class OTClipReward(ClipEncoderReward):
                              f"iterations={iterations!r}")
         pot()
         super().__init__(encoder)
-        self.mass, self.reg, self.iterations, self.weight = float(mass), float(reg), int(iterations), float(distribution_weight)
+        self.mass, self.reg, self.iterations = float(mass), float(reg), int(iterations)
+        self.weight = float(distribution_weight)
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         enc, model = self.encoder, self.encoder.model
