@@ -21,7 +21,9 @@ best-of-N with the stochastic kernel the SMC and tree methods use (η = 1) is th
 separates "stochastic sampling" from "search". Rows: FK (potential max, λ = 10, the paper's
 defaults), FK tempered (adaptive λ, ``lam=inf``), DTS and DTS* (an NFE budget m·S, their defaults),
 beam (B = 2, M = m/2), zero-order (k = max(1, (m-1)//4) iterations of N = (m-1)//k neighbours),
-ReNO (m iterations, each also paying a backward pass; 4x only by default).
+ReNO (m iterations, each also paying a backward pass; 4x only by default), SVDD (M = m kernel draws per
+step), reward guidance (DPS, n = m chains, a backward pass per step), RBF (max_nfe = m·S: 2 chains x 25
+initial draws, the rest rolled over the steps; m >= 4), CARINOX (2 seeds x m/2 ReNO iterations; 4x only).
 
 Every cell is cached under ``--cache`` (accuracy vectors and images), so an interrupted run resumes
 where it stopped and the table is printed from whatever is cached (``--report-only``).
@@ -65,6 +67,10 @@ def row_options(name: str, m: int) -> tuple[str, dict]:
         "beam": ("beam", {"beam_width": 2, "candidates": max(m // 2, 1)}),
         "zero-order": ("zero_order", {"iterations": k, "neighbors": (m - 1) // k}),
         "ReNO": ("reno", {"iterations": m}),
+        "SVDD": ("svdd", {"candidates": m}),
+        "reward guidance": ("reward_guidance", {"n": m}),
+        "RBF": ("rbf", {"max_nfe": m * S}),
+        "CARINOX": ("carinox", {"seeds": 2, "iterations": max(m // 2, 1)}),
     }[name]
 
 
@@ -218,7 +224,8 @@ def plot(rows: dict, path: Path, n: int) -> None:
     fig.savefig(path, dpi=120)
 
 
-ROWS = ("FK", "FK tempered", "DTS*", "DTS", "beam", "zero-order", "ReNO")
+ROWS = ("FK", "FK tempered", "DTS*", "DTS", "beam", "zero-order", "ReNO", "SVDD", "reward guidance", "RBF", "CARINOX")
+GRADIENT_ROWS = ("ReNO", "CARINOX")  # a backward pass per iteration: run at --reno-budgets only
 
 
 def main(argv=None) -> dict:
@@ -252,7 +259,7 @@ def main(argv=None) -> dict:
                 n = args.bon_max if name == BON[0] else max(budgets)
                 run_bon(process, reward, captions, singles, name, n, budgets, args.seeds, args.chunk, cells)
             else:
-                row_budgets = [int(b) for b in args.reno_budgets.split(",")] if name == "ReNO" else budgets
+                row_budgets = [int(b) for b in args.reno_budgets.split(",")] if name in GRADIENT_ROWS else budgets
                 for m in row_budgets:
                     run_row(process, reward, captions, singles if m == max(row_budgets) else [], name, m,
                             args.seeds, args.chunk, cells)

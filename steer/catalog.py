@@ -16,10 +16,12 @@ METHODS: dict[str, str] = {
     "best_of_n": "steer.samplers.best_of_n:best_of_n",
     "fk": "steer.samplers.fk:fk",
     "reno": "steer.samplers.reno:reno",
+    "carinox": "steer.samplers.carinox:carinox",
     "dts": "steer.search.dts:dts",
     "dts_star": "steer.search.dts:dts_star",
     "beam": "steer.search.beam:beam",
     "svdd": "steer.search.svdd:svdd",
+    "rbf": "steer.search.rbf:rbf",
     "reward_guidance": "steer.samplers.guidance:reward_guidance",
     "zero_order": "steer.search.zero_order:zero_order",
     "path_search": "steer.search.zero_order:path_search",
@@ -27,7 +29,7 @@ METHODS: dict[str, str] = {
 ALIASES: dict[str, str] = {"bon": "best_of_n", "best-of-n": "best_of_n", "dts*": "dts_star",
                            "dts-star": "dts_star", "zero-order": "zero_order", "smc": "fk",
                            "path-search": "path_search", "svdd-pm": "svdd", "reward-guidance": "reward_guidance",
-                           "dps": "reward_guidance"}
+                           "dps": "reward_guidance", "rollover-budget-forcing": "rbf"}
 # the head every method shares; what follows it are the method's own options
 COMMON = ("generator", "budget", "callback")
 

@@ -70,7 +70,8 @@ def test_table_lists_every_reward():
     rows = table()
     assert [r["name"] for r in rows] == [r.name for r in REWARDS]
     assert {"hps", "hps_v2.0", "pickscore", "image_reward", "hpsv3", "clip", "aesthetic", "aesthetic_v1", "jpeg", "chroma",
-            "shapes-clip", "shapes-check", "shapes-swap", "temporal_consistency", "shapes-temporal"} == {
+            "shapes-clip", "shapes-check", "shapes-swap", "temporal_consistency", "shapes-temporal", "shapes-ot",
+            "clip-ot"} == {
         r["name"] for r in rows}
     for row in rows:
         assert tuple(row) == COLUMNS and isinstance(row["differentiable"], bool)

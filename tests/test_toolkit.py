@@ -14,7 +14,8 @@ from steer.zoo.gmm import GMMProcess, quadratic_reward
 SMALL = {"best_of_n": {"n": 3}, "fk": {"particles": 3}, "reno": {"iterations": 2}, "dts": {"rollouts": 3},
          "dts_star": {"rollouts": 3}, "beam": {"beam_width": 2, "candidates": 2},
          "zero_order": {"iterations": 1, "neighbors": 2}, "path_search": {"paths": 2, "candidates": 2},
-         "svdd": {"candidates": 2}, "reward_guidance": {"n": 2, "scale": 1.0}}
+         "svdd": {"candidates": 2}, "reward_guidance": {"n": 2, "scale": 1.0},
+         "rbf": {"max_nfe": 24, "initial_candidates": 2}, "carinox": {"seeds": 2, "iterations": 2}}
 NOISY = sorted(m for m in METHODS if "noise_level" in method_options(resolve_method(m)))
 
 

@@ -84,6 +84,12 @@ def _clip(**kw):
     return CLIPReward.from_pretrained(**kw)
 
 
+def _clip_ot(**kw):
+    from steer.rewards.ot import OTClipReward
+
+    return OTClipReward.from_pretrained(**kw)
+
+
 def _chroma(**kw):
     from steer.rewards.chroma import ChromaReward
 
@@ -114,6 +120,10 @@ REWARDS: tuple[RewardInfo, ...] = (
                "steer/zoo/shapes/weights/clip", "path=",
                "the shapes CLIP's P(true caption) against its corruptions (swapped relation, order, colours, "
                "shapes): a held-out reward for --eval-reward", ("shapes_swap",)),
+    RewardInfo("shapes-ot", "steer.zoo.shapes.reward:shapes_ot", True, "ships with steer",
+               "steer/zoo/shapes/weights/clip", "path=",
+               "the shapes CLIP's PISCES-style OT reward: partial OT of caption tokens to image patches + batch OT "
+               "term (needs POT: pip install steer[ot])", ("shapes_ot",)),
     RewardInfo("hps", _hps("v2.1"), True, "HPS_v2.1_compressed.pt", "https://huggingface.co/xswu/HPSv2",
                "path= / STEER_HPS_PATH", "HPSv2.1: cosine(image, text) of the HPS-tuned open_clip ViT-H-14 (~0.2-0.35)",
                ("hpsv2.1", "hps_v2.1")),
@@ -133,6 +143,10 @@ REWARDS: tuple[RewardInfo, ...] = (
                ("hps_v3", "hpsv3.0")),
     RewardInfo("clip", _clip, True, _CLIP_L, "https://huggingface.co/openai/clip-vit-large-patch14",
                "path= / STEER_CLIP_PATH", "CLIP score: 100 * cosine(image, text), CLIP ViT-L/14", ("clip_score", "clipscore")),
+    RewardInfo("clip-ot", _clip_ot, True, _CLIP_L + " + POT (pip install steer[ot])",
+               "https://huggingface.co/openai/clip-vit-large-patch14", "path= / STEER_CLIP_PATH",
+               "PISCES-style OT reward on a transformers CLIP: partial OT of prompt tokens to image patches + "
+               "batch OT term", ("clip_ot",)),
     RewardInfo("aesthetic", _aesthetic("v2"), True, "sac+logos+ava1-l14-linearMSE.pth + " + _CLIP_L,
                "https://github.com/christophschuhmann/improved-aesthetic-predictor",
                "path= / STEER_AESTHETIC_PATH ; clip_path= / STEER_CLIP_PATH",

@@ -10,6 +10,8 @@
 - ``ShapesSwapReward`` (``shapes-swap``): the probability the shapes CLIP puts on the true caption
   against all of its corruptions (``world.mismatches``: swapped relation, order, colours, shapes) —
   a held-out reward for ``eval_reward``: an image that merely inflates the cosine does not raise it.
+- ``shapes_ot`` (``shapes-ot``): ``steer.rewards.ot.OTClipReward`` (PISCES-style partial OT between the
+  caption's tokens and the image's patches, plus the batch OT term) on the shapes CLIP; needs POT.
 - ``shapes_temporal`` (``shapes-temporal``): ``steer.rewards.video.TemporalConsistencyReward`` on the
   shapes CLIP — videos' mean cosine of consecutive frames' image embeddings, offline.
 """
@@ -94,3 +96,18 @@ def shapes_temporal(path: Optional[str | os.PathLike] = None, device: str | torc
         reward = TemporalConsistencyReward.from_pretrained(WEIGHTS_DIR if path is None else path,
                                                            batch_size=batch_size)
     return reward.to(device=device)
+
+
+def shapes_ot(path: Optional[str | os.PathLike] = None, device: str | torch.device = "cpu", **options):
+    """``OTClipReward`` on the shapes CLIP (``shapes-ot``), with the shapes CLIP's preprocessing; ``options``:
+    ``mass``, ``reg``, ``iterations``, ``distribution_weight``."""
+    from steer.rewards.encoders import ClipEncoder
+    from steer.rewards.ot import OTClipReward
+    from steer.zoo.shapes.clip import IMAGE_MEAN, IMAGE_STD, preprocess
+
+    model, tokenizer = clip(path, device)
+    encoder = ClipEncoder(model, tokenizer, IMAGE_MEAN, IMAGE_STD, preprocess=lambda images, size, mean, std:
+                          preprocess(images, size))
+    reward = OTClipReward(encoder, **options)
+    reward.name = "shapes-ot"
+    return reward
