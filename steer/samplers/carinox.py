@@ -43,6 +43,7 @@ def carinox(process, reward, prompts: Sequence[str] | str, *, generator: Optiona
     with ``category_rewards`` and ``categorize``, each prompt is scored by its category's reward (``reward``
     for prompts of no known category). Defaults: 3 seeds × 50 iterations, lr 5, clip 0.1, reg 0.01."""
     prompts = toolkit.prompt_list(METHOD, prompts)
+    toolkit.check_reward(METHOD, reward, differentiable=True)
     k = toolkit.integer(METHOD, "seeds", seeds)
     iterations = toolkit.integer(METHOD, "iterations", iterations)
     reward = _category_reward(reward, category_rewards, categorize)
