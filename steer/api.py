@@ -1,7 +1,6 @@
 """``steer.generate``: resolve names, validate, dispatch. No algorithm lives here."""
 from __future__ import annotations
 
-import numbers
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -9,6 +8,7 @@ import torch
 from steer.budget import Budget
 from steer.catalog import ALIASES, METHODS, check_options, method_options, resolve_method  # noqa: F401
 from steer.errors import SteerError, suggest  # noqa: F401
+from steer.run_options import RunOptions
 from steer.types import Result
 
 
@@ -65,44 +65,6 @@ def normalize_prompts(prompt: Union[str, Sequence[str]]) -> list[str]:
     return prompts
 
 
-MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
-
-
-def check_run_options(*, seed, steps, guidance_scale, height, width, batch_size, nfe_budget, device, dtype):
-    """The run-wide options of ``generate`` checked before anything loads; returns them normalized
-    (numpy integers as ints, dtype names as torch dtypes). Each error names the limit or the fix."""
-    from steer import io, toolkit
-    from steer.pipelines import checks
-
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not MIN_SEED <= seed <= MAX_SEED:
-        raise SteerError(f"seed must be an integer (from -2**63 to 2**64 - 1), got {seed!r}")
-    seed = int(seed)
-    steps = checks.positive_int("num_inference_steps (steps)", steps, maximum=checks.MAX_STEPS)
-    guidance_scale = checks.check_guidance(guidance_scale)
-    for name, v in (("height", height), ("width", width)):
-        checks.positive_int(name, v, maximum=checks.MAX_SIDE)
-    height = None if height is None else int(height)
-    width = None if width is None else int(width)
-    batch_size = checks.positive_int("batch_size", batch_size, maximum=checks.MAX_BATCH)
-    if nfe_budget is not None:
-        nfe_budget = toolkit.integer("generate", "nfe_budget", nfe_budget, maximum=None)
-    if isinstance(dtype, str):
-        dtype = io.parse_dtype(dtype)
-    elif dtype is not None and not isinstance(dtype, torch.dtype):
-        raise SteerError(f"dtype must be a torch.dtype or one of float16, bfloat16, float32, got {dtype!r}")
-    if device is not None:
-        try:
-            dev = torch.device(device)
-        except (TypeError, RuntimeError):
-            raise SteerError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise SteerError(f"device {device!r} asked for, but no CUDA device is available here; use device='cpu'")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise SteerError(f"device {device!r} asked for, but MPS is not available here; use device='cpu'")
-    return dict(seed=seed, steps=steps, guidance_scale=guidance_scale, height=height, width=width,
-                batch_size=batch_size, nfe_budget=nfe_budget, device=device, dtype=dtype)
-
-
 def check_images(result: Result, method: str, prompts: Sequence[str]) -> Result:
     """A run's final images: non-finite pixels, or every image one flat colour (the chain blew up and
     was clipped to black or white), are an error, not a result."""
@@ -150,15 +112,23 @@ def generate(pipe, prompt: Union[str, Sequence[str]], *, method: Union[str, Call
     fn = resolve_method(method)
     name = method if isinstance(method, str) else getattr(fn, "__name__", "method")
     check_options(fn, options, name)
-    run = check_run_options(seed=seed, steps=steps, guidance_scale=guidance_scale, height=height, width=width,
-                            batch_size=batch_size, nfe_budget=nfe_budget, device=device, dtype=dtype)
-    process = resolve_process(pipe, device=run["device"], dtype=run["dtype"], num_inference_steps=run["steps"],
-                              guidance_scale=run["guidance_scale"], height=run["height"], width=run["width"],
-                              negative_prompt=negative_prompt, batch_size=run["batch_size"], num_frames=num_frames)
+    run = RunOptions.check(seed=seed, steps=steps, guidance_scale=guidance_scale, height=height, width=width,
+                           negative_prompt=negative_prompt, batch_size=batch_size, nfe_budget=nfe_budget,
+                           num_frames=num_frames, device=device, dtype=dtype)
+    process = resolve_process(pipe, device=run.device, dtype=run.dtype, **run.process_options())
     reward_model = resolve_reward(reward, device=getattr(process, "device", None))
     eval_model = None if eval_reward is None else resolve_reward(eval_reward, device=getattr(process, "device", None))
-    generator = torch.Generator("cpu").manual_seed(run["seed"])
-    budget = Budget(nfe=run["nfe_budget"]) if run["nfe_budget"] is not None else None
+    return run_method(process, prompts, fn, name, reward_model, seed=run.seed, nfe_budget=run.nfe_budget,
+                      callback=callback, eval_model=eval_model, options=options)
+
+
+def run_method(process, prompts: list[str], fn: Callable, name: str, reward_model, *, seed: int,
+               nfe_budget: Optional[int], callback, eval_model, options: dict) -> Result:
+    """The checked run ``generate`` ends in: the method on a resolved process and rewards, its own option
+    errors as one line, the images checked, the held-out reward scored. ``steer generate`` calls it per
+    prompt with the options it checked once."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    budget = Budget(nfe=nfe_budget) if nfe_budget is not None else None
     own = getattr(fn, "__name__", name)
     try:
         result = fn(process, reward_model, prompts, generator=generator, budget=budget, callback=callback, **options)

@@ -183,7 +183,7 @@ def generate(
         from steer.api import default_reward
         from steer.run import run_generate
 
-        from steer.api import check_run_options
+        from steer.run_options import RunOptions
         from steer.toolkit import MAX_COUNT
 
         for flag, v, least in (("--particles", particles, 1), ("--n", n, 1), ("--iterations", iterations, 0),
@@ -195,20 +195,17 @@ def generate(
         prompts = io.read_prompts(prompts_file, given=prompt)
         if negative_prompt:
             io.check_prompt(negative_prompt, "--negative-prompt")
-        io.check_device(device)
-        check_run_options(seed=seed, steps=steps, guidance_scale=guidance, height=height, width=width,
-                          batch_size=None, nfe_budget=nfe_budget, device=device, dtype=io.parse_dtype(dtype))
+        run = RunOptions.check(flags=True, seed=seed, steps=steps, guidance_scale=guidance, height=height, width=width,
+                               negative_prompt=negative_prompt, nfe_budget=nfe_budget, num_frames=num_frames,
+                               device=device, dtype=dtype)
         kwargs = _method_kwargs(method, dict(particles=particles, n=n, lam=lam, potential=potential,
                                              iterations=iterations, rollouts=rollouts), option or [])
         out_dir = io.output_dir(Path(out))
         with _Progress(enabled=True) as progress:
             reward = reward or default_reward(model)
-            summary = run_generate(prompts, out_dir, method=method, reward=reward, model=model, seed=seed,
-                                   steps=steps, guidance_scale=guidance, height=height, width=width,
-                                   negative_prompt=negative_prompt, nfe_budget=nfe_budget, save_all=save_all,
-                                   device=device, dtype=io.parse_dtype(dtype), options=kwargs, progress=progress,
-                                   resume=resume, overwrite=overwrite, eval_reward=eval_reward,
-                                   num_frames=num_frames)
+            summary = run_generate(prompts, out_dir, method=method, reward=reward, model=model, run=run,
+                                   save_all=save_all, options=kwargs, progress=progress, resume=resume,
+                                   overwrite=overwrite, eval_reward=eval_reward)
         if summary is not None:
             kept = f", {summary['skipped']} already there" if summary.get("skipped") else ""
             typer.echo(f"wrote {summary['written']} image(s) to {out_dir}{kept}  "

@@ -19,28 +19,19 @@ its frame grid).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from steer import io, outputs
-from steer.api import generate, resolve_process, resolve_reward
+from steer.api import resolve_process, resolve_reward, run_method
+from steer.catalog import check_options, resolve_method
 from steer.errors import SteerError
+from steer.generate_folder import GRID, RANK_TRACE, TRACE, claim
+from steer.run_options import RunOptions
 
-TRACE, GRID = "trace.json", "grid.png"
-IMAGE = re.compile(r"\d{3,}(_\d{3,})?\.png")  # NNN.png and the --save-all candidates NNN_MMM.png
-VIDEO = re.compile(r"\d{3,}\.(mp4|webp)")  # a video pipeline's NNN.mp4 (or NNN.webp)
-RANK_TRACE = re.compile(r"trace\.rank\d+\.json")
-# the settings a resumed run must share with the earlier one (the images' bytes depend on them), with
-# the flag that sets each; --device and --save-all may change
-SETTINGS = {"method": "--method", "reward": "--reward", "model": "--model", "seed": "--seed", "steps": "--steps",
-            "guidance_scale": "--guidance", "height": "--height", "width": "--width",
-            "negative_prompt": "--negative-prompt", "nfe_budget": "--nfe-budget", "dtype": "--dtype",
-            "options": "the method's options", "eval_reward": "--eval-reward", "num_frames": "--num-frames"}
 
 
 def _distributed():
@@ -72,148 +63,39 @@ def _timing(t_load: float, total: float, records: list[dict[str, Any]]) -> dict[
     return out
 
 
-# ---- the output folder --------------------------------------------------------------------------
-def earlier_run(out_dir: Path) -> list[str]:
-    """The files of an earlier ``steer generate`` run in ``out_dir`` (traces, NNN.png, grid.png)."""
-    if not Path(out_dir).is_dir():
-        return []
-    return sorted(p.name for p in Path(out_dir).iterdir() if p.is_file() and
-                  (p.name in (TRACE, GRID) or IMAGE.fullmatch(p.name) or VIDEO.fullmatch(p.name)
-                   or RANK_TRACE.fullmatch(p.name)))
-
-
-def clear_run(out_dir: Path) -> None:
-    """Delete an earlier run's traces and images from ``out_dir`` (nothing else there is touched)."""
-    for name in earlier_run(out_dir):
-        (Path(out_dir) / name).unlink(missing_ok=True)
-
-
-def _earlier_traces(out_dir: Path) -> list[tuple[Path, dict]]:
-    paths = [out_dir / TRACE, *sorted(p for p in out_dir.glob("trace.rank*.json") if RANK_TRACE.fullmatch(p.name))]
-    return [(path, _read_trace(path)) for path in paths if path.is_file()]
-
-
-def _read_trace(path: Path) -> dict:
-    """The trace in ``path``, or a one-line ``SteerError`` naming the file, what is wrong and the fix."""
-    try:
-        trace = json.loads(path.read_bytes().decode("utf-8"))
-        wrong = None
-    except json.JSONDecodeError as e:
-        wrong = f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
-    except UnicodeDecodeError:
-        wrong = "is not UTF-8 text"
-    except (ValueError, RecursionError) as e:
-        wrong = f"is not JSON steer can read ({e.__class__.__name__})"
-    except OSError as e:
-        wrong = f"cannot be read ({e.strerror or e.__class__.__name__})"
-    if wrong is None and not (isinstance(trace, dict) and isinstance(trace.get("images"), list)
-                              and all(isinstance(r, dict) for r in trace["images"])
-                              and isinstance(trace.get("settings", {}), dict)):
-        wrong = "is not a steer trace (no list of image records)"
-    if wrong is not None:
-        raise SteerError(f"--resume: {str(path)!r} {wrong}; restore it, or start over with --overwrite "
-                         f"(deletes the run's images)")
-    return trace
-
-
-def _sha256(path: Path) -> Optional[str]:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def _finished(out_dir: Path, prompts: list[str], settings: dict) -> dict[int, dict]:
-    """``--resume``: the records of the earlier run whose image is on disk unchanged, by prompt index;
-    an error when its settings or prompts differ."""
-    done: dict[int, dict] = {}
-    for path, trace in _earlier_traces(out_dir):
-        if "settings" not in trace:
-            raise SteerError(f"--resume: {path} was written by an older steer and cannot be resumed; start over "
-                             f"with --overwrite")
-        before = trace["settings"]
-        diffs = [f"{k} was {before.get(k)!r}, now {settings[k]!r} ({flag})" for k, flag in SETTINGS.items()
-                 if before.get(k) != settings[k]]
-        if diffs:
-            raise SteerError(f"--resume: the settings differ from those of the run in {out_dir}: {'; '.join(diffs)}; "
-                             f"resume with the same settings, or start over with --overwrite")
-        for r in trace["images"]:
-            k = r.get("index")
-            if not isinstance(k, int) or k < 0:
-                continue
-            if k >= len(prompts) or prompts[k] != r.get("prompt"):
-                now = f"now {prompts[k]!r}" if k < len(prompts) else f"now there are only {len(prompts)} prompts"
-                raise SteerError(f"--resume: prompt {k + 1} of the run in {out_dir} was {r.get('prompt')!r}, {now}; "
-                                 f"resume with the same prompts (more may be appended), or start over with --overwrite")
-            name, video = r.get("file"), r.get("video")
-            if isinstance(name, str) and IMAGE.fullmatch(name) and r.get("sha256") == _sha256(out_dir / name) and (
-                    video is None or (isinstance(video, str) and VIDEO.fullmatch(video)
-                                      and r.get("video_sha256") == _sha256(out_dir / video))):
-                done[k] = r
-    return done
-
-
-def _claim(out_dir: Path, prompts: list[str], settings: dict, resume: bool, overwrite: bool, state) -> dict[int, dict]:
-    """Check and prepare ``out_dir`` before anything loads; returns the finished records when resuming."""
-    if resume and overwrite:
-        raise SteerError("--resume and --overwrite exclude each other: --resume continues the run in --out, "
-                         "--overwrite deletes it; give one")
-    earlier = earlier_run(out_dir)
-    if earlier and not resume and not overwrite:
-        shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
-        raise SteerError(f"--out {str(out_dir)!r} holds an earlier run ({shown}); continue it with --resume, "
-                         f"replace it with --overwrite, or choose another --out")
-    done = _finished(out_dir, prompts, settings) if resume else {}
-    if state is None or state.is_main_process:
-        if overwrite:
-            clear_run(out_dir)
-        io.remove_stale_temporaries(out_dir)
-    if state is not None:
-        state.wait_for_everyone()  # no process writes before every process has checked the folder
-    return done
-
-
 # ---- the run ------------------------------------------------------------------------------------
-def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str, model: Optional[str], seed: int,
-                 steps=None, guidance_scale=None, height=None, width=None, negative_prompt=None,
-                 nfe_budget=None, save_all=False, device=None, dtype=None, options=None, progress=None,
-                 resume: bool = False, overwrite: bool = False, eval_reward: Optional[str] = None,
-                 num_frames: Optional[int] = None) -> dict:
+def run_generate(prompts: list[str], out_dir: Path, *, method: str, reward: str, model: Optional[str],
+                 run: RunOptions = RunOptions(), save_all=False, options=None, progress=None, resume: bool = False,
+                 overwrite: bool = False, eval_reward: Optional[str] = None) -> dict:
     """Run the job; returns a summary (written and skipped counts, NFE per prompt, seconds, timing breakdown).
-    ``out_dir`` is held (``io.hold_for_run``) for the whole run: a second run into it is refused."""
+    ``run``: the run-wide options, checked (``RunOptions.check``). ``out_dir`` is held (``io.hold_for_run``)
+    for the whole run: a second run into it is refused."""
     out_dir, state = Path(out_dir), _distributed()
     with io.holding(out_dir, state):
-        return _generate(prompts, out_dir, state, method=method, reward=reward, model=model, seed=seed, steps=steps,
-                         guidance_scale=guidance_scale, height=height, width=width, negative_prompt=negative_prompt,
-                         nfe_budget=nfe_budget, save_all=save_all, device=device, dtype=dtype, options=options,
-                         progress=progress, resume=resume, overwrite=overwrite, eval_reward=eval_reward,
-                         num_frames=num_frames)
+        return _generate(prompts, out_dir, state, method=method, reward=reward, model=model, run=run,
+                         save_all=save_all, options=options, progress=progress, resume=resume, overwrite=overwrite,
+                         eval_reward=eval_reward)
 
 
-def _generate(prompts: list[str], out_dir: Path, state, *, method, reward, model, seed, steps, guidance_scale, height,
-              width, negative_prompt, nfe_budget, save_all, device, dtype, options, progress, resume, overwrite,
-              eval_reward, num_frames) -> dict:
+def _generate(prompts: list[str], out_dir: Path, state, *, method, reward, model, run: RunOptions, save_all, options,
+              progress, resume, overwrite, eval_reward) -> dict:
     options = dict(options or {})
+    fn = resolve_method(method)
+    check_options(fn, options, method)
     t0 = time.perf_counter()
-    settings = json.loads(json.dumps(
-        {"method": method, "reward": reward, "model": model, "seed": seed, "steps": steps,
-         "guidance_scale": guidance_scale, "height": height, "width": width, "negative_prompt": negative_prompt,
-         "nfe_budget": nfe_budget, "dtype": None if dtype is None else str(dtype), "options": options,
-         "eval_reward": eval_reward, "num_frames": num_frames}, default=str))
-    done = _claim(out_dir, prompts, settings, resume, overwrite, state)
-    if state is not None and device is None:
-        device = state.device  # one accelerator per process
-    process = resolve_process(model, device=device, dtype=dtype, num_inference_steps=steps,
-                              guidance_scale=guidance_scale, height=height, width=width,
-                              negative_prompt=negative_prompt, num_frames=num_frames)
+    settings = json.loads(json.dumps({"method": method, "reward": reward, "model": model, **run.settings(),
+                                      "options": options, "eval_reward": eval_reward}, default=str))
+    done = claim(out_dir, prompts, settings, resume, overwrite, state)
+    device = state.device if state is not None and run.device is None else run.device  # one accelerator per process
+    process = resolve_process(model, device=device, dtype=run.dtype, **run.process_options())
     reward_model = resolve_reward(reward, device=getattr(process, "device", None), dtype=None)
     eval_model = None if eval_reward is None else resolve_reward(eval_reward, device=getattr(process, "device", None))
     t_load = time.perf_counter() - t0
-    job = {"method": method, "reward": reward, "model": model or "embedded default", "seed": seed,
-           "steps": process.num_steps, "guidance_scale": getattr(process, "guidance_scale", guidance_scale),
-           "height": height, "width": width, "negative_prompt": negative_prompt, "nfe_budget": nfe_budget,
-           "options": options, "eval_reward": eval_reward, "num_frames": getattr(process, "num_frames", None),
-           "versions": outputs.versions(),
+    job = {"method": method, "reward": reward, "model": model or "embedded default", "seed": run.seed,
+           "steps": process.num_steps, "guidance_scale": getattr(process, "guidance_scale", run.guidance_scale),
+           "height": run.height, "width": run.width, "negative_prompt": run.negative_prompt,
+           "nfe_budget": run.nfe_budget, "options": options, "eval_reward": eval_reward,
+           "num_frames": getattr(process, "num_frames", None), "versions": outputs.versions(),
            "settings": settings, "num_prompts": len(prompts)}
     todo = [k for k in range(len(prompts)) if k not in done]
     if todo and (state is None or state.is_main_process):
@@ -228,11 +110,11 @@ def _generate(prompts: list[str], out_dir: Path, state, *, method, reward, model
 
     try:
         if state is None:
-            _steer_prompts(todo, prompts, out_dir, process, (reward_model, eval_model), job, records, save_all,
+            _steer_prompts(todo, prompts, out_dir, process, (fn, reward_model, eval_model), job, records, save_all,
                            progress, write_trace)
         else:
             with state.split_between_processes(todo) as mine:
-                _steer_prompts(list(mine), prompts, out_dir, process, (reward_model, eval_model), job, records,
+                _steer_prompts(list(mine), prompts, out_dir, process, (fn, reward_model, eval_model), job, records,
                                save_all, progress, write_trace)
     except KeyboardInterrupt:  # Ctrl-C, and SIGTERM under the commands' boundary
         status["interrupted"] = True
@@ -269,14 +151,14 @@ def _generate(prompts: list[str], out_dir: Path, state, *, method, reward, model
 
 def _steer_prompts(indices, prompts, out_dir, process, rewards, job, records, save_all, progress,
                    after_each) -> None:
-    """``rewards``: (the steering reward, the held-out eval reward or None)."""
-    reward_model, eval_model = rewards
+    """``rewards``: (the method function, the steering reward, the held-out eval reward or None)."""
+    fn, reward_model, eval_model = rewards
     for k in indices:
         if progress is not None:
             progress.prompt(k, len(prompts), prompts[k])
-        result = generate(process, prompts[k], method=job["method"], reward=reward_model, seed=job["seed"] + k,
-                          nfe_budget=job["nfe_budget"], callback=progress, eval_reward=eval_model,
-                          **job["options"])
+        result = run_method(process, [prompts[k]], fn, job["method"], reward_model, seed=job["seed"] + k,
+                            nfe_budget=job["nfe_budget"], callback=progress, eval_model=eval_model,
+                            options=job["options"])
         with io.deferred_interrupts():  # a prompt's files, its record and the trace: all or none
             _save_prompt(k, prompts, out_dir, result, job, records, save_all, process)
             after_each()

@@ -122,7 +122,7 @@ def test_check_free_names_the_holder_and_takes_nothing(tmp_path, holder):
 
 
 def test_the_lock_file_is_not_a_run_and_survives_cleanup(tmp_path):
-    from steer import run
+    from steer import generate_folder as run
     from steer.finetune import run_folder
 
     with io.holding(tmp_path):
