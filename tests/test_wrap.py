@@ -117,7 +117,7 @@ def test_cannot_steer_one_line(sd):
     from diffusers import EulerDiscreteScheduler
 
     cases = [(lambda: steer.wrap(build("ddpm"), method="fk", reward=red), "callback_on_step_end"),
-             (lambda: steer.wrap(build("ltx"), method="best_of_n", reward=red), "unknown latent layout"),
+             (lambda: steer.wrap(build("flux2"), method="best_of_n", reward=red), "unknown latent layout"),
              (lambda: steer.wrap(sd, method="beam", reward=red), "does not run inside a pipeline call")]
     euler = type(sd)(**{**sd.components, "scheduler": EulerDiscreteScheduler.from_config(sd.scheduler.config)})
     cases.append((lambda: steer.wrap(euler, method="fk", reward=red), "DDIMScheduler.from_config"))

@@ -50,12 +50,9 @@ import torch
 
 from steer.budget import Trace
 from steer.errors import SteerError
-from steer.scoring import reads_latents, score_images
+from steer.scoring import reads_latents, reward_input, score_images
 from steer import catalog, toolkit
-from steer.wrapping import decode as wrap_decode, methods as wrap_methods, step as wrap_step
-
-_OURS = ("num_images_per_prompt", "output_type", "return_dict", "callback_on_step_end",
-         "callback_on_step_end_tensor_inputs")
+from steer.wrapping import decode as wrap_decode, methods as wrap_methods, output as wrap_output, step as wrap_step
 
 
 def wrap(pipe, method: str = "fk", reward=None, *, decode: Optional[Callable] = None, **options) -> "Steered":
@@ -142,10 +139,10 @@ class Steered:
         pipe, method = self.pipe, self.particles
         name = f"steer.wrap({method.method})"
         prompts = _prompts(prompt, name)
-        taken = [k for k in _OURS[:1] if kwargs.get(k, 1) != 1]
+        taken = [k for k in wrap_output.PER_PROMPT if kwargs.get(k, 1) not in (1, None)]
         if taken:
-            raise SteerError(f"{name}: num_images_per_prompt is the method's particle count; pass particles=/n= "
-                             f"to steer.wrap and leave num_images_per_prompt at 1")
+            raise SteerError(f"{name}: {taken[0]} is the method's particle count; pass particles=/n= "
+                             f"to steer.wrap and leave {taken[0]} at 1")
         steps = kwargs.get("num_inference_steps")
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise SteerError(f"{name}: num_inference_steps must be a whole number >= 1, got {steps!r}")
@@ -161,13 +158,13 @@ class Steered:
             if kwargs.get("eta"):
                 raise SteerError(f"{name}: the kernel's noise is steer's; pass eta= / noise_level= to steer.wrap, "
                                  f"not to the call")
-        output_type = kwargs.pop("output_type", "pil")
+        output_type = wrap_output.output_type(pipe, kwargs)
         return_dict = kwargs.pop("return_dict", True)
         user_callback = kwargs.pop("callback_on_step_end", None)
         inputs = list(dict.fromkeys(["latents", *(kwargs.pop("callback_on_step_end_tensor_inputs", None) or [])]))
         P, K = len(prompts), method.particles
         trace = Trace(num_prompts=P)
-        decoder = wrap_decode.decoder_for(pipe, self.decode, **_size(pipe, kwargs))
+        decoder = wrap_decode.decoder_for(pipe, self.decode, **wrap_output.call_options(pipe, kwargs))
         flat_prompts = [p for p in prompts for _ in range(K)]  # prompt-major (P·K,)
         tap = wrap_step.StepTap(pipe.scheduler, kind, level, trace)
 
@@ -180,10 +177,13 @@ class Steered:
                 callback_kwargs = user_callback(pipeline, i, t, callback_kwargs)
             return callback_kwargs
 
+        if isinstance(kwargs.get("negative_prompt"), str) and P > 1:  # one per prompt (Qwen-Image needs the list)
+            kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * P
         call = dict(kwargs, generator=generator, output_type="latent", return_dict=True, callback_on_step_end=on_step,
                     callback_on_step_end_tensor_inputs=inputs)
-        if "num_images_per_prompt" in inspect.signature(pipe.__call__).parameters:
-            call["num_images_per_prompt"], call_prompt = K, prompt
+        per_prompt = wrap_output.per_prompt_argument(pipe)
+        if per_prompt is not None:
+            call[per_prompt], call_prompt = K, prompt
         else:
             call_prompt = flat_prompts
             if isinstance(call.get("negative_prompt"), (list, tuple)):
@@ -194,23 +194,24 @@ class Steered:
 
     def _finish(self, out, prompts, flat_prompts, trace, decoder, output_type, return_dict):
         pipe, method = self.pipe, self.particles
-        field = "images" if "images" in {f.name for f in dataclasses.fields(out)} else None
-        if field is None:
-            raise SteerError(f"steer.wrap: {type(out).__name__} has no images field (video outputs are not supported)")
+        field = wrap_output.latents_field(out, isinstance(decoder, wrap_decode.VideoDecoder))
         latents = getattr(out, field)  # (P·K, ...)
         P, K = len(prompts), method.particles
         if not torch.is_tensor(latents) or latents.shape[0] != P * K:
             shape = tuple(getattr(latents, "shape", ()))
             raise SteerError(f"steer.wrap: {type(pipe).__name__} returned {shape} latents for "
-                             f"{P} prompts x {K} particles; it does not lay particles out by num_images_per_prompt")
+                             f"{P} prompts x {K} particles; it does not lay particles out per prompt")
         with torch.no_grad():
             with trace.timed("decode"):
-                raw = decoder.raw(latents)  # (P·K, 3, H, W)
-            scored = latents.float() if reads_latents(method.reward) else wrap_decode.to_unit(raw)
+                raw = decoder.raw(latents)  # (P·K, 3, H, W), a video pipeline's (P·K, 3, F, H, W)
+            reward = method.reward  # images (grids of a video's frames), frames for a video reward, or latents
+            scored = latents.float() if reads_latents(reward) else reward_input(decoder, reward, latents,
+                                                                                 decoder.images(raw))
             rewards = score_images(method.reward, scored, flat_prompts, trace=trace, method=method.method)
         extra = method.finish(rewards)
         best = toolkit.best_rows(rewards, P)  # (P,)
-        images = self._postprocess(raw[best.to(raw.device)], latents[best.to(latents.device)], output_type)
+        images = wrap_output.postprocess(pipe, raw[best.to(raw.device)], latents[best.to(latents.device)], output_type,
+                                         field)
         fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
         result = type(out)(**{**fields, **images})
         self.last = dict(steer_trace=trace.stop_clock(), rewards=rewards[best], candidate_rewards=rewards.reshape(P, K),
@@ -221,20 +222,6 @@ class Steered:
             setattr(result, k, v)
         return result
 
-    def _postprocess(self, raw, latents, output_type) -> dict:
-        """The kept images as the pipeline itself would return them (its image_processor, its safety checker)."""
-        pipe = self.pipe
-        if output_type == "latent":
-            return {"images": latents}
-        fields = {}
-        nsfw = None
-        if getattr(pipe, "safety_checker", None) is not None and hasattr(pipe, "run_safety_checker"):
-            raw, nsfw = pipe.run_safety_checker(raw, raw.device, raw.dtype)
-            fields["nsfw_content_detected"] = nsfw
-        denorm = None if nsfw is None else [not flagged for flagged in nsfw]
-        fields["images"] = pipe.image_processor.postprocess(raw, output_type=output_type, do_denormalize=denorm)
-        return fields
-
 
 def _prompts(prompt, name: str) -> list[str]:
     if prompt is None:
@@ -243,14 +230,6 @@ def _prompts(prompt, name: str) -> list[str]:
         return toolkit.prompt_list(name, prompt)
     except ValueError as e:
         raise SteerError(str(e)) from None
-
-
-def _size(pipe, kwargs) -> dict:
-    """height / width of the call (FLUX's packed latents need them to unpack), the pipeline's defaults if unset."""
-    default = getattr(pipe, "default_sample_size", None)
-    factor = getattr(pipe, "vae_scale_factor", None)
-    fallback = None if default is None or factor is None else default * factor
-    return {"height": kwargs.get("height") or fallback, "width": kwargs.get("width") or fallback}
 
 
 def _num_steps(pipe) -> int:
