@@ -148,7 +148,12 @@ def test_ltx_timestep_conditioned_decoder():
     assert "\n" not in str(e.value)
 
 
-def test_video_particles_are_the_methods():
+def test_video_refusals_are_one_line():
     steered = steer.wrap(tiny("wan"), method="fk", reward=red, particles=2)
-    with pytest.raises(SteerError, match="num_videos_per_prompt is the method's particle count"):
-        steered("a cat", num_videos_per_prompt=2, num_inference_steps=2, **CALLS["wan"][0])
+    cases = [(lambda: steered("a cat", num_videos_per_prompt=2, num_inference_steps=2, **CALLS["wan"][0]),
+              "num_videos_per_prompt is the method's particle count"),
+             (lambda: steer.wrap(tiny("ltx"), method="fk", reward=red, decode=lambda x: x), "decode= is for image")]
+    for make, words in cases:
+        with pytest.raises(SteerError, match=words) as e:
+            make()
+        assert "\n" not in str(e.value)

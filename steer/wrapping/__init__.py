@@ -1,24 +1,33 @@
 """``steer.wrap``: a diffusers pipeline that steers itself, called with its own signature.
 
 This package is ``steer.wrapping`` (``methods``: the particle methods; ``step``: the scheduler tap;
-``decode``: latents -> images by the family's rule), not ``steer.wrap``: importing a submodule binds it
+``decode``: latents -> images / videos by the family's rule; ``output``: what is read off the call and
+written back into its output), not ``steer.wrap``: importing a submodule binds it
 as an attribute of its parent package, so a package ``steer/wrap/`` would replace the function
 ``steer.wrap`` with a module the first time any of its modules is imported.
 
     steered = steer.wrap(pipe, method="fk", reward="hps", particles=8)
     out = steered("a cat", num_inference_steps=30, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
     out.images            # the pipeline's own output class, one image per prompt (output_type as asked)
+    out.frames            # a video pipeline's (Wan, LTX-Video): one video per prompt, as the pipeline returns it
     out.rewards, out.steer_trace, out.candidate_rewards, out.log_weights (FK), out.steer_latents
 
 What runs where. The particle methods run *inside* the pipeline's own ``__call__``: it is called once
-with ``num_images_per_prompt=K`` (K particles per prompt, prompt-major; pipelines without that argument
-get the prompt list repeated), ``output_type="latent"``, and a ``callback_on_step_end`` that hands the
+with ``num_images_per_prompt=K`` (a video pipeline's ``num_videos_per_prompt``; K particles per prompt,
+prompt-major; pipelines without that argument get the prompt list repeated), ``output_type="latent"``, and a ``callback_on_step_end`` that hands the
 latents to the method after every step (``steer.wrapping.methods``); the method may replace them — FK
 resamples particles there and, in kernel mode, adds the kernel's noise. ``pipe.scheduler.step`` is
 wrapped for the call (``steer.wrapping.step``) to read the model output it is given: x̂0 and steer's
 kernel (DDIM η / Flow-GRPO SDE) at that step; it is restored afterwards, also on errors. The final
-K·P latents are decoded with the family's rule (``steer.pipelines.decoding``, the rule the family's adapter decodes with), scored, and the best of each
-prompt is post-processed by the pipeline's own ``image_processor`` into the pipeline's output class.
+K·P latents are decoded with the family's rule (``steer.pipelines.decoding``, the rule the family's
+adapter decodes with), scored, and the best of each prompt is post-processed by the pipeline's own
+``image_processor`` into the pipeline's output class. Video pipelines (Wan 2.x, LTX-Video) are decoded
+to videos and post-processed by their ``video_processor`` into their ``frames`` field, one video per
+prompt; rewards read them as under ``steer.generate``: an image reward scores each video's frame grid
+(``steer.pipelines.video``, ``frame_layout="grid"``), a video reward (``space = "video"``, e.g.
+``hps@frames:min``) the frames. The call's ``height`` / ``width`` / ``num_frames`` (its defaults when
+unset) and LTX-Video's ``decode_timestep`` reach the decoder; noise blended in at decode
+(``decode_noise_scale`` ≠ 0) is refused, as the LTX adapter refuses it.
 
 Methods (by their ``steer.catalog`` names, its aliases too): ``best_of_n`` / ``bon`` (``n``; by default the pipeline's own scheduler samples, any
 scheduler; ``noise_level`` > 0 uses steer's kernel) and ``fk`` (``steer.samplers.fk``'s options and
@@ -30,13 +39,19 @@ Same images as ``steer.generate``: for ``StableDiffusionPipeline`` with its sche
 ``torch.Generator`` and the same options, ``wrap(pipe, method="fk", ...)`` gives the particles, the
 resampling and the images of ``steer.generate(pipe, prompt, method="fk", ...)``: the pipeline draws the
 initial noise first from the generator, as steer does, then every step draws the resampling uniforms and
-the kernel noise from it in steer's order (``tests/test_wrap.py`` checks equality). With another
+the kernel noise from it in steer's order (``tests/test_wrap.py`` checks equality). The same holds for
+the flow families with a ``FlowMatchEulerDiscreteScheduler`` whose adapter draws x_T as the pipeline
+does: LTX-Video bit for bit, Wan 2.x and Qwen-Image to float rounding (their pipelines call the
+transformer twice per step, cond and uncond, where steer makes one batched call;
+``tests/test_wrap_video.py``). With another
 scheduler class the pipeline's own schedule (timesteps, σ's) is used, so the chains differ from
 steer.generate's DDIM; with a list of generators the draws cannot line up (refused).
 
 Not supported: ``return_dict=False`` gives the pipeline's tuple (the trace is then ``steered.last``),
-a list of generators, ``num_images_per_prompt`` > 1 (K is the method's), prompts given only as
-embeddings (rewards read the prompt text), video outputs, the safety checker (latents are decoded by
+a list of generators, ``num_images_per_prompt`` / ``num_videos_per_prompt`` > 1 (K is the method's),
+prompts given only as embeddings (rewards read the prompt text), ``decode=fn`` for a video pipeline
+(video pipelines without a rule: HunyuanVideo, CogVideoX, ...), a frame layout other than the grid,
+FLUX.2 (its adapter has no shared decoding rule yet), the safety checker (latents are decoded by
 steer; the pipeline's ``run_safety_checker`` is applied when it has one), FK's gradient proposal,
 pipelines that step other than once per step through ``pipe.scheduler``.
 """

@@ -20,6 +20,7 @@ under ``steer.generate`` and a video reward (``space = "video"``) reads the fram
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 from torch import Tensor
@@ -87,18 +88,25 @@ def decoder_for(pipe, decode: Optional[Callable] = None, num_frames: Optional[in
                 decode_timestep: float = 0.0, **size) -> LatentDecoder:
     """The ``LatentDecoder`` of ``pipe`` (``decode`` overrides the family's rule; a video rule gives a
     ``VideoDecoder``), or a one-line ``SteerError``."""
+    name, rule = type(pipe).__name__, rule_for(pipe)
+    videos = "num_videos_per_prompt" in inspect.signature(pipe.__call__).parameters
+    if videos and rule not in decoding.VIDEO_RULES:
+        raise SteerError(f"steer.wrap: no latents->video rule for {name}; steer.wrap steers the videos of Wan and "
+                         f"LTX-Video (steer.pipelines.decoding.VIDEO_RULES), and decode= is for image pipelines")
     if decode is not None:
         if not callable(decode):
             raise SteerError(f"steer.wrap: decode must be a callable latents -> images in [-1, 1], got "
                              f"{type(decode).__name__}")
+        if videos:
+            raise SteerError(f"steer.wrap: decode= is for image pipelines; {name} is decoded by its family's rule "
+                             f"({rule!r}): drop decode=")
         return LatentDecoder(pipe, "custom", decode, **size)
-    rule = rule_for(pipe)
     if rule is None:
-        raise SteerError(f"steer.wrap: no latents->image rule for {type(pipe).__name__} (unknown latent layout); "
+        raise SteerError(f"steer.wrap: no latents->image rule for {name} (unknown latent layout); "
                          f"pass decode=fn(latents) -> images in [-1, 1], or add the class to "
                          f"steer.pipelines.decoding.PIPELINES")
     if getattr(pipe, "vae", None) is None:
-        raise SteerError(f"steer.wrap: {type(pipe).__name__} has no vae to decode latents with; pass decode=fn")
+        raise SteerError(f"steer.wrap: {name} has no vae to decode latents with; pass decode=fn")
     if rule in decoding.VIDEO_RULES:
         return VideoDecoder(pipe, rule, num_frames=num_frames, decode_timestep=decode_timestep, **size)
     return LatentDecoder(pipe, rule, **size)
