@@ -1,5 +1,6 @@
 """``steer.wrap`` on the families whose latents need their adapter's rule: Qwen-Image (packed image
-latents) and the video pipelines Wan 2.x and LTX-Video (tiny random-init real-class pipelines).
+latents), FLUX.2 (dev and klein) and the video pipelines Wan 2.x and LTX-Video (tiny random-init
+real-class pipelines).
 
 The wrapped call gives ``steer.generate``'s particles, resampling and samples at the same seed (LTX-Video
 bit for bit; Wan and Qwen-Image to float rounding: their pipelines make two transformer calls, cond and
@@ -157,3 +158,28 @@ def test_video_refusals_are_one_line():
         with pytest.raises(SteerError, match=words) as e:
             make()
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("variant", ["dev", "klein"])
+def test_flux2(variant):
+    """FLUX.2 (its call's first argument is ``image=``; the prompt goes by keyword): the plain call's images and
+    latents (klein returns the VAE latent) bit for bit, best-of-N steer.generate's; FK resamples and keeps the
+    scored image. (FK's kernel noise is drawn in the pipeline's token layout, steer.generate's in patches: the
+    same distribution, other draws.)"""
+    pipe = tiny("flux2", variant=variant)
+    kw = dict(height=32, width=32, guidance_scale=4.0, max_sequence_length=64)
+    for output_type in ("pt", "latent"):
+        plain = pipe(prompt="a red cat", generator=gen(3), num_inference_steps=2, output_type=output_type, **kw)
+        out = steer.wrap(pipe, method="best_of_n", reward=red, n=1)(
+            "a red cat", generator=gen(3), num_inference_steps=2, output_type=output_type, **kw)
+        assert type(out) is type(plain) and torch.equal(out.images, plain.images)
+    process = from_pipe(pipe, num_inference_steps=STEPS, **kw)
+    ref = steer.generate(process, PROMPTS, method="best_of_n", reward=red, seed=7, n=K)
+    out = steer.wrap(pipe, method="best_of_n", reward=red, n=K)(
+        PROMPTS, num_inference_steps=STEPS, generator=gen(7), output_type="pt", **kw)
+    assert torch.equal(out.images, ref.images) and torch.equal(out.candidate_rewards, ref.candidate_rewards)
+    fk = steer.wrap(pipe, method="fk", reward=red, particles=K, lam=3e3, ess_threshold=1.0)(
+        PROMPTS, num_inference_steps=STEPS, generator=gen(7), output_type="pt", **kw)
+    lineage = [s["lineage"] for s in fk.steer_trace.steps if "lineage" in s]
+    assert lineage and any(len(set(row)) < K for rows in lineage for row in rows)
+    assert torch.allclose(red(fk.images, PROMPTS), fk.rewards, atol=1e-6)

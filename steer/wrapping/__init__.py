@@ -43,7 +43,10 @@ the kernel noise from it in steer's order (``tests/test_wrap.py`` checks equalit
 the flow families with a ``FlowMatchEulerDiscreteScheduler`` whose adapter draws x_T as the pipeline
 does: LTX-Video bit for bit, Wan 2.x and Qwen-Image to float rounding (their pipelines call the
 transformer twice per step, cond and uncond, where steer makes one batched call;
-``tests/test_wrap_video.py``). With another
+``tests/test_wrap_video.py``). FLUX.2: best-of-N equal bit for bit; FK's kernel noise is drawn in the
+pipeline's token layout (B, h·w, 4C), steer.generate's in its adapter's patches (B, 4C, h, w): the same
+distribution, other draws. A pipeline whose first argument is not ``prompt`` (FLUX.2: ``image``) gets the
+prompt by keyword. With another
 scheduler class the pipeline's own schedule (timesteps, σ's) is used, so the chains differ from
 steer.generate's DDIM; with a list of generators the draws cannot line up (refused).
 
@@ -51,7 +54,7 @@ Not supported: ``return_dict=False`` gives the pipeline's tuple (the trace is th
 a list of generators, ``num_images_per_prompt`` / ``num_videos_per_prompt`` > 1 (K is the method's),
 prompts given only as embeddings (rewards read the prompt text), ``decode=fn`` for a video pipeline
 (video pipelines without a rule: HunyuanVideo, CogVideoX, ...), a frame layout other than the grid,
-FLUX.2 (its adapter has no shared decoding rule yet), the safety checker (latents are decoded by
+the safety checker (latents are decoded by
 steer; the pipeline's ``run_safety_checker`` is applied when it has one), FK's gradient proposal,
 pipelines that step other than once per step through ``pipe.scheduler``.
 """
@@ -182,6 +185,7 @@ class Steered:
         decoder = wrap_decode.decoder_for(pipe, self.decode, **wrap_output.call_options(pipe, kwargs))
         flat_prompts = [p for p in prompts for _ in range(K)]  # prompt-major (P·K,)
         tap = wrap_step.StepTap(pipe.scheduler, kind, level, trace)
+        loop = {}  # the latents the last step handed back (for pipelines whose latent output is not them)
 
         def on_step(pipeline, i, t, callback_kwargs):
             if i == 0:
@@ -190,6 +194,7 @@ class Steered:
             callback_kwargs["latents"] = method.step(i, callback_kwargs["latents"], record)
             if user_callback is not None:
                 callback_kwargs = user_callback(pipeline, i, t, callback_kwargs)
+            loop["latents"] = callback_kwargs["latents"]
             return callback_kwargs
 
         if isinstance(kwargs.get("negative_prompt"), str) and P > 1:  # one per prompt (Qwen-Image needs the list)
@@ -203,14 +208,19 @@ class Steered:
             call_prompt = flat_prompts
             if isinstance(call.get("negative_prompt"), (list, tuple)):
                 call["negative_prompt"] = [n for n in call["negative_prompt"] for _ in range(K)]
+        first = next(iter(inspect.signature(pipe.__call__).parameters), None)
+        if first != "prompt" and args:
+            raise SteerError(f"{name}: {type(pipe).__name__}'s first argument is {first}=, not prompt=; pass the "
+                             f"pipeline's other arguments by keyword")
+        positional, call = ((call_prompt,), call) if first == "prompt" else ((), dict(call, prompt=call_prompt))
         with tap.installed():
-            out = pipe(call_prompt, *args, **call)
-        return self._finish(out, prompts, flat_prompts, trace, decoder, output_type, return_dict)
+            out = pipe(*positional, *args, **call)  # FLUX.2's first argument is image=: the prompt goes by keyword
+        return self._finish(out, prompts, flat_prompts, trace, decoder, output_type, return_dict, loop.get("latents"))
 
-    def _finish(self, out, prompts, flat_prompts, trace, decoder, output_type, return_dict):
+    def _finish(self, out, prompts, flat_prompts, trace, decoder, output_type, return_dict, loop_latents):
         pipe, method = self.pipe, self.particles
         field = wrap_output.latents_field(out, isinstance(decoder, wrap_decode.VideoDecoder))
-        latents = getattr(out, field)  # (P·K, ...)
+        latents = wrap_output.final_latents(pipe, out, field, loop_latents)  # (P·K, ...)
         P, K = len(prompts), method.particles
         if not torch.is_tensor(latents) or latents.shape[0] != P * K:
             shape = tuple(getattr(latents, "shape", ()))
@@ -226,7 +236,7 @@ class Steered:
         extra = method.finish(rewards)
         best = toolkit.best_rows(rewards, P)  # (P,)
         images = wrap_output.postprocess(pipe, raw[best.to(raw.device)], latents[best.to(latents.device)], output_type,
-                                         field)
+                                         field, decoder)
         fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
         result = type(out)(**{**fields, **images})
         self.last = dict(steer_trace=trace.stop_clock(), rewards=rewards[best], candidate_rewards=rewards.reshape(P, K),

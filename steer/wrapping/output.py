@@ -4,7 +4,9 @@
 unpack; num_frames: LTX-Video's; the pipeline's own defaults when unset), LTX-Video's ``decode_timestep``
 and the default ``output_type``, read from the call's keywords, else the pipeline's signature.
 ``latents_field``: which field of the pipeline's output holds its latents (``images``, or ``frames`` for
-a video pipeline). ``postprocess``: the kept samples as the pipeline itself returns them: images through
+a video pipeline); ``final_latents``: the latents to decode, that field's, or the loop's last latents for
+a pipeline whose ``output_type="latent"`` returns something else (``decoding.LATENT_OUTPUTS``:
+FLUX.2-klein's VAE latent, which is given back in that form when ``output_type="latent"`` is asked). ``postprocess``: the kept samples as the pipeline itself returns them: images through
 its ``image_processor`` (and safety checker), videos (B, 3, F, H, W) through its ``video_processor`` —
 one video per prompt, in the pipeline's own ``frames`` field.
 """
@@ -14,6 +16,7 @@ import dataclasses
 import inspect
 
 from steer.errors import SteerError
+from steer.pipelines import decoding
 
 # the pipeline's "per prompt" count, which the method's particle count K takes (image / video pipelines)
 PER_PROMPT = ("num_images_per_prompt", "num_videos_per_prompt")
@@ -75,9 +78,25 @@ def latents_field(out, video: bool) -> str:
     return field
 
 
-def postprocess(pipe, raw, latents, output_type: str, field: str) -> dict:
+def _latent_output(pipe):
+    """What ``pipe`` returns for ``output_type="latent"`` when that is not the loop's latents, else None."""
+    return next((decoding.LATENT_OUTPUTS[c.__name__] for c in type(pipe).__mro__
+                 if c.__name__ in decoding.LATENT_OUTPUTS), None)
+
+
+def final_latents(pipe, out, field: str, loop_latents):
+    """The latents to decode (P·K, ...): the output's ``field``, or the loop's last for ``LATENT_OUTPUTS``."""
+    if _latent_output(pipe) is None or loop_latents is None:
+        return getattr(out, field)
+    return loop_latents
+
+
+def postprocess(pipe, raw, latents, output_type: str, field: str, decoder) -> dict:
     """The kept samples as the pipeline itself returns them, as fields of its output class."""
     if output_type == "latent":
+        if _latent_output(pipe) == "flux2_vae_latents":  # FLUX.2-klein: the VAE latent (B, C, 2h, 2w)
+            patches = decoding.flux2_patches(pipe, latents, decoder.height, decoder.width)
+            return {field: decoding.flux2_vae_latents(pipe, patches)}
         return {field: latents}
     if field == "frames":  # raw (P, 3, F, H, W) in [-1, 1]
         return {"frames": pipe.video_processor.postprocess_video(raw, output_type=output_type)}
