@@ -75,7 +75,7 @@ from steer.wrapping import decode as wrap_decode, methods as wrap_methods, outpu
 
 def wrap(pipe, method: str = "fk", reward=None, *, decode: Optional[Callable] = None, **options) -> "Steered":
     """A callable with ``pipe``'s own call signature that returns ``pipe``'s own output type with one
-    steered image per prompt. ``method``: ``"fk"`` or ``"best_of_n"`` (``"bon"``); ``reward``: a spec,
+    steered image (a video pipeline: video) per prompt. ``method``: ``"fk"`` or ``"best_of_n"`` (``"bon"``); ``reward``: a spec,
     a ``Reward`` or a callable (images, prompts) -> scores; ``options``: the method's (``particles=``,
     ``lam=``, ``n=``, ...); ``decode``: latents -> images in [-1, 1] for a pipeline not in
     ``steer.pipelines.decoding``. A pipeline that cannot be steered is refused here in one line."""
@@ -232,7 +232,7 @@ class Steered:
             reward = method.reward  # images (grids of a video's frames), frames for a video reward, or latents
             scored = latents.float() if reads_latents(reward) else reward_input(decoder, reward, latents,
                                                                                  decoder.images(raw))
-            rewards = score_images(method.reward, scored, flat_prompts, trace=trace, method=method.method)
+            rewards = score_images(reward, scored, flat_prompts, trace=trace, method=method.method)
         extra = method.finish(rewards)
         best = toolkit.best_rows(rewards, P)  # (P,)
         images = wrap_output.postprocess(pipe, raw[best.to(raw.device)], latents[best.to(latents.device)], output_type,
