@@ -183,3 +183,20 @@ def test_flux2(variant):
     lineage = [s["lineage"] for s in fk.steer_trace.steps if "lineage" in s]
     assert lineage and any(len(set(row)) < K for rows in lineage for row in rows)
     assert torch.allclose(red(fk.images, PROMPTS), fk.rewards, atol=1e-6)
+
+
+@pytest.mark.parametrize("build_kw", [dict(scheduler="unipc"), dict(two_stage=True), dict(expand_timesteps=True)],
+                         ids=["unipc", "wan22_two_experts", "wan22_expand_timesteps"])
+def test_wan_variants_match_steer_generate(build_kw):
+    """Wan as released (UniPC with flow sigmas: FK's kernel is the Euler SDE on its σ grid, as steer.generate's
+    adapter integrates it), Wan 2.2's two experts and its per-token timesteps: wrap's FK is steer.generate's."""
+    pipe = tiny("wan", **build_kw)
+    call = dict(CALLS["wan"][0], **({"guidance_scale_2": 2.0} if build_kw.get("two_stage") else {}))
+    options = dict(particles=K, lam=3e3, ess_threshold=1.0)
+    ref = steer.generate(from_pipe(pipe, num_inference_steps=STEPS, **call), PROMPTS, method="fk", reward=red, seed=7,
+                         **options)
+    out = steer.wrap(pipe, method="fk", reward=red, **options)(
+        PROMPTS, num_inference_steps=STEPS, generator=gen(7), output_type="pt", **call)
+    _alike(out.steer_latents, ref.latents, exact=False)
+    _alike(out.candidate_rewards, ref.candidate_rewards, exact=False)
+    assert out.frames.shape == (2, 5, 3, 32, 32)

@@ -43,7 +43,9 @@ the kernel noise from it in steer's order (``tests/test_wrap.py`` checks equalit
 the flow families with a ``FlowMatchEulerDiscreteScheduler`` whose adapter draws x_T as the pipeline
 does: LTX-Video bit for bit, Wan 2.x and Qwen-Image to float rounding (their pipelines call the
 transformer twice per step, cond and uncond, where steer makes one batched call;
-``tests/test_wrap_video.py``). FLUX.2: best-of-N equal bit for bit; FK's kernel noise is drawn in the
+``tests/test_wrap_video.py``), Wan 2.2's two experts and Wan's released UniPC scheduler with flow
+sigmas included (FK's kernel is the Euler SDE on UniPC's σ grid, as steer.generate's Wan adapter runs
+it; best-of-N without ``noise_level`` samples with UniPC itself, so it differs). FLUX.2: best-of-N equal bit for bit; FK's kernel noise is drawn in the
 pipeline's token layout (B, h·w, 4C), steer.generate's in its adapter's patches (B, 4C, h, w): the same
 distribution, other draws. A pipeline whose first argument is not ``prompt`` (FLUX.2: ``image``) gets the
 prompt by keyword. With another
