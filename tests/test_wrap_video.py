@@ -127,6 +127,11 @@ def test_video_rewards_read_the_frames():
     _alike(out.candidate_rewards, ref.candidate_rewards, EXACT["wan"])
     _alike(out.steer_latents, ref.latents, EXACT["wan"])
     assert torch.allclose(worst_frame(out.frames, PROMPTS), out.rewards, atol=1e-6)
+    spec = "shapes-temporal"  # a video reward by its spec: temporal consistency on the shipped shapes CLIP
+    ref = steer.generate(process, PROMPTS, method="best_of_n", reward=spec, seed=5, n=2)
+    out = steer.wrap(pipe, method="best_of_n", reward=spec, n=2)(
+        PROMPTS, num_inference_steps=STEPS, generator=gen(5), output_type="pt", **call)
+    _alike(out.candidate_rewards, ref.candidate_rewards, EXACT["wan"])
     grid = steer.wrap(pipe, method="best_of_n", reward=red, n=2)(
         PROMPTS, num_inference_steps=STEPS, generator=gen(5), output_type="pt", **call)
     assert torch.allclose(red(process.layout(grid.frames), PROMPTS), grid.rewards, atol=1e-6)  # 2x3 frame grids
