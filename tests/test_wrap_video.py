@@ -1,11 +1,10 @@
-"""``steer.wrap`` on the families whose latents need their adapter's rule: Qwen-Image (packed image
-latents), FLUX.2 (dev and klein) and the video pipelines Wan 2.x and LTX-Video (tiny random-init
-real-class pipelines).
+"""``steer.wrap`` on the families whose latents need their adapter's rule: Qwen-Image (packed image latents),
+FLUX.2 (dev and klein) and the video pipelines Wan 2.x and LTX-Video (tiny random-init real-class pipelines).
 
-The wrapped call gives ``steer.generate``'s particles, resampling and samples at the same seed (LTX-Video
-bit for bit; Wan and Qwen-Image to float rounding: their pipelines make two transformer calls, cond and
-uncond, where steer makes one batched call), videos come back as the pipeline's own ``frames`` (one video per prompt), image
-rewards score the frame grid ``steer.generate`` scores and video rewards the frames.
+The wrapped call gives ``steer.generate``'s particles, resampling and samples at the same seed (LTX-Video bit
+for bit; Wan and Qwen-Image to float rounding: their pipelines make two transformer calls, cond and uncond,
+where steer makes one batched call), videos come back as the pipeline's own ``frames`` (one video per prompt),
+image rewards score the frame grid ``steer.generate`` scores and video rewards the frames.
 """
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ latent (f, h, w) and ``rope_interpolation_scale`` = (temporal ratio / ``frame_ra
 spatial). The σ schedule is LTXPipeline's: ``sigmas = linspace(1, 1/S, S)`` through the pipeline's
 own ``FlowMatchEulerDiscreteScheduler`` with ``mu = calculate_shift(f·h·w)`` (and its
 ``shift_terminal``); x̂0 = x − σ·v. ``init_noise`` draws x_T as the pipeline's ``prepare_latents``
-(N(0, I) on the unpacked (n, C, f, h, w), then packed), so one seed gives the pipeline's own x_T. ``decode_video`` unpacks, denormalizes with the VAE's
+(N(0, I) on the unpacked (n, C, f, h, w), then packed), so one seed gives the pipeline's own x_T.
+``decode_video`` (the ``ltx`` rule of ``steer.pipelines.decoding``) unpacks, denormalizes with the VAE's
 ``latents_mean`` / ``latents_std`` / ``scaling_factor`` and runs ``AutoencoderKLLTXVideo`` (with
 ``decode_timestep`` when its decoder is timestep-conditioned, LTX-Video 0.9.1+): frames
 (B, F, 3, H, W); ``decode`` returns them as one frame grid per video (see ``steer.pipelines.video``).

@@ -20,8 +20,9 @@ The σ schedule is the pipeline's: ``sigmas = linspace(1, 1/S, S)`` shifted by
 ``mu = calculate_shift(image_seq_len)`` with the scheduler config's bounds, through a copy of the
 pipeline's own scheduler (exponential time shift, ``shift_terminal``); the transformer gets
 t = σ (``timestep / 1000``); x̂0 = x − σ·v. ``init_noise`` draws x_T as the pipeline's ``prepare_latents``
-(N(0, I) on (n, 1, z, h, w), then packed), so one seed gives the pipeline's own x_T. ``decode``: unpack to (B, z, 1, h, w), de-normalize
-with the VAE's ``latents_mean`` / ``latents_std``, decode the single frame.
+(N(0, I) on (n, 1, z, h, w), then packed), so one seed gives the pipeline's own x_T. ``decode`` (the
+``qwenimage`` rule of ``steer.pipelines.decoding``): unpack to (B, z, 1, h, w), de-normalize with the
+VAE's ``latents_mean`` / ``latents_std``, decode the single frame.
 
 Deviation: the chain runs in float32 between steps (the pipeline keeps its latents in the text
 encoder's dtype); in float32 the two agree to rounding. Not supported: guidance-distilled

@@ -1,10 +1,10 @@
 """``steer.wrap``: a diffusers pipeline that steers itself, called with its own signature.
 
 This package is ``steer.wrapping`` (``methods``: the particle methods; ``step``: the scheduler tap;
-``decode``: latents -> images / videos by the family's rule; ``output``: what is read off the call and
-written back into its output), not ``steer.wrap``: importing a submodule binds it
-as an attribute of its parent package, so a package ``steer/wrap/`` would replace the function
-``steer.wrap`` with a module the first time any of its modules is imported.
+``decode``: latents -> images / videos by the family's rule; ``output``: what is read off the call and written
+back into its output), not ``steer.wrap``: importing a submodule binds it as an attribute of its parent
+package, so a package ``steer/wrap/`` would replace the function ``steer.wrap`` with a module the first time
+any of its modules is imported.
 
     steered = steer.wrap(pipe, method="fk", reward="hps", particles=8)
     out = steered("a cat", num_inference_steps=30, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
@@ -12,52 +12,50 @@ as an attribute of its parent package, so a package ``steer/wrap/`` would replac
     out.frames            # a video pipeline's (Wan, LTX-Video): one video per prompt, as the pipeline returns it
     out.rewards, out.steer_trace, out.candidate_rewards, out.log_weights (FK), out.steer_latents
 
-What runs where. The particle methods run *inside* the pipeline's own ``__call__``: it is called once
-with ``num_images_per_prompt=K`` (a video pipeline's ``num_videos_per_prompt``; K particles per prompt,
-prompt-major; pipelines without that argument get the prompt list repeated), ``output_type="latent"``, and a ``callback_on_step_end`` that hands the
-latents to the method after every step (``steer.wrapping.methods``); the method may replace them — FK
-resamples particles there and, in kernel mode, adds the kernel's noise. ``pipe.scheduler.step`` is
-wrapped for the call (``steer.wrapping.step``) to read the model output it is given: x̂0 and steer's
-kernel (DDIM η / Flow-GRPO SDE) at that step; it is restored afterwards, also on errors. The final
-K·P latents are decoded with the family's rule (``steer.pipelines.decoding``, the rule the family's
-adapter decodes with), scored, and the best of each prompt is post-processed by the pipeline's own
-``image_processor`` into the pipeline's output class. Video pipelines (Wan 2.x, LTX-Video) are decoded
-to videos and post-processed by their ``video_processor`` into their ``frames`` field, one video per
-prompt; rewards read them as under ``steer.generate``: an image reward scores each video's frame grid
+What runs where. The particle methods run *inside* the pipeline's own ``__call__``: it is called once with
+``num_images_per_prompt=K`` (a video pipeline's ``num_videos_per_prompt``; K particles per prompt,
+prompt-major; pipelines without that argument get the prompt list repeated), ``output_type="latent"``, and a
+``callback_on_step_end`` that hands the latents to the method after every step (``steer.wrapping.methods``);
+the method may replace them — FK resamples particles there and, in kernel mode, adds the kernel's noise.
+``pipe.scheduler.step`` is wrapped for the call (``steer.wrapping.step``) to read the model output it is
+given: x̂0 and steer's kernel (DDIM η / Flow-GRPO SDE) at that step; it is restored afterwards, also on
+errors. The final K·P latents are decoded with the family's rule (``steer.pipelines.decoding``, the rule the
+family's adapter decodes with), scored, and the best of each prompt is post-processed by the pipeline's own
+``image_processor`` into the pipeline's output class. Video pipelines (Wan 2.x, LTX-Video) are decoded to
+videos and post-processed by their ``video_processor`` into their ``frames`` field, one video per prompt;
+rewards read them as under ``steer.generate``: an image reward scores each video's frame grid
 (``steer.pipelines.video``, ``frame_layout="grid"``), a video reward (``space = "video"``, e.g.
-``hps@frames:min``) the frames. The call's ``height`` / ``width`` / ``num_frames`` (its defaults when
-unset) and LTX-Video's ``decode_timestep`` reach the decoder; noise blended in at decode
-(``decode_noise_scale`` ≠ 0) is refused, as the LTX adapter refuses it.
+``hps@frames:min``) the frames. The call's ``height`` / ``width`` / ``num_frames`` (its defaults when unset)
+and LTX-Video's ``decode_timestep`` reach the decoder; noise blended in at decode (``decode_noise_scale`` ≠ 0)
+is refused, as the LTX adapter refuses it.
 
-Methods (by their ``steer.catalog`` names, its aliases too): ``best_of_n`` / ``bon`` (``n``; by default the pipeline's own scheduler samples, any
-scheduler; ``noise_level`` > 0 uses steer's kernel) and ``fk`` (``steer.samplers.fk``'s options and
-defaults except ``guidance``, which needs gradients through the denoiser; needs a first-order ᾱ or
-flow-σ scheduler: DDIM, DDPM, DPM-Solver, FlowMatchEuler, ...).
+Methods (by their ``steer.catalog`` names, its aliases too): ``best_of_n`` / ``bon`` (``n``; by default the
+pipeline's own scheduler samples, any scheduler; ``noise_level`` > 0 uses steer's kernel) and ``fk``
+(``steer.samplers.fk``'s options and defaults except ``guidance``, which needs gradients through the denoiser;
+needs a first-order ᾱ or flow-σ scheduler: DDIM, DDPM, DPM-Solver, FlowMatchEuler, ...).
 
-Same images as ``steer.generate``: for ``StableDiffusionPipeline`` with its scheduler a
-``DDIMScheduler`` (steer samples SD with DDIM on the config's schedule), the same seed as a
-``torch.Generator`` and the same options, ``wrap(pipe, method="fk", ...)`` gives the particles, the
-resampling and the images of ``steer.generate(pipe, prompt, method="fk", ...)``: the pipeline draws the
-initial noise first from the generator, as steer does, then every step draws the resampling uniforms and
-the kernel noise from it in steer's order (``tests/test_wrap.py`` checks equality). The same holds for
-the flow families with a ``FlowMatchEulerDiscreteScheduler`` whose adapter draws x_T as the pipeline
-does: LTX-Video bit for bit, Wan 2.x and Qwen-Image to float rounding (their pipelines call the
-transformer twice per step, cond and uncond, where steer makes one batched call;
-``tests/test_wrap_video.py``), Wan 2.2's two experts and Wan's released UniPC scheduler with flow
-sigmas included (FK's kernel is the Euler SDE on UniPC's σ grid, as steer.generate's Wan adapter runs
-it; best-of-N without ``noise_level`` samples with UniPC itself, so it differs). FLUX.2: best-of-N equal bit for bit; FK's kernel noise is drawn in the
-pipeline's token layout (B, h·w, 4C), steer.generate's in its adapter's patches (B, 4C, h, w): the same
-distribution, other draws. A pipeline whose first argument is not ``prompt`` (FLUX.2: ``image``) gets the
-prompt by keyword. With another
-scheduler class the pipeline's own schedule (timesteps, σ's) is used, so the chains differ from
-steer.generate's DDIM; with a list of generators the draws cannot line up (refused).
+Same images as ``steer.generate``: for ``StableDiffusionPipeline`` with its scheduler a ``DDIMScheduler``
+(steer samples SD with DDIM on the config's schedule), the same seed as a ``torch.Generator`` and the same
+options, ``wrap(pipe, method="fk", ...)`` gives the particles, the resampling and the images of
+``steer.generate(pipe, prompt, method="fk", ...)``: the pipeline draws the initial noise first from the
+generator, as steer does, then every step draws the resampling uniforms and the kernel noise from it in
+steer's order (``tests/test_wrap.py`` checks equality). The same holds for the flow families with a
+``FlowMatchEulerDiscreteScheduler`` whose adapter draws x_T as the pipeline does: LTX-Video bit for bit, Wan
+2.x and Qwen-Image to float rounding (their pipelines call the transformer twice per step, cond and uncond,
+where steer makes one batched call; ``tests/test_wrap_video.py``), Wan 2.2's two experts and Wan's released
+UniPC scheduler with flow sigmas included (FK's kernel is the Euler SDE on UniPC's σ grid, as steer.generate's
+Wan adapter runs it; best-of-N without ``noise_level`` samples with UniPC itself, so it differs). FLUX.2:
+best-of-N equal bit for bit; FK's kernel noise is drawn in the pipeline's token layout (B, h·w, 4C),
+steer.generate's in its adapter's patches (B, 4C, h, w): the same distribution, other draws. A pipeline whose
+first argument is not ``prompt`` (FLUX.2: ``image``) gets the prompt by keyword. With another scheduler class
+the pipeline's own schedule (timesteps, σ's) is used, so the chains differ from steer.generate's DDIM; with a
+list of generators the draws cannot line up (refused).
 
-Not supported: ``return_dict=False`` gives the pipeline's tuple (the trace is then ``steered.last``),
-a list of generators, ``num_images_per_prompt`` / ``num_videos_per_prompt`` > 1 (K is the method's),
-prompts given only as embeddings (rewards read the prompt text), ``decode=fn`` for a video pipeline
-(video pipelines without a rule: HunyuanVideo, CogVideoX, ...), a frame layout other than the grid,
-the safety checker (latents are decoded by
-steer; the pipeline's ``run_safety_checker`` is applied when it has one), FK's gradient proposal,
+Not supported: ``return_dict=False`` gives the pipeline's tuple (the trace is then ``steered.last``), a list
+of generators, ``num_images_per_prompt`` / ``num_videos_per_prompt`` > 1 (K is the method's), prompts given
+only as embeddings (rewards read the prompt text), ``decode=fn`` for a video pipeline (video pipelines without
+a rule: HunyuanVideo, CogVideoX, ...), a frame layout other than the grid, the safety checker (latents are
+decoded by steer; the pipeline's ``run_safety_checker`` is applied when it has one), FK's gradient proposal,
 pipelines that step other than once per step through ``pipe.scheduler``.
 """
 from __future__ import annotations
@@ -77,10 +75,10 @@ from steer.wrapping import decode as wrap_decode, methods as wrap_methods, outpu
 
 def wrap(pipe, method: str = "fk", reward=None, *, decode: Optional[Callable] = None, **options) -> "Steered":
     """A callable with ``pipe``'s own call signature that returns ``pipe``'s own output type with one
-    steered image (a video pipeline: video) per prompt. ``method``: ``"fk"`` or ``"best_of_n"`` (``"bon"``); ``reward``: a spec,
-    a ``Reward`` or a callable (images, prompts) -> scores; ``options``: the method's (``particles=``,
-    ``lam=``, ``n=``, ...); ``decode``: latents -> images in [-1, 1] for a pipeline not in
-    ``steer.pipelines.decoding``. A pipeline that cannot be steered is refused here in one line."""
+    steered image (a video pipeline: video) per prompt. ``method``: ``"fk"`` or ``"best_of_n"``
+    (``"bon"``); ``reward``: a spec, a ``Reward`` or a callable (images, prompts) -> scores; ``options``: the
+    method's (``particles=``, ``lam=``, ``n=``, ...); ``decode``: latents -> images in [-1, 1] for an image
+    pipeline not in ``steer.pipelines.decoding``. A pipeline that cannot be steered is refused here in one line."""
     method = _method_name(method)
     if reward is None:
         raise SteerError("steer.wrap: pass reward= (a spec such as 'hps', a Reward, or a callable "

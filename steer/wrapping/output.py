@@ -1,14 +1,14 @@
 """What ``steer.wrap`` reads off a pipeline's call and writes back into its output.
 
-``call_options``: the call's size (height / width: FLUX's and Qwen-Image's packed latents need them to
-unpack; num_frames: LTX-Video's; the pipeline's own defaults when unset), LTX-Video's ``decode_timestep``
-and the default ``output_type``, read from the call's keywords, else the pipeline's signature.
-``latents_field``: which field of the pipeline's output holds its latents (``images``, or ``frames`` for
-a video pipeline); ``final_latents``: the latents to decode, that field's, or the loop's last latents for
-a pipeline whose ``output_type="latent"`` returns something else (``decoding.LATENT_OUTPUTS``:
-FLUX.2-klein's VAE latent, which is given back in that form when ``output_type="latent"`` is asked). ``postprocess``: the kept samples as the pipeline itself returns them: images through
-its ``image_processor`` (and safety checker), videos (B, 3, F, H, W) through its ``video_processor`` —
-one video per prompt, in the pipeline's own ``frames`` field.
+``call_options``: the call's size (height / width: FLUX's and Qwen-Image's packed latents need them to unpack;
+num_frames: LTX-Video's; the pipeline's own defaults when unset), LTX-Video's ``decode_timestep`` and the
+default ``output_type``, read from the call's keywords, else the pipeline's signature. ``latents_field``:
+which field of the pipeline's output holds its latents (``images``, or ``frames`` for a video pipeline);
+``final_latents``: the latents to decode, that field's, or the loop's last latents for a pipeline whose
+``output_type="latent"`` returns something else (``decoding.LATENT_OUTPUTS``: FLUX.2-klein's VAE latent, which
+is given back in that form when ``output_type="latent"`` is asked). ``postprocess``: the kept samples as the
+pipeline itself returns them: images through its ``image_processor`` (and safety checker), videos (B, 3, F, H,
+W) through its ``video_processor`` — one video per prompt, in the pipeline's own ``frames`` field.
 """
 from __future__ import annotations
 
