@@ -196,7 +196,7 @@ class HookClock:
 
     @contextlib.contextmanager
     def installed(self):
-        from steer import wrap_step
+        from steer.wrapping import step as wrap_step
 
         method, tap_after = self.steered.particles, wrap_step.StepTap._after
         wrap_step.StepTap._after = self._clocked(tap_after, lambda args: args[0].trace)

@@ -113,11 +113,18 @@ def test_image_conditioned_img2img(sd):
     assert sum("lineage" in s for s in out.steer_trace.steps) >= 1
 
 
+def _pag():
+    """A pipeline with a callback but no decoding rule: Stable Diffusion with perturbed-attention guidance."""
+    from diffusers import StableDiffusionPAGPipeline
+
+    return StableDiffusionPAGPipeline(**build("sd").components, pag_applied_layers=["mid"])
+
+
 def test_cannot_steer_one_line(sd):
     from diffusers import EulerDiscreteScheduler
 
     cases = [(lambda: steer.wrap(build("ddpm"), method="fk", reward=red), "callback_on_step_end"),
-             (lambda: steer.wrap(build("ltx"), method="best_of_n", reward=red), "unknown latent layout"),
+             (lambda: steer.wrap(_pag(), method="best_of_n", reward=red), "unknown latent layout"),
              (lambda: steer.wrap(sd, method="beam", reward=red), "does not run inside a pipeline call")]
     euler = type(sd)(**{**sd.components, "scheduler": EulerDiscreteScheduler.from_config(sd.scheduler.config)})
     cases.append((lambda: steer.wrap(euler, method="fk", reward=red), "DDIMScheduler.from_config"))

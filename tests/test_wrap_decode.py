@@ -13,14 +13,18 @@ from steer.pipelines import decoding, from_pipe
 from steer.wrapping import decode as wrap_decode, methods as wrap_methods
 from tests.fixtures.tiny import FAMILIES, build
 
-# tiny families whose adapter declares its rule (the others are refused by wrap: video, pixel, no rule yet)
-DECODED = ("sd", "sd_v", "sdxl", "sd3", "flux", "pixart", "sana", "z_image")
-REFUSED = ("ddpm", "wan", "ltx", "qwenimage", "flux2")
+# tiny families whose adapter declares its rule (the pixel DDPM has none: wrap refuses it)
+DECODED = ("sd", "sd_v", "sdxl", "sd3", "flux", "pixart", "sana", "z_image", "qwenimage", "flux2", "wan", "ltx")
+REFUSED = ("ddpm",)
+SIZES = {"qwenimage": dict(height=32, width=64), "wan": dict(height=32, width=64, num_frames=5),
+         "ltx": dict(height=32, width=64, num_frames=9), "z_image": dict(height=32, width=32),
+         "sana": dict(height=32, width=32)}  # small calls (the defaults are 1024 px / 81 frames), not square
 
 
-def _pair(pipe):
-    process = from_pipe(pipe, num_inference_steps=2)
-    decoder = wrap_decode.decoder_for(pipe, height=process.height, width=process.width)
+def _pair(pipe, family=None):
+    process = from_pipe(pipe, num_inference_steps=2, **SIZES.get(family, {}))
+    decoder = wrap_decode.decoder_for(pipe, height=process.height, width=process.width,
+                                      num_frames=getattr(process, "num_frames", None))
     x0 = torch.randn((2, *process.latent_shape), generator=torch.Generator().manual_seed(0))
     return process, decoder, x0
 
@@ -33,11 +37,18 @@ def test_every_tiny_family_is_listed():
 def test_adapter_and_wrap_decode_alike(family):
     pipe = build(family)
     assert decoding.rule_for(pipe) == type(from_pipe(pipe)).latent_rule
-    process, decoder, x0 = _pair(pipe)
+    process, decoder, x0 = _pair(pipe, family)
+    # the pipeline's own layout, which wrap decodes: FLUX.2's loop holds tokens (B, h·w, 4C), its adapter patches
+    loop = x0.flatten(2).transpose(1, 2) if family == "flux2" else x0
     with torch.no_grad():
-        ours, wrapped = process.decode(x0), decoder.decode(x0)
+        ours, wrapped = process.decode(x0), decoder.decode(loop)
     assert ours.shape == wrapped.shape and ours.shape[:2] == (2, 3)
-    assert torch.equal(ours, wrapped)
+    assert torch.equal(ours, wrapped)  # a video family's: the same frame grid
+    if hasattr(process, "decode_video"):
+        with torch.no_grad():
+            frames = process.decode_video(x0)  # (2, F, 3, H, W)
+        assert frames.shape == (2, process.num_frames, 3, process.height, process.width)
+        assert torch.equal(decoder.decode_video(x0), frames) and torch.equal(decoder.frames(wrapped), frames)
 
 
 @pytest.mark.parametrize("family", REFUSED)
@@ -76,10 +87,7 @@ def test_wrap_methods_come_from_the_catalog():
 
 def test_steer_wrap_is_the_function():
     import steer.wrapping  # noqa: F401 - importing the package leaves steer.wrap the function
-    from steer import wrap_step  # the old path (benchmarks/overhead.py) is the same module
-    from steer.wrapping import step
-
-    assert callable(steer.wrap) and steer.wrap is steer.wrapping.wrap and wrap_step is step
+    assert callable(steer.wrap) and steer.wrap is steer.wrapping.wrap
 
 
 def test_z_image_through_wrap_is_the_pipelines_own():

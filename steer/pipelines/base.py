@@ -61,9 +61,7 @@ class Process(ABC):
 
     def init_noise(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
         """x_T ~ N(0, I), (n, *latent_shape), float32 on the process' device."""
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        x = torch.randn((n, *self.latent_shape), generator=generator, device=gen_device, dtype=torch.float32)
-        return x.to(self.device)
+        return standard_normal((n, *self.latent_shape), generator).to(self.device)
 
     def predict(self, x: Tensor, i: int, cond: Cond, trace=None) -> Prediction:
         """Denoiser evaluation at step ``i`` for every row of ``x``, chunked by ``batch_size``;
@@ -102,6 +100,13 @@ class Process(ABC):
                              f"move them with .to(process.device)")
         if not x.is_floating_point():
             raise ValueError(f"{self.name}: latents must be floating point, got {x.dtype}")
+
+
+def standard_normal(shape, generator: Optional[torch.Generator] = None) -> Tensor:
+    """N(0, I) of ``shape``, float32, drawn on the generator's device (CPU without one), as diffusers'
+    ``randn_tensor`` draws a pipeline's initial latents."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32)
 
 
 def guide(uncond: Tensor, cond: Tensor, scale: float) -> Tensor:

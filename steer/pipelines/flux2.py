@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from steer.errors import SteerError
-from steer.pipelines import checks
+from steer.pipelines import checks, decoding
 from steer.pipelines.flow_schedule import flow_schedule
 from steer.pipelines.guided import GuidedProcess, paired
 from steer.types import Cond
@@ -50,6 +50,7 @@ class Flux2Process(GuidedProcess):
     (``guidance_scale=None`` and ``text_encoder_out_layers=None`` take the pipeline's own)."""
 
     name = "Flux2Process"
+    latent_rule = "flux2"  # steer.pipelines.decoding: decode and steer.wrap share it
 
     def __init__(self, pipe, *, num_inference_steps: int = 50, guidance_scale: Optional[float] = None,
                  height: Optional[int] = None, width: Optional[int] = None, negative_prompt=None,
@@ -137,14 +138,11 @@ class Flux2Process(GuidedProcess):
     # ---- decode -------------------------------------------------------------------------
     def vae_latents(self, x0: Tensor) -> Tensor:
         """(B, 4C, h, w) normalized patches -> (B, C, 2h, 2w), the VAE's latent (what klein's
-        ``output_type="latent"`` returns)."""
-        bn = self.vae.bn
-        z = x0.to(self.vae.dtype)
-        mean = bn.running_mean.view(1, -1, 1, 1).to(z.device, z.dtype)
-        std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + self.vae.config.batch_norm_eps).to(z.device, z.dtype)
-        return self.pipe._unpatchify_latents(z * std + mean)
+        ``output_type="latent"`` returns; ``steer.pipelines.decoding.flux2_vae_latents``)."""
+        return decoding.flux2_vae_latents(self.pipe, x0)
 
     def decode(self, x0: Tensor) -> Tensor:
         checks.latents(self.name, x0, self.latent_shape)
-        image = self.vae.decode(self.vae_latents(x0), return_dict=False)[0]  # (B, 3, H, W) in [-1, 1]
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        tokens = x0.flatten(2).transpose(1, 2)  # (B, h·w, 4C): the pipeline's layout, which the rule reads
+        image = decoding.raw(self.latent_rule, self.pipe, tokens, self.height, self.width)  # (B, 3, H, W) in [-1, 1]
+        return decoding.to_unit(image)

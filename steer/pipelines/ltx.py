@@ -11,7 +11,9 @@ default) is one batched call on [uncond, cond], as the pipeline does, with its o
 latent (f, h, w) and ``rope_interpolation_scale`` = (temporal ratio / ``frame_rate``, spatial,
 spatial). The σ schedule is LTXPipeline's: ``sigmas = linspace(1, 1/S, S)`` through the pipeline's
 own ``FlowMatchEulerDiscreteScheduler`` with ``mu = calculate_shift(f·h·w)`` (and its
-``shift_terminal``); x̂0 = x − σ·v. ``decode_video`` unpacks, denormalizes with the VAE's
+``shift_terminal``); x̂0 = x − σ·v. ``init_noise`` draws x_T as the pipeline's ``prepare_latents``
+(N(0, I) on the unpacked (n, C, f, h, w), then packed), so one seed gives the pipeline's own x_T.
+``decode_video`` (the ``ltx`` rule of ``steer.pipelines.decoding``) unpacks, denormalizes with the VAE's
 ``latents_mean`` / ``latents_std`` / ``scaling_factor`` and runs ``AutoencoderKLLTXVideo`` (with
 ``decode_timestep`` when its decoder is timestep-conditioned, LTX-Video 0.9.1+): frames
 (B, F, 3, H, W); ``decode`` returns them as one frame grid per video (see ``steer.pipelines.video``).
@@ -31,7 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from steer.pipelines import checks
+from steer.pipelines import checks, decoding
+from steer.pipelines.base import standard_normal
 from steer.pipelines.flow_schedule import flow_schedule, mu_from_config
 from steer.pipelines.guided import paired
 from steer.pipelines.video import VideoProcess, frame_count
@@ -50,6 +53,7 @@ class LTXProcess(VideoProcess):
     """``LTXPipeline`` -> ``Process``. Options use diffusers' names and defaults."""
 
     name = "LTXProcess"
+    latent_rule = "ltx"  # steer.pipelines.decoding: decode_video and steer.wrap share it
 
     def __init__(self, pipe, *, num_inference_steps: int = 50, guidance_scale: float = 3.0,
                  guidance_rescale: float = 0.0, height: Optional[int] = None, width: Optional[int] = None,
@@ -86,6 +90,12 @@ class LTXProcess(VideoProcess):
         mu = mu_from_config(config, f * h * w, default_max_shift=1.15)  # ignored unless use_dynamic_shifting
         self.schedule = flow_schedule(pipe.scheduler, num_inference_steps, device=self.device, sigmas=sigmas, mu=mu)
 
+    def init_noise(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """x_T drawn as ``LTXPipeline.prepare_latents`` draws it, N(0, I) on (n, C, f, h, w), then packed
+        (n, tokens, C'): the same generator gives the pipeline's own x_T."""
+        x = standard_normal((n, self.transformer.config.in_channels, *self.latent_size), generator)  # (n, C, f, h, w)
+        return self.pipe._pack_latents(x, self.patch, self.patch_t).to(self.device)  # (n, tokens, C')
+
     # ---- prepare ------------------------------------------------------------------------
     def _encode(self, prompts: list[str], negative: Optional[list[str]]) -> dict[str, Tensor]:
         embeds, mask, negative_embeds, negative_mask = self.pipe.encode_prompt(
@@ -111,19 +121,8 @@ class LTXProcess(VideoProcess):
         return guided
 
     # ---- decode -------------------------------------------------------------------------
-    def unpack(self, x: Tensor) -> Tensor:
-        """(B, tokens, C') packed latents -> (B, C, f, h, w)."""
-        f, h, w = self.latent_size
-        return self.pipe._unpack_latents(x, f // self.patch_t, h // self.patch, w // self.patch,
-                                         self.patch, self.patch_t)
-
     def decode_video(self, x0: Tensor) -> Tensor:
         checks.latents(self.name, x0, self.latent_shape)
-        vae = self.vae
-        z = self.pipe._denormalize_latents(self.unpack(x0), vae.latents_mean, vae.latents_std,
-                                           vae.config.scaling_factor).to(vae.dtype)  # (B, C, f, h, w)
-        timestep = None
-        if vae.config.timestep_conditioning:
-            timestep = torch.full((z.shape[0],), self.decode_timestep, device=z.device, dtype=z.dtype)  # (B,)
-        video = vae.decode(z, timestep, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
-        return (video.float().transpose(1, 2) * 0.5 + 0.5).clamp(0, 1)  # (B, F, 3, H, W)
+        video = decoding.raw(self.latent_rule, self.pipe, x0, self.height, self.width, num_frames=self.num_frames,
+                             decode_timestep=self.decode_timestep)  # (B, 3, F, H, W) in [-1, 1]
+        return decoding.video_to_unit(video)  # (B, F, 3, H, W)

@@ -19,8 +19,10 @@ ignores it), so here it is an error that names ``true_cfg_scale``.
 The σ schedule is the pipeline's: ``sigmas = linspace(1, 1/S, S)`` shifted by
 ``mu = calculate_shift(image_seq_len)`` with the scheduler config's bounds, through a copy of the
 pipeline's own scheduler (exponential time shift, ``shift_terminal``); the transformer gets
-t = σ (``timestep / 1000``); x̂0 = x − σ·v. ``decode``: unpack to (B, z, 1, h, w), de-normalize
-with the VAE's ``latents_mean`` / ``latents_std``, decode the single frame.
+t = σ (``timestep / 1000``); x̂0 = x − σ·v. ``init_noise`` draws x_T as the pipeline's ``prepare_latents``
+(N(0, I) on (n, 1, z, h, w), then packed), so one seed gives the pipeline's own x_T. ``decode`` (the
+``qwenimage`` rule of ``steer.pipelines.decoding``): unpack to (B, z, 1, h, w), de-normalize with the
+VAE's ``latents_mean`` / ``latents_std``, decode the single frame.
 
 Deviation: the chain runs in float32 between steps (the pipeline keeps its latents in the text
 encoder's dtype); in float32 the two agree to rounding. Not supported: guidance-distilled
@@ -37,8 +39,8 @@ import torch
 from torch import Tensor
 
 from steer.errors import SteerError
-from steer.pipelines import checks
-from steer.pipelines.base import guide
+from steer.pipelines import checks, decoding
+from steer.pipelines.base import guide, standard_normal
 from steer.pipelines.flow_schedule import flow_schedule, mu_from_config
 from steer.pipelines.guided import GuidedProcess, paired
 from steer.types import Cond
@@ -50,6 +52,7 @@ class QwenImageProcess(GuidedProcess):
     """``QwenImagePipeline`` -> ``Process``. Options use diffusers' names and defaults."""
 
     name = "QwenImageProcess"
+    latent_rule = "qwenimage"  # steer.pipelines.decoding: decode and steer.wrap share it
 
     def __init__(self, pipe, *, num_inference_steps: int = 50, true_cfg_scale: float = 4.0,
                  guidance_scale: Optional[float] = None, height: Optional[int] = None, width: Optional[int] = None,
@@ -83,6 +86,13 @@ class QwenImageProcess(GuidedProcess):
     @property
     def do_classifier_free_guidance(self) -> bool:
         return self.true_cfg_scale > 1 and self.negative_prompt is not None  # as the pipeline's do_true_cfg
+
+    def init_noise(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """x_T drawn as ``QwenImagePipeline.prepare_latents`` draws it, N(0, I) on (n, 1, z, h, w), then packed
+        (n, h/2·w/2, 4z): the same generator gives the pipeline's own x_T."""
+        z, (_, rows, cols) = self.latent_shape[1] // 4, self.img_shape
+        x = standard_normal((n, 1, z, 2 * rows, 2 * cols), generator)  # (n, 1, z, h, w)
+        return self.pipe._pack_latents(x, n, z, 2 * rows, 2 * cols).to(self.device)  # (n, h/2·w/2, 4z)
 
     # ---- prepare ------------------------------------------------------------------------
     def _embed(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
@@ -128,18 +138,10 @@ class QwenImageProcess(GuidedProcess):
         return comb * (torch.norm(text, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True))
 
     # ---- decode -------------------------------------------------------------------------
-    def unpack(self, x: Tensor) -> Tensor:
-        """(B, seq, 4z) packed latents -> (B, z, 1, h, w), the VAE's one-frame video latent."""
-        return self.pipe._unpack_latents(x, self.height, self.width, self.pipe.vae_scale_factor)
-
     def decode(self, x0: Tensor) -> Tensor:
         checks.latents(self.name, x0, self.latent_shape)
-        config = self.vae.config
-        z = self.unpack(x0.to(self.vae.dtype))  # (B, z, 1, h, w)
-        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(z.device, z.dtype)
-        inv_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(z.device, z.dtype)
-        image = self.vae.decode(z / inv_std + mean, return_dict=False)[0][:, :, 0]  # (B, 3, H, W) in [-1, 1]
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        image = decoding.raw(self.latent_rule, self.pipe, x0, self.height, self.width)  # (B, 3, H, W) in [-1, 1]
+        return decoding.to_unit(image)
 
 
 def _cfg_scale(value) -> float:

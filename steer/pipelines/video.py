@@ -69,26 +69,37 @@ class VideoProcess(GuidedProcess):
 
     def layout(self, video: Tensor) -> Tensor:
         """Frames (B, F, 3, H, W) -> one image per video (B, 3, H', W') laid out by ``frame_layout``."""
-        if self.frame_layout != "grid":
-            return video[:, self.frame_layout]  # (B, 3, H, W)
-        B, F, C, H, W = video.shape
-        rows, cols = grid_shape(F)
-        pad = video.new_zeros(B, rows * cols - F, C, H, W)
-        cells = torch.cat([video, pad], dim=1).reshape(B, rows, cols, C, H, W)
-        return cells.permute(0, 3, 1, 4, 2, 5).reshape(B, C, rows * H, cols * W)  # (B, 3, rows·H, cols·W)
+        return lay_out(video, self.frame_layout)
 
     def frames(self, images: Tensor) -> Tensor:
         """Frame grids from ``decode`` (B, 3, rows·H, cols·W) -> frames (B, F, 3, H, W)."""
-        if self.frame_layout != "grid":
-            raise SteerError(f"{self.name}: frame_layout={self.frame_layout!r} keeps one frame; decode the "
-                             f"latents with process.decode_video(result.latents) for the whole video")
-        rows, cols = grid_shape(self.num_frames)
-        B, C, GH, GW = images.shape
-        if GH % rows or GW % cols:
-            raise SteerError(f"{self.name}: images of shape {tuple(images.shape)} are not {rows}x{cols} frame grids; "
-                             f"pass what process.decode returned")
-        cells = images.reshape(B, C, rows, GH // rows, cols, GW // cols).permute(0, 2, 4, 1, 3, 5)
-        return cells.reshape(B, rows * cols, C, GH // rows, GW // cols)[:, :self.num_frames]  # (B, F, 3, H, W)
+        return frames_of_grid(self.name, images, self.num_frames, self.frame_layout)
+
+
+def lay_out(video: Tensor, frame_layout) -> Tensor:
+    """Frames (B, F, 3, H, W) -> one image per video: frame ``frame_layout`` (B, 3, H, W), or for ``"grid"`` all
+    F frames tiled row-major in ``grid_shape(F)`` cells, empty cells black (B, 3, rows·H, cols·W)."""
+    if frame_layout != "grid":
+        return video[:, frame_layout]  # (B, 3, H, W)
+    B, F, C, H, W = video.shape
+    rows, cols = grid_shape(F)
+    pad = video.new_zeros(B, rows * cols - F, C, H, W)
+    cells = torch.cat([video, pad], dim=1).reshape(B, rows, cols, C, H, W)
+    return cells.permute(0, 3, 1, 4, 2, 5).reshape(B, C, rows * H, cols * W)  # (B, 3, rows·H, cols·W)
+
+
+def frames_of_grid(name: str, images: Tensor, num_frames: int, frame_layout="grid") -> Tensor:
+    """``lay_out``'s grids (B, 3, rows·H, cols·W) -> the frames (B, F, 3, H, W); ``name`` heads the errors."""
+    if frame_layout != "grid":
+        raise SteerError(f"{name}: frame_layout={frame_layout!r} keeps one frame; decode the "
+                         f"latents with process.decode_video(result.latents) for the whole video")
+    rows, cols = grid_shape(num_frames)
+    B, C, GH, GW = images.shape
+    if GH % rows or GW % cols:
+        raise SteerError(f"{name}: images of shape {tuple(images.shape)} are not {rows}x{cols} frame grids; "
+                         f"pass what process.decode returned")
+    cells = images.reshape(B, C, rows, GH // rows, cols, GW // cols).permute(0, 2, 4, 1, 3, 5)
+    return cells.reshape(B, rows * cols, C, GH // rows, GW // cols)[:, :num_frames]  # (B, F, 3, H, W)
 
 
 def video_of(process, images: Tensor, latents: Optional[Tensor] = None) -> Tensor:
@@ -98,7 +109,7 @@ def video_of(process, images: Tensor, latents: Optional[Tensor] = None) -> Tenso
     if process is None:
         raise SteerError("a video reward (space='video') reads frames (B, F, 3, H, W); pass the video process "
                          "that decoded the images (process=)")
-    if not isinstance(process, VideoProcess):
+    if not hasattr(process, "decode_video"):  # a VideoProcess, or steer.wrap's decoder of a video pipeline
         raise SteerError(f"{getattr(process, 'name', type(process).__name__)} makes images, and a video reward "
                          f"(space='video') reads frames (B, F, 3, H, W): use an image reward, or a video pipeline")
     if process.frame_layout == "grid":

@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from steer.pipelines import checks
+from steer.pipelines import checks, decoding
 from steer.pipelines.flow_schedule import flow_schedule
 from steer.pipelines.guided import paired
 from steer.pipelines.video import VideoProcess, frame_count
@@ -56,6 +56,7 @@ class WanProcess(VideoProcess):
     """``WanPipeline`` -> ``Process``. Options use diffusers' names and defaults."""
 
     name = "WanProcess"
+    latent_rule = "wan"  # steer.pipelines.decoding: decode_video and steer.wrap share it
 
     def __init__(self, pipe, *, num_inference_steps: int = 50, guidance_scale: float = 5.0,
                  guidance_scale_2: Optional[float] = None, height: Optional[int] = None, width: Optional[int] = None,
@@ -125,9 +126,5 @@ class WanProcess(VideoProcess):
     # ---- decode -------------------------------------------------------------------------
     def decode_video(self, x0: Tensor) -> Tensor:
         checks.latents(self.name, x0, self.latent_shape)
-        config = self.vae.config
-        z = x0.to(self.vae.dtype)  # (B, C, F, h, w)
-        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1).to(z.device, z.dtype)
-        inv_std = 1.0 / torch.tensor(config.latents_std).view(1, -1, 1, 1, 1).to(z.device, z.dtype)
-        video = self.vae.decode(z / inv_std + mean, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
-        return (video.float().transpose(1, 2) * 0.5 + 0.5).clamp(0, 1)  # (B, F, 3, H, W)
+        video = decoding.raw(self.latent_rule, self.pipe, x0)  # (B, 3, F, H, W) in [-1, 1]
+        return decoding.video_to_unit(video)  # (B, F, 3, H, W)
