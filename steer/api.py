@@ -13,19 +13,11 @@ from steer.types import Result
 
 
 def resolve_reward(reward, device=None, dtype=None):
-    """A ``Reward`` from a spec string, a ``Reward``, or a callable (images, prompts) -> Tensor."""
-    from steer.rewards.base import Reward
+    """A ``Reward`` from a spec string, a ``Reward``, or a callable (images, prompts) -> Tensor
+    (``steer.rewards.resolve``)."""
+    from steer import rewards
 
-    if isinstance(reward, Reward):
-        return reward
-    from steer import rewards as rewards_pkg
-
-    if isinstance(reward, str):
-        return rewards_pkg.load(reward, device=device, dtype=dtype)
-    if callable(reward):
-        return rewards_pkg.as_reward(reward)
-    raise SteerError(f"reward must be a spec string such as 'hps' or 'hps=1,clip=0.5', a Reward, or a callable "
-                     f"(images, prompts) -> Tensor; got {type(reward).__name__}")
+    return rewards.resolve(reward, device=device, dtype=dtype)
 
 
 def resolve_process(pipe, *, device=None, dtype=None, **process_options):

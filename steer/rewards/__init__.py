@@ -6,8 +6,9 @@ modules (hps, pickscore, image_reward, clip, aesthetic) import their heavy depen
 from steer.rewards.base import Reward
 from steer.rewards.combine import CallableReward, WeightedSum, as_reward
 from steer.rewards.registry import load, parse_spec, table
+from steer.rewards.resolve import resolve
 from steer.rewards.video import FrameReward, TemporalConsistencyReward
 from steer.rewards.weights import MissingWeightsError
 
-__all__ = ["Reward", "CallableReward", "WeightedSum", "as_reward", "load", "parse_spec", "table", "MissingWeightsError",
+__all__ = ["Reward", "CallableReward", "WeightedSum", "as_reward", "resolve", "load", "parse_spec", "table", "MissingWeightsError",
            "FrameReward", "TemporalConsistencyReward"]

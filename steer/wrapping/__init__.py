@@ -85,7 +85,9 @@ def wrap(pipe, method: str = "fk", reward=None, *, decode: Optional[Callable] = 
                          "images, prompts -> scores)")
     _check_pipeline(pipe)
     decoder = wrap_decode.decoder_for(pipe, decode)
-    model = _reward(reward, getattr(pipe, "device", None))
+    from steer import rewards  # heavy: loaded when a pipeline is wrapped
+
+    model = rewards.resolve(reward, getattr(pipe, "device", None), who="steer.wrap")
     try:
         particles = wrap_methods.METHODS[method](model, **options)
     except TypeError as e:
@@ -109,21 +111,6 @@ def _method_name(method) -> str:
         raise SteerError(f"steer.wrap: method {method!r} does not run inside a pipeline call; choose one of "
                          f"{', '.join(names)} (other methods: steer.generate)")
     return key
-
-
-def _reward(reward, device):
-    """A ``Reward`` from a spec, a ``Reward`` or a callable (as ``steer.generate`` resolves it)."""
-    from steer import rewards
-    from steer.rewards.base import Reward
-
-    if isinstance(reward, Reward):
-        return reward
-    if isinstance(reward, str):
-        return rewards.load(reward, device=device)
-    if callable(reward):
-        return rewards.as_reward(reward)
-    raise SteerError(f"steer.wrap: reward must be a spec string such as 'hps', a Reward, or a callable "
-                     f"(images, prompts) -> scores; got {type(reward).__name__}")
 
 
 def _check_pipeline(pipe) -> None:
