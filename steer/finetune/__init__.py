@@ -23,6 +23,7 @@ from steer.finetune.grpo import grpo
 from steer.finetune.kto import kto
 from steer.finetune.nft import nft
 from steer.finetune.soar import soar
+from steer.finetune.config import D3POConfig, MaPOConfig, PRDPConfig
 from steer.finetune.mapo import mapo
 from steer.finetune.d3po import d3po
 from steer.finetune.prdp import prdp
@@ -34,4 +35,4 @@ METHODS.update({"mapo": mapo, "d3po": d3po, "prdp": prdp})
 
 __all__ = ["draft", "grpo", "distill", "dpo", "kto", "DraftConfig", "GRPOConfig", "DistillConfig", "DPOConfig",
            "KTOConfig", "NFTConfig", "nft", "SoarConfig", "soar", "TrainConfig", "CONFIGS",
-           "METHODS", "mapo", "d3po", "prdp", "TrainResult", "attach_lora", "save_lora", "load_lora", "merge_lora", "lora_disabled"]
+           "METHODS", "mapo", "d3po", "prdp", "MaPOConfig", "D3POConfig", "PRDPConfig", "TrainResult", "attach_lora", "save_lora", "load_lora", "merge_lora", "lora_disabled"]

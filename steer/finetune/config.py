@@ -437,15 +437,21 @@ class D3POConfig(TrajectoryPreferenceConfig):
 class PRDPConfig(TrajectoryPreferenceConfig):
     """PRDP: regression of reward differences by trajectory log-ratios (see ``steer.finetune.prdp``)."""
 
-    group_size: int = opt(8, "K: samples per prompt; every pair of a group is a regression example.", "method")
-    beta: float = opt(1.0, "β of the predicted reward difference β·T·(log-ratio of a − log-ratio of b).", "method")
+    group_size: int = opt(8, "K: samples per prompt; every pair of a group is a regression example (PRDP: 8 at "
+                             "large scale, 16 at small).", "method")
+    beta: float = opt(10.0, "β of the KL to the reference: the log-ratio difference regresses Δr / β (PRDP: 10).",
+                      "method")
     clip_range: float = opt(1e-4, "ε: proximal clip of the ratio to the sampling policy, [1 − ε, 1 + ε].", "method")
     inner_epochs: int = opt(1, "Optimizer steps on each batch of samples (the first has ratio 1).", "method")
+    log_prob_reduce: str = opt("sum", "Log-probs of a step summed over dimensions (sum: the trajectory density of "
+                                      "the derivation) or averaged (mean: DDPO's convention).", "method")
 
     def __post_init__(self):
         super().__post_init__()
         _require(self.group_size >= 2, f"group_size must be >= 2 (pairs within a group), got {self.group_size}")
         _require(self.inner_epochs >= 1, f"inner_epochs must be >= 1, got {self.inner_epochs}")
+        _require(self.log_prob_reduce in ("sum", "mean"),
+                 f"log_prob_reduce must be 'sum' or 'mean', got {self.log_prob_reduce!r}")
 
     method = "prdp"
 
