@@ -2,10 +2,10 @@
 its preference favours, brighter under a brightness reward and darker under the negated control.
 
 Measured on one thread (moved brightness, brightness / darkness reward): MaPO (β = 0.1, the reference's;
-best-of-8 vs base pairs, x̂0 errors, 25 steps) +0.024 / −0.036 at seed 0, +0.047 / −0.041 at seed 1 (40 steps at
-β = 10: −0.015 / −0.044, the margin term
-then degrades both ways); D3PO (8 pairs, 20 steps) +0.027 / −0.041 at seed 0, +0.075 / −0.017 at seed 1;
-PRDP (K = 8, β = 0.01, lr 3e-3, 20 steps) +0.013 / −0.044 at seed 0, +0.022 / −0.019 at seed 1."""
+best-of-8 vs base pairs, x̂0 errors, 25 steps) +0.024 / −0.036 at seed 0, +0.047 / −0.041 at seed 1
+(40 steps at β = 10: −0.015 / −0.044, the margin term then degrades both ways); D3PO (8 pairs, 20
+steps) +0.027 / −0.041 at seed 0, +0.075 / −0.017 at seed 1; PRDP (K = 8, β = 0.01, lr 3e-3, 20
+steps) +0.013 / −0.044 at seed 0, +0.022 / −0.019 at seed 1."""
 from __future__ import annotations
 
 import pytest
