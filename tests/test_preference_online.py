@@ -155,3 +155,31 @@ def test_cli_lists_the_methods_and_presets_and_configs_name_the_fix():
                                                                             "log_prob_reduce")):
         with pytest.raises(ValueError, match=match):
             cls(**bad)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from tests.fixtures.tiny import build
+
+    path = tmp_path_factory.mktemp("tiny-sd")
+    build("sd").save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("mapo", ["--dataset", "DATA", "--set", "train_batch_size=2"]),
+    ("d3po", ["--reward", "tests.test_finetune:Brightness", "--prompts", "PROMPTS"]),
+    ("prdp", ["--reward", "tests.test_finetune:Brightness", "--prompts", "PROMPTS", "--set", "group_size=2"]),
+])
+def test_steer_finetune_runs_each_method(tmp_path, model_dir, method, extra):
+    import json
+
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    data = write_parquet(tmp_path / "pairs.parquet", _rows(8, ties=2)) if method == "mapo" else None
+    extra = [str(data) if a == "DATA" else str(tmp_path / "prompts.txt") if a == "PROMPTS" else a for a in extra]
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["finetune", "--method", method, "--model", str(model_dir), "--out", str(out),
+                                      "--steps", "2", "--guidance", "1", "--max-steps", "1", "--lora-rank", "2", *extra])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["method"] == method
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").exists()

@@ -77,7 +77,7 @@ def build_config(method: str, explicit: dict, settings: List[str], steer_options
     if method in STEERED:
         kwargs["steer_options"] = steer_options
     elif steer_options:
-        raise SteerError("--steer-method options (--particles, -o) only apply to --method distill, dpo or kto")
+        raise SteerError("--steer-method options (--particles, -o) only apply to --method distill, dpo, kto or mapo")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -281,7 +281,7 @@ def finetune(
             explicit_steer = steer_method
         else:
             if particles is not None or option:
-                raise SteerError("--particles and --option only apply to --method distill, soar, dpo, kto or nft")
+                raise SteerError("--particles and --option only apply to --method distill, soar, dpo, kto, mapo or nft")
             opts, explicit_steer = {}, None
         config = build_config(method, dict(max_steps=max_steps, lora_rank=lora_rank, lora_alpha=lora_alpha,
                                            learning_rate=learning_rate, seed=seed, steer_method=explicit_steer,
