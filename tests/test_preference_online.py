@@ -183,3 +183,31 @@ def test_steer_finetune_runs_each_method(tmp_path, model_dir, method, extra):
     assert result.exit_code == 0, result.output
     assert json.loads((out / "config.json").read_text())["method"] == method
     assert (out / "lora" / "pytorch_lora_weights.safetensors").exists()
+
+
+@pytest.mark.parametrize("name", ["d3po", "prdp"])
+def test_resume_mid_batch_is_bitwise_equal(tmp_path, name):
+    from tests.test_finetune import Interrupt, _stop_at
+
+    fn, cfg = {"d3po": (d3po, D3POConfig(max_steps=3, checkpoint_every=1, learning_rate=1e-3, target_modules=WIDE)),
+               "prdp": (prdp, PRDPConfig(max_steps=4, checkpoint_every=1, group_size=2, inner_epochs=2,
+                                         clip_range=0.1, learning_rate=1e-4, target_modules=WIDE))}[name]
+    straight = tiny_process(steps=2)
+    fn(straight, Brightness(), PROMPTS, cfg, out_dir=tmp_path / "a")
+    with pytest.raises(Interrupt):  # prdp: step 4 reuses the batch drawn at step 3, restored from the checkpoint
+        fn(tiny_process(steps=2), Brightness(), PROMPTS, cfg, out_dir=tmp_path / "b",
+           callback=_stop_at(3 if name == "prdp" else 2))
+    resumed = tiny_process(steps=2)
+    fn(resumed, Brightness(), PROMPTS, cfg, out_dir=tmp_path / "b", resume=True)
+    a, b = lora.lora_state_dict(straight), lora.lora_state_dict(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_flow_models_train_on_the_flow_sde(tmp_path):
+    # SD3 (rectified flow): the pairs / groups come from the Flow-GRPO SDE (a = 0.7), the log-probs are its kernel's
+    targets = ("to_q", "to_k", "to_v", "to_out.0")
+    for name, fn, cfg in (("d3po", d3po, D3POConfig(max_steps=1, target_modules=targets, learning_rate=1e-3)),
+                          ("prdp", prdp, PRDPConfig(max_steps=1, group_size=2, target_modules=targets))):
+        process = tiny_process(family="sd3", steps=2)
+        result = fn(process, Brightness(), PROMPTS, cfg, out_dir=tmp_path / name)
+        assert math.isfinite(result.metrics[0]["loss"]) and _lora_moved(process), name

@@ -2,8 +2,8 @@
 Model"; reference code yk7333/d3po ``scripts/train_d3po.py``, ``config/base.py``).
 
 DPO on the denoising chain read as a multi-step MDP: from one prompt c and ONE initial noise x_T the
-current model samples two trajectories σ^a, σ^b with the stochastic kernel (DDIM η = 1; the flow SDE
-for flow models); a preference (here: any reward, the higher wins; the paper's human labels) says
+current model samples two trajectories σ^a, σ^b with the stochastic kernel (DDIM η = 1; for flow
+models steer's extension uses the Flow-GRPO SDE, a = 0.7); a preference (here: any reward, the higher wins; the paper's human labels) says
 which is better; and at every step t both trajectories' transitions are pushed apart against a frozen
 reference π_ref with the DPO loss
 

@@ -58,7 +58,7 @@ def mapo(process, reward, prompts: Sequence[str], config: Optional[MaPOConfig] =
 
 def score(error: Tensor, snr_value: float) -> Tensor:
     """s(e) = ψ·e / (exp(ψ·e) − 1), elementwise: 1 at e = 0, falling to 0 as the error grows."""
-    z = snr_value * error
+    z = (snr_value * error).clamp_min(1e-12)  # an exact zero error would be 0/0; s → 1 there
     return z / torch.expm1(z)
 
 
