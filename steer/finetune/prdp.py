@@ -26,6 +26,8 @@ flow SDE for flow models); the reward is only evaluated, never differentiated.
 Defaults: K = 8 (the paper's large-scale 64 prompts × 8 images), β = 10 (its KL setting), log-probs
 summed over dimensions (``log_prob_reduce="sum"``: the trajectory density of the derivation; "mean"
 is DDPO's convention, which rescales β by the dimension), ε = 1e-4 (DDPO's), every step trained.
+With ``sum`` the step log-ratios are float32 dimension means times D, so their rounding (~1e-7·D·|log p|)
+can reach the size of Δr/β on large latents (D = 16384 for SD at 512 px); ``mean`` does not amplify it.
 
 Deviations, declared: PRDP has no public code and the full paper text was not available here (its
 objective, online snapshots and PPO-style clip with the max of the two losses are from the paper's
