@@ -39,11 +39,11 @@ def invoke(*args):
 @pytest.mark.parametrize("extra, message", [
     (["--method", "ppo"], "--method must be one of"),
     (["--method", "dpo", "--set", "beta=0"], "beta must be a positive number"),
-    (["--method", "draft", "--dataset", "pairs.parquet"], "--dataset is read by --method dpo or kto"),
+    (["--method", "draft", "--dataset", "pairs.parquet"], "--dataset is read by --method dpo, kto or mapo"),
     (["--method", "kto", "--set", "source=disk"], "source must be 'steering', 'dataset' or 'verifier'"),
     (["--method", "grpo", "--set", "group_size=1"], "group_size must be >= 2"),
     (["--method", "draft", "--set", "nope=1"], "has no setting 'nope'"),
-    (["--method", "draft", "--particles", "4"], "only apply to --method distill, soar, dpo, kto or nft"),
+    (["--method", "draft", "--particles", "4"], "only apply to --method distill, soar, dpo, kto, mapo or nft"),
     (["--method", "distill", "--steer-method", "fkk"], "unknown method 'fkk'"),
     (["--method", "draft", "--resume"], "no checkpoint"),
 ])

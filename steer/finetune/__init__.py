@@ -6,6 +6,9 @@
 - ``dpo`` / ``kto`` — Diffusion-DPO on preference pairs, Diffusion-KTO on desirable / undesirable
   samples, from a Pick-a-Pic dataset, steering, or a verifier (``steer.finetune.preference_data``)
 - ``soar`` — SOAR: on-policy self-correction toward steered samples (``steer.finetune.soar``)
+- ``mapo`` — MaPO: reference-free margin-aware preference optimization on the same pairs as ``dpo``
+- ``d3po`` — D3PO: DPO on pairs of the model's own trajectories from one noise, per denoising step
+- ``prdp`` — PRDP: reward differences within a prompt's group regressed by trajectory log-ratios
 - ``nft`` — DiffusionNFT: positive / negative implicit policies on the forward process, any sampler,
   any reward (``steer.finetune.nft``)
 Each takes ``(process, reward, prompts, config, out_dir=...)`` and writes ``out_dir/lora`` (loadable with
@@ -20,11 +23,16 @@ from steer.finetune.grpo import grpo
 from steer.finetune.kto import kto
 from steer.finetune.nft import nft
 from steer.finetune.soar import soar
+from steer.finetune.config import D3POConfig, MaPOConfig, PRDPConfig
+from steer.finetune.mapo import mapo
+from steer.finetune.d3po import d3po
+from steer.finetune.prdp import prdp
 from steer.finetune.lora import attach_lora, load_lora, lora_disabled, merge_lora, save_lora
 from steer.finetune.trainer import TrainResult
 
 METHODS = {"draft": draft, "grpo": grpo, "distill": distill, "dpo": dpo, "kto": kto, "nft": nft, "soar": soar}
+METHODS.update({"mapo": mapo, "d3po": d3po, "prdp": prdp})
 
 __all__ = ["draft", "grpo", "distill", "dpo", "kto", "DraftConfig", "GRPOConfig", "DistillConfig", "DPOConfig",
            "KTOConfig", "NFTConfig", "nft", "SoarConfig", "soar", "TrainConfig", "CONFIGS",
-           "METHODS", "TrainResult", "attach_lora", "save_lora", "load_lora", "merge_lora", "lora_disabled"]
+           "METHODS", "mapo", "d3po", "prdp", "MaPOConfig", "D3POConfig", "PRDPConfig", "TrainResult", "attach_lora", "save_lora", "load_lora", "merge_lora", "lora_disabled"]

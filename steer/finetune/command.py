@@ -1,6 +1,6 @@
 """``steer finetune``: the typer command (registered in ``steer/cli.py``).
 
-    steer finetune --method draft|grpo|nft|distill|soar|dpo|kto | --preset NAME --reward SPEC --prompts FILE --out DIR
+    steer finetune --method draft|grpo|nft|distill|soar|dpo|kto|mapo|d3po|prdp | --preset NAME --reward SPEC --prompts FILE --out DIR
                    [--dataset PICKAPIC_PATH] [--model ID_OR_PATH] [--steer-method fk --particles 8 -o KEY=VALUE ...]
                    [--max-steps N] [--lora-rank R] [--set FIELD=VALUE ...] [--report-to tensorboard]
                    [--resume | --overwrite]
@@ -34,7 +34,7 @@ def _preset(name: Optional[str], method: Optional[str], steps, guidance):
     """(preset config fields, method, steps, guidance): the preset's where not given explicitly."""
     if name is None:
         if method is None:
-            raise SteerError("--method is required (draft, grpo, nft, distill, soar, dpo or kto), or give a --preset")
+            raise SteerError("--method is required (draft, grpo, nft, distill, soar, dpo, kto, mapo, d3po or prdp), or give a --preset")
         return {}, method, steps, guidance
     from steer.finetune import presets
 
@@ -44,16 +44,16 @@ def _preset(name: Optional[str], method: Optional[str], steps, guidance):
             p.process["guidance_scale"] if guidance is None else guidance)
 
 
-STEERED = ("distill", "soar", "dpo", "kto")  # methods whose data come from a steering method
+STEERED = ("distill", "soar", "dpo", "kto", "mapo")  # methods whose data come from a steering method
 
 
 def _prompts(prompts_file: Optional[Path], dataset: Optional[str], method: str) -> list[str]:
     """The prompts: ``--prompts`` (required unless ``--dataset`` supplies the captions of dpo / kto)."""
-    if dataset is not None and method not in ("dpo", "kto"):
-        raise SteerError(f"--dataset is read by --method dpo or kto, not {method}")
+    if dataset is not None and method not in ("dpo", "kto", "mapo"):
+        raise SteerError(f"--dataset is read by --method dpo, kto or mapo, not {method}")
     if prompts_file is None:
         if dataset is None:
-            raise SteerError("--prompts FILE is required (one prompt per line), or --dataset for dpo / kto")
+            raise SteerError("--prompts FILE is required (one prompt per line), or --dataset for dpo / kto / mapo")
         return []
     return io.read_prompts(prompts_file)
 
@@ -77,7 +77,7 @@ def build_config(method: str, explicit: dict, settings: List[str], steer_options
     if method in STEERED:
         kwargs["steer_options"] = steer_options
     elif steer_options:
-        raise SteerError("--steer-method options (--particles, -o) only apply to --method distill, dpo or kto")
+        raise SteerError("--steer-method options (--particles, -o) only apply to --method distill, dpo, kto or mapo")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -227,10 +227,10 @@ class _one_line_warnings(warnings.catch_warnings):
 
 def finetune(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="draft (reward backprop), grpo (DDPO / "
-                                         "Flow-GRPO), nft (DiffusionNFT), distill, soar (self-correction), dpo (Diffusion-DPO) or kto (Diffusion-KTO) "
+                                         "Flow-GRPO), nft (DiffusionNFT), distill, soar (self-correction), dpo, kto, mapo, d3po or prdp "
                                          "(default: the preset's)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="A reference's defaults: ddpo, flow_grpo, alignprop, "
-                                         "draft_k, draft_lv, diffusion_dpo, diffusion_kto, diffusion_nft (flags and --set "
+                                         "draft_k, draft_lv, diffusion_dpo, diffusion_kto, diffusion_nft, mapo, d3po, prdp (flags and --set "
                                          "override them)."),
     reward: Optional[str] = typer.Option(None, "--reward", "-r", help="Reward spec, e.g. hps, jpeg or hps=1,clip=0.5 "
                                          "(default hps; a --dataset run needs none)."),
@@ -238,7 +238,7 @@ def finetune(
                                               "(eval_reward_mean in metrics.jsonl) on the step's images, never trained on."),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="A text file with one prompt per line "
                                                 "(required unless --dataset gives the captions)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="dpo / kto: a Pick-a-Pic-layout preference "
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="dpo / kto / mapo: a Pick-a-Pic-layout preference "
                                           "dataset (.parquet / .jsonl file or folder: caption, jpg_0, jpg_1, "
                                           "label_0), streamed; sets source=dataset."),
     out: Path = typer.Option(..., "--out", help="Output folder (lora/, metrics.jsonl, checkpoints/)."),
@@ -281,7 +281,7 @@ def finetune(
             explicit_steer = steer_method
         else:
             if particles is not None or option:
-                raise SteerError("--particles and --option only apply to --method distill, soar, dpo, kto or nft")
+                raise SteerError("--particles and --option only apply to --method distill, soar, dpo, kto, mapo or nft")
             opts, explicit_steer = {}, None
         config = build_config(method, dict(max_steps=max_steps, lora_rank=lora_rank, lora_alpha=lora_alpha,
                                            learning_rate=learning_rate, seed=seed, steer_method=explicit_steer,

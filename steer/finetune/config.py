@@ -378,3 +378,82 @@ class NFTConfig(TrainConfig):
 
 
 CONFIGS = {"draft": DraftConfig, "grpo": GRPOConfig, "distill": DistillConfig, "dpo": DPOConfig, "kto": KTOConfig, "nft": NFTConfig, "soar": SoarConfig}
+
+
+@dataclass
+class MaPOConfig(PreferenceConfig):
+    """MaPO, reference-free margin-aware preference optimization (see ``steer.finetune.mapo``)."""
+
+    beta: float = opt(0.1, "β of the margin term (MaPO's code: --beta_mapo 0.1).", "method")
+    snr_value: float = opt(0.5, "s in the per-sample score s·e / (exp(s·e) − 1) of a denoising error e (MaPO's code: "
+                                "--snr_value 0.5).", "method")
+    num_train_timesteps: Optional[int] = opt(None, "T multiplying the log-odds inside log σ (MaPO's code: the "
+                                                   "scheduler's num_train_timesteps); None = the pipeline "
+                                                   "scheduler's (1000 if it has none).", "method")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(math.isfinite(self.snr_value) and self.snr_value > 0, f"snr_value must be > 0, got {self.snr_value}")
+        _require(self.num_train_timesteps is None or self.num_train_timesteps >= 1,
+                 f"num_train_timesteps must be >= 1 or None, got {self.num_train_timesteps}")
+
+    method = "mapo"
+
+
+@dataclass
+class TrajectoryPreferenceConfig(TrainConfig):
+    """What D3PO and PRDP share: trajectories of the current model on the stochastic kernel, their
+    per-step log-probs, and which steps train."""
+
+    beta: float = opt(0.1, "β scaling the log-probability ratios (D3PO: 0.1).", "method")
+    clip_range: float = opt(0.1, "ε: the probability ratio is clipped to [1 − ε, 1 + ε] (D3PO: 0.1).", "method")
+    noise_level: Optional[float] = opt(None, "Kernel noise: DDIM η (default 1.0) or flow-SDE a (default 0.7).",
+                                       "method")
+    timestep_fraction: float = opt(1.0, "Fraction of the chain's stochastic steps trained on per batch.", "method")
+    timestep_selection: str = opt("random", "Which steps train: random (a random subset) or first (in order).",
+                                  "method")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(math.isfinite(self.beta) and self.beta > 0, f"beta must be a positive number, got {self.beta}")
+        _require(0 < self.clip_range < 1, f"clip_range must be in (0, 1), got {self.clip_range}")
+        _require(self.noise_level is None or self.noise_level > 0,
+                 f"noise_level must be > 0 (log-probs need a stochastic kernel), got {self.noise_level}")
+        _require(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        _require(self.timestep_selection in ("random", "first"),
+                 f"timestep_selection must be 'random' or 'first', got {self.timestep_selection!r}")
+
+
+@dataclass
+class D3POConfig(TrajectoryPreferenceConfig):
+    """D3PO: DPO on pairs of the current model's denoising trajectories (see ``steer.finetune.d3po``)."""
+
+    learning_rate: float = opt(3e-5, "AdamW learning rate (D3PO: 3e-5).", "optimization")
+
+    method = "d3po"
+
+
+@dataclass
+class PRDPConfig(TrajectoryPreferenceConfig):
+    """PRDP: regression of reward differences by trajectory log-ratios (see ``steer.finetune.prdp``)."""
+
+    group_size: int = opt(8, "K: samples per prompt; every pair of a group is a regression example (PRDP: 8 at "
+                             "large scale, 16 at small).", "method")
+    beta: float = opt(10.0, "β of the KL to the reference: the log-ratio difference regresses Δr / β (PRDP: 10).",
+                      "method")
+    clip_range: float = opt(1e-4, "ε: proximal clip of the ratio to the sampling policy, [1 − ε, 1 + ε].", "method")
+    inner_epochs: int = opt(1, "Optimizer steps on each batch of samples (the first has ratio 1).", "method")
+    log_prob_reduce: str = opt("sum", "Log-probs of a step summed over dimensions (sum: the trajectory density of "
+                                      "the derivation) or averaged (mean: DDPO's convention).", "method")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.group_size >= 2, f"group_size must be >= 2 (pairs within a group), got {self.group_size}")
+        _require(self.inner_epochs >= 1, f"inner_epochs must be >= 1, got {self.inner_epochs}")
+        _require(self.log_prob_reduce in ("sum", "mean"),
+                 f"log_prob_reduce must be 'sum' or 'mean', got {self.log_prob_reduce!r}")
+
+    method = "prdp"
+
+
+CONFIGS.update({"mapo": MaPOConfig, "d3po": D3POConfig, "prdp": PRDPConfig})

@@ -69,9 +69,10 @@ def make_trainer(process, reward, prompts, config, out_dir, method: str, **kw) -
 
 
 def denoising_errors(trainer: Trainer, x0: Tensor, cond, generator: torch.Generator,
-                     noise: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+                     noise: Optional[Tensor] = None, reference: bool = True) -> tuple[Tensor, Optional[Tensor]]:
     """Per-sample mean squared errors (B,) of the model and of the reference (LoRA disabled, no grad) at
-    one random chain step i, x_i = add_noise(x0, ε) (``noise`` given: that ε)."""
+    one random chain step i, x_i = add_noise(x0, ε) (``noise`` given: that ε; ``reference=False``: the
+    model's alone, the second one None)."""
     from steer.finetune.distill import conditional
 
     process = trainer.process
@@ -81,14 +82,16 @@ def denoising_errors(trainer: Trainer, x0: Tensor, cond, generator: torch.Genera
     x_i = kernels.add_noise(process.schedule, i, x0, noise)
     target = kernels.training_target(process.schedule, i, x0, noise).float()
     c = cond if trainer.config.guided else conditional(cond)
-    model = process.denoise(x_i, i, c).float()
-    with torch.no_grad(), lora.lora_disabled(process):
-        ref = process.denoise(x_i, i, c).float()
-    trainer.trace.add_nfe(2 * x0.shape[0])
+    outputs = [process.denoise(x_i, i, c).float()]
+    if reference:
+        with torch.no_grad(), lora.lora_disabled(process):
+            outputs.append(process.denoise(x_i, i, c).float())
+    trainer.trace.add_nfe(len(outputs) * x0.shape[0])
     if trainer.config.loss_space == "x0":  # errors of the implied clean sample (weights step i by 1/SNR_i)
-        model, ref = (kernels.to_prediction(process.schedule, i, x_i, out).x0 for out in (model, ref))
+        outputs = [kernels.to_prediction(process.schedule, i, x_i, out).x0 for out in outputs]
         target = x0.float()
-    return per_sample_mse(model, target), per_sample_mse(ref, target)
+    errors = [per_sample_mse(out, target) for out in outputs]
+    return errors[0], errors[1] if reference else None
 
 
 def per_sample_mse(output: Tensor, target: Tensor) -> Tensor:

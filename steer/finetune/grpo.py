@@ -75,10 +75,23 @@ def sample_batch(trainer: Trainer, generator: torch.Generator) -> dict:
     idx = [i for i in trainer.pick_prompts(generator) for _ in range(config.group_size)]  # prompt-major
     cond = trainer.cond(idx)
     a = noise_level(process, config)
-    x = process.init_noise(len(idx), generator)  # (B, C, h, w)
+    states, log_probs, stochastic = rollout(trainer, process.init_noise(len(idx), generator), cond, a, generator)
+    images, rewards = decode_and_score(process, trainer.reward, states[-1], cond.prompts, trace=trainer.trace,
+                                       method="grpo")
+    history = trainer.extra.setdefault("reward_history", {})  # per_prompt: each prompt's last rewards (checkpointed)
+    return {"idx": idx, "states": states, "log_probs": log_probs,  # (S+1, B, ...), (S, B)
+            "rewards": rewards, "advantages": advantages(config, rewards.cpu(), list(cond.prompts), history),
+            "eval_rewards": trainer.eval_scores(images, cond.prompts),
+            "steps": train_steps(stochastic, config, generator), "images": images}
+
+
+@torch.no_grad()
+def rollout(trainer: Trainer, x: Tensor, cond, a: float, generator: torch.Generator) -> tuple[Tensor, Tensor, list[int]]:
+    """Run the chain from x_T (B, ...) with the stochastic kernel (noise ``a``): the states (S+1, B, ...), the
+    log-probs log p(x_{i+1} | x_i) averaged over dimensions (S, B), and the steps that have a density."""
     states, log_probs, stochastic = [x], [], []
-    for i in range(process.num_steps):
-        x, _, g = chain.step(process, x, i, cond, noise_level=a, generator=generator, trace=trainer.trace)
+    for i in range(trainer.process.num_steps):
+        x, _, g = chain.step(trainer.process, x, i, cond, noise_level=a, generator=generator, trace=trainer.trace)
         if g.deterministic:  # e.g. DDIM's last step onto ᾱ = 1 (set_alpha_to_one): no density, not trained
             log_probs.append(torch.zeros(x.shape[0], device=x.device))  # (B,) placeholder, never used
         else:
@@ -86,14 +99,9 @@ def sample_batch(trainer: Trainer, generator: torch.Generator) -> dict:
             stochastic.append(i)
         states.append(x)
     if not stochastic:
-        raise ValueError("every step of this chain is deterministic, so GRPO has no log-probs to train; "
-                         "raise noise_level or num_inference_steps")
-    images, rewards = decode_and_score(process, trainer.reward, x, cond.prompts, trace=trainer.trace, method="grpo")
-    history = trainer.extra.setdefault("reward_history", {})  # per_prompt: each prompt's last rewards (checkpointed)
-    return {"idx": idx, "states": torch.stack(states), "log_probs": torch.stack(log_probs),  # (S+1, B, ...), (S, B)
-            "rewards": rewards, "advantages": advantages(config, rewards.cpu(), list(cond.prompts), history),
-            "eval_rewards": trainer.eval_scores(images, cond.prompts),
-            "steps": train_steps(stochastic, config, generator), "images": images}
+        raise ValueError(f"every step of this chain is deterministic, so {trainer.method} has no log-probs to train; "
+                         f"raise noise_level or num_inference_steps")
+    return torch.stack(states), torch.stack(log_probs), stochastic
 
 
 def train_steps(stochastic: list[int], config: GRPOConfig, generator: torch.Generator) -> list[int]:

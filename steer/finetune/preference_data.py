@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from steer.finetune.config import DPOConfig
+from steer.finetune.config import DPOConfig, MaPOConfig
 from steer.finetune.preference_common import SALT, PreferenceBatch, stream_seed  # noqa: F401  (re-exported)
 from steer.finetune.trainer import Trainer
 
@@ -125,7 +125,7 @@ def verifier_data(trainer: Trainer, round_index: int) -> dict:
 def check_data(trainer: Trainer, data: dict) -> None:
     """A round that gives the method nothing to learn from is a one-line error naming the fix."""
     config = trainer.config
-    if trainer.method == DPOConfig.method and len(data["pairs"]) == 0:
+    if trainer.method in (DPOConfig.method, MaPOConfig.method) and len(data["pairs"]) == 0:
         what = ("every pair's two samples got the same reward" if config.source == "steering" else
                 f"no prompt had both a sample with reward > {config.threshold} and one without")
         raise ValueError(f"no preference pairs in round {data['round']}: {what}; raise samples_per_prompt, "

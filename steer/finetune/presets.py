@@ -16,6 +16,9 @@ choices (mixed precision, batch layout over GPUs, checkpoint cadence) are left t
 - ``diffusion_kto``: jacklishufan/diffusion-kto ``exps/example.sh`` and ``train_kto_sd_v1.5.py``.
 - ``diffusion_nft``: NVlabs/DiffusionNFT ``config/nft.py`` (``sd3_*``) on ``config/base.py``,
   ``scripts/train_nft_sd3.py``.
+- ``mapo``: mapo-t2i/mapo ``README.md`` (the LoRA run), ``args.py``, ``train_with_lora.py``.
+- ``d3po``: yk7333/d3po ``config/base.py`` and ``scripts/train_d3po.py``.
+- ``prdp``: PRDP (Deng et al. 2024) has no public code: the paper's stated settings, unverified (``origin``).
 - ``draft_k`` / ``draft_lv``: DRaFT (Clark et al. 2024) has no official code; the values are the
   paper's small-scale setting as third-party reimplementations report it — not verified against the
   paper's appendix here (stated in ``origin``).
@@ -215,6 +218,56 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                        "permutation per sample)", "the advantages' statistics are this process' batch",
                        "eval_num_steps = 40 is an evaluation setting: evaluate the LoRA with --steps 40")),
 )}
+
+_MAPO, _D3PO = "mapo README.md LoRA command", "d3po config/base.py"
+_PRDP = "PRDP paper §5 as summarized (no public code; the full text was not read)"
+PRESETS.update({p.name: p for p in (
+    Preset("mapo", "mapo",
+           config=dict(beta=0.1, snr_value=0.5, learning_rate=1e-5, lr_warmup_steps=0, max_steps=2000,
+                       train_batch_size=8, gradient_accumulation_steps=2, lora_rank=8, lora_alpha=8.0,
+                       adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-2, adam_epsilon=1e-8,
+                       max_grad_norm=1.0, loss_space="model", guided=False),
+           process=dict(num_inference_steps=25, guidance_scale=5.0),
+           origin={"beta / snr_value": "mapo args.py --beta_mapo 0.1 / --snr_value 0.5",
+                   "learning_rate / lr_warmup_steps / max_steps": f"{_MAPO} --learning_rate=1e-5 "
+                                                                  f"--lr_warmup_steps=0 --max_train_steps=2000",
+                   "train_batch_size / gradient_accumulation_steps": f"{_MAPO} --train_batch_size=8 "
+                                                                     f"--gradient_accumulation_steps=2",
+                   "lora_rank / lora_alpha": f"{_MAPO} --lora_rank=8; train_with_lora.py lora_alpha = rank",
+                   "adam_* / max_grad_norm": "mapo args.py defaults (weight decay 1e-2)",
+                   "loss_space / guided": "mapo utils.py compute_loss: the ε / v MSE of the unguided UNet",
+                   "num_inference_steps / guidance_scale": "mapo utils.py log_validation (25 steps, 5.0)"},
+           deviations=("t is one of the chain's sampling steps, shared by the micro-batch (the reference: one "
+                       "of 1000 per pair)", "no random flip or crop of dataset images; pairs with tied "
+                       "labels are dropped (the reference's --remove_ties default)")),
+    Preset("d3po", "d3po",
+           config=dict(beta=0.1, clip_range=0.1, noise_level=1.0, timestep_fraction=1.0, timestep_selection="random",
+                       learning_rate=3e-5, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-4,
+                       adam_epsilon=1e-8, max_grad_norm=1.0, prompts_per_step=1, lora_rank=4, lora_alpha=4.0),
+           process=dict(num_inference_steps=20, guidance_scale=5.0),
+           origin={"beta / clip_range": f"{_D3PO} train.beta / train.eps", "noise_level": f"{_D3PO} sample.eta",
+                   "timestep_fraction": f"{_D3PO} train.timestep_fraction",
+                   "timestep_selection": "d3po scripts/train_d3po.py: a random permutation of the steps",
+                   "learning_rate / adam_* / max_grad_norm": f"{_D3PO} train.*",
+                   "prompts_per_step": f"{_D3PO} train.batch_size = 1 (one pair per update)",
+                   "lora_rank / lora_alpha": "diffusers LoRAAttnProcessor default rank 4, scale 1",
+                   "num_inference_steps / guidance_scale": f"{_D3PO} sample.num_steps / sample.guidance_scale"},
+           deviations=("each update samples its own pair (the reference samples 20 pairs, then makes 20 updates)",
+                       "the preference is a reward's (the paper's: human labels on the reference's image pairs)")),
+    Preset("prdp", "prdp",
+           config=dict(group_size=8, prompts_per_step=64, beta=10.0, log_prob_reduce="sum", clip_range=1e-4,
+                       inner_epochs=1, noise_level=1.0, timestep_fraction=1.0),
+           process=dict(num_inference_steps=50, guidance_scale=5.0),
+           origin={"group_size / prompts_per_step": f"{_PRDP}: large-scale batch 64 prompts × 8 images",
+                   "beta": f"{_PRDP}: β = 10 (its KL-regularization setting)",
+                   "log_prob_reduce": "the derivation's trajectory density (summed over dimensions)",
+                   "noise_level / timestep_fraction": "DDPO's η = 1, all steps (PRDP's baseline setup; unverified)",
+                   "clip_range / inner_epochs": "unknown in PRDP; DDPO's clip range 1e-4, one update per batch",
+                   "num_inference_steps / guidance_scale": f"{_PRDP}: 50 steps, guidance 5.0"},
+           deviations=("PRDP has no public code: values are from the paper's description as summarized, "
+                       "not checked against the authors' settings", "LoRA (the paper fine-tunes SD 1.4's UNet)",
+                       "the learning rate and snapshot interval are not stated there: set learning_rate")),
+)})
 
 
 def get(name: str, method: str | None = None) -> Preset:
