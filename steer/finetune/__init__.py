@@ -6,25 +6,32 @@
 - ``dpo`` / ``kto`` — Diffusion-DPO on preference pairs, Diffusion-KTO on desirable / undesirable
   samples, from a Pick-a-Pic dataset, steering, or a verifier (``steer.finetune.preference_data``)
 - ``soar`` — SOAR: on-policy self-correction toward steered samples (``steer.finetune.soar``)
+- ``spo`` — SPO: step-wise preference pairs of k candidates from one x_t, DPO on the kernel's log-probs
+  (``steer.finetune.spo``)
+- ``inpo`` — InPO: Diffusion-DPO on DDIM-inverted latents instead of random forward noise
+  (``steer.finetune.inpo``)
 - ``nft`` — DiffusionNFT: positive / negative implicit policies on the forward process, any sampler,
   any reward (``steer.finetune.nft``)
 Each takes ``(process, reward, prompts, config, out_dir=...)`` and writes ``out_dir/lora`` (loadable with
 ``pipe.load_lora_weights``), ``metrics.jsonl`` and resumable ``checkpoints/``.
 """
-from steer.finetune.config import (CONFIGS, DistillConfig, DPOConfig, DraftConfig, GRPOConfig, KTOConfig, NFTConfig,
-                                   SoarConfig, TrainConfig)
+from steer.finetune.config import (CONFIGS, DistillConfig, DPOConfig, DraftConfig, GRPOConfig, InPOConfig, KTOConfig,
+                                   NFTConfig, SoarConfig, SPOConfig, TrainConfig)
 from steer.finetune.distill import distill
 from steer.finetune.dpo import dpo
 from steer.finetune.draft import draft
 from steer.finetune.grpo import grpo
+from steer.finetune.inpo import inpo
 from steer.finetune.kto import kto
 from steer.finetune.nft import nft
 from steer.finetune.soar import soar
+from steer.finetune.spo import spo
 from steer.finetune.lora import attach_lora, load_lora, lora_disabled, merge_lora, save_lora
 from steer.finetune.trainer import TrainResult
 
-METHODS = {"draft": draft, "grpo": grpo, "distill": distill, "dpo": dpo, "kto": kto, "nft": nft, "soar": soar}
+METHODS = {"draft": draft, "grpo": grpo, "distill": distill, "dpo": dpo, "kto": kto, "nft": nft, "soar": soar,
+           "inpo": inpo, "spo": spo}
 
 __all__ = ["draft", "grpo", "distill", "dpo", "kto", "DraftConfig", "GRPOConfig", "DistillConfig", "DPOConfig",
            "KTOConfig", "NFTConfig", "nft", "SoarConfig", "soar", "TrainConfig", "CONFIGS",
-           "METHODS", "TrainResult", "attach_lora", "save_lora", "load_lora", "merge_lora", "lora_disabled"]
+           "METHODS", "TrainResult", "inpo", "InPOConfig", "spo", "SPOConfig", "attach_lora", "save_lora", "load_lora", "merge_lora", "lora_disabled"]
