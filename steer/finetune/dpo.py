@@ -69,13 +69,13 @@ def make_trainer(process, reward, prompts, config, out_dir, method: str, **kw) -
 
 
 def denoising_errors(trainer: Trainer, x0: Tensor, cond, generator: torch.Generator,
-                     noise: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+                     noise: Optional[Tensor] = None, step: Optional[int] = None) -> tuple[Tensor, Tensor]:
     """Per-sample mean squared errors (B,) of the model and of the reference (LoRA disabled, no grad) at
-    one random chain step i, x_i = add_noise(x0, ε) (``noise`` given: that ε)."""
+    one random chain step i (``step`` given: that one), x_i = add_noise(x0, ε) (``noise`` given: that ε)."""
     from steer.finetune.distill import conditional
 
     process = trainer.process
-    i = int(torch.randint(process.num_steps, (1,), generator=generator))
+    i = random_step(process, generator) if step is None else step
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # (B, C, h, w)
     x_i = kernels.add_noise(process.schedule, i, x0, noise)
@@ -89,6 +89,11 @@ def denoising_errors(trainer: Trainer, x0: Tensor, cond, generator: torch.Genera
         model, ref = (kernels.to_prediction(process.schedule, i, x_i, out).x0 for out in (model, ref))
         target = x0.float()
     return per_sample_mse(model, target), per_sample_mse(ref, target)
+
+
+def random_step(process, generator: torch.Generator) -> int:
+    """A chain step index drawn uniformly from the process' S steps."""
+    return int(torch.randint(process.num_steps, (1,), generator=generator))
 
 
 def per_sample_mse(output: Tensor, target: Tensor) -> Tensor:
