@@ -3,6 +3,7 @@ UNet's ε at each inverse timestep) and the implied noise to its formula, a Pick
 with its denoiser calls counted and bitwise resume, the grey world moved both ways, and bad settings."""
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from steer.finetune.command import build_config
 from steer.finetune.inpo import invert
 from tests.fixtures import grey
 from tests.test_finetune import PIXEL_WIDE, PROMPTS, WIDE, Brightness, Darkness, Interrupt, _stop_at, tiny_process
+from tests.test_finetune_cli import invoke, model_dir  # noqa: F401  (fixture)
 from tests.test_preference import _rows, write_parquet
 
 
@@ -103,3 +105,13 @@ def test_bad_settings_are_one_line_errors_naming_the_fix(tmp_path):
         inpo(tiny_process("sd3", steps=2), Brightness(), PROMPTS, InPOConfig(), out_dir=tmp_path / "flow")
     cfg = build_config("inpo", {"dataset": "pairs.parquet", "source": "dataset"}, ["inversion_eta=0"], {})
     assert (cfg.source, cfg.dataset, cfg.inversion_eta, cfg.beta) == ("dataset", "pairs.parquet", 0.0, 2000.0)
+
+
+def test_inpo_reads_a_dataset_from_the_command_line(tmp_path, model_dir):
+    data = write_parquet(tmp_path / "pairs.parquet", _rows(8, ties=2))
+    result = invoke("--method", "inpo", "--dataset", data, "--model", model_dir, "--out", tmp_path / "run",
+                    "--max-steps", "2", "--steps", "2", "--set", "train_batch_size=2", "--set", "beta=500")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").exists()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["method"], config["source"], config["inversion_eta"]) == ("inpo", "dataset", 0.1)

@@ -3,6 +3,7 @@ re-derived from the reference code, a rollout's pairs checked against their defi
 kernel draws, ranked by the next step's x̂0), the grey world moved both ways, and bad settings."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -15,7 +16,8 @@ from steer.finetune.spo import best_and_worst, rollout, spo_loss
 from steer.finetune.trainer import Trainer
 from steer.scoring import decode_and_score
 from tests.fixtures import grey
-from tests.test_finetune import PIXEL_WIDE, PROMPTS, Brightness, Darkness, tiny_process
+from tests.test_finetune import PIXEL_WIDE, PROMPTS, Brightness, Darkness, Interrupt, _stop_at, tiny_process
+from tests.test_finetune_cli import invoke, model_dir, prompts  # noqa: F401  (fixtures)
 
 
 # ---- the distinctive quantities on small tensors -------------------------------------------------------------
@@ -116,3 +118,31 @@ def test_bad_settings_are_one_line_errors_naming_the_fix(tmp_path, grey_state):
         SPOConfig(noise_level=0.0)
     cfg = build_config("spo", {"max_steps": 3}, ["start_step=2", "threshold=0"], {}, base=dict(presets.PRESETS["spo"].config))
     assert (cfg.start_step, cfg.threshold, cfg.samples_per_step, cfg.max_steps) == (2, 0.0, 4, 3)
+
+
+# ---- resume and the command line ---------------------------------------------------------------------------
+def test_the_pair_buffer_survives_a_resume_bitwise(tmp_path):
+    # 2 prompts × steps 0-2 of 3 (tiny SD: every step stochastic) = up to 6 pairs, 2 per micro-batch: the
+    # interrupted run stops with pairs left in its buffer, and the resumed one trains on them, not a new rollout
+    cfg = SPOConfig(samples_per_step=2, start_step=0, threshold=0.0, prompts_per_step=2, train_batch_size=2,
+                    max_steps=5, checkpoint_every=1, learning_rate=1e-2, target_modules=PIXEL_WIDE)
+    straight = tiny_process(steps=3)
+    result = spo(straight, Brightness(), PROMPTS, cfg, out_dir=tmp_path / "a")
+    with pytest.raises(Interrupt):
+        spo(tiny_process(steps=3), Brightness(), PROMPTS, cfg, out_dir=tmp_path / "b", callback=_stop_at(2))
+    resumed = tiny_process(steps=3)
+    again = spo(resumed, Brightness(), PROMPTS, cfg, out_dir=tmp_path / "b", resume=True)
+    a, b = lora.lora_state_dict(straight), lora.lora_state_dict(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["nfe"] for m in again.metrics] == [m["nfe"] for m in result.metrics[2:]]
+
+
+def test_spo_runs_from_the_command_line_with_the_preset_overridden(tmp_path, prompts, model_dir):
+    result = invoke("--preset", "spo", "--reward", "tests.test_finetune:Brightness", "--prompts", prompts,
+                    "--model", model_dir, "--steps", "3", "--guidance", "1", "--out", tmp_path / "run",
+                    "--max-steps", "2", "--set", "start_step=1", "--set", "threshold=0",
+                    "--set", "prompts_per_step=2", "--set", "samples_per_step=2")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").exists()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["method"], config["preset"], config["start_step"], config["beta"]) == ("spo", "spo", 1, 10.0)
