@@ -78,3 +78,23 @@ def test_partial_inversion_on_a_tiny_sd_pipeline_reconstructs_the_latents():
         errors[S] = _round_trip(process, x0, cond, end=S // 2)
     print(f"tiny sd reconstruction errors {errors}")
     assert errors[40] < errors[10] and errors[40] < 0.03, errors
+
+
+def test_inverse_step_undoes_the_forward_step_given_the_same_model_output():
+    # DDIM η = 0 with ε̂ fixed, and the flow Euler step with v̂ fixed, are inverted exactly
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from steer.types import Schedule
+
+    g = torch.Generator().manual_seed(2)
+    schedule = ddim_schedule(DDIMScheduler(**CONFIG).config, S)
+    flow = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    flow.set_timesteps(S)
+    flow_schedule = Schedule(kind="flow", timesteps=flow.timesteps, sigmas=flow.sigmas.float(), prediction_type="flow")
+    for sched in (schedule, flow_schedule):
+        for i in range(S):
+            x, out = torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)
+            nxt = kernels.transition(sched, i, x, kernels.to_prediction(sched, i, x, out)).mean
+            eps = kernels.to_prediction(sched, i, x, out).eps if sched.kind == "diffusion" else out
+            back = kernels.inverse_transition(sched, i, nxt, eps).mean
+            torch.testing.assert_close(back, x, rtol=0, atol=5e-4 if sched.kind == "diffusion" else 1e-5)

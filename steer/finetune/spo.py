@@ -17,10 +17,12 @@ with log π the dimension-averaged Gaussian log-density (``kernels.log_prob(redu
 reference's), classifier-free guidance in both the sampling and the trained kernels (``train.cfg``). A
 winner and loser share x_i and so the kernel: one model and one reference call per trained step.
 
-Defaults (``configs/basic_config.py`` and the SD-1.5 config): k = 4, β = 10, ε = 0.1, threshold 0.3,
-start step 4 of 20, η = 1, guidance 5, 10 prompts per rollout, 10 pairs per micro-batch, lr 6e-5, LoRA
-rank 4 (the ``spo`` preset). The reference model is the denoiser with the LoRA disabled (the reference
-deep-copies the LoRA-initialized UNet: the same function).
+Defaults (``SPOConfig``, from ``configs/basic_config.py`` and the SD-1.5 config): k = 4, β = 10, ε = 0.1,
+threshold 0.3, start step 4, η = 1, guided, 10 pairs per micro-batch, lr 6e-5. The ``spo`` preset adds the
+reference's chain (20 steps, guidance 5), 10 prompts per rollout and LoRA rank 4, α = 4. The reference
+model is the denoiser with the LoRA disabled (the reference deep-copies the UNet before adding its LoRA:
+the same function). Logged: the loss, the implicit accuracy (share of pairs with β·log ρ^w > β·log ρ^l) and
+``pairs`` per micro-batch.
 
 Deviations: the paper ranks candidates with its step-aware preference model, which scores noisy
 latents with the timestep; steer applies any reward to the candidates' x̂0 decoded (a plain image reward
