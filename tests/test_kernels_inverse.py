@@ -69,7 +69,6 @@ def test_partial_inversion_on_a_tiny_sd_pipeline_reconstructs_the_latents():
     # relative error shrinks with the steps (measured 5.2% at S = 10, 1.9% at S = 40). On the briefly trained
     # grey world (tests/fixtures/grey.py) half-way gives 15.9% at S = 25, 8.6% at 100, 4.1% at 200; inverting all
     # the way to ᾱ ≈ 1e-4 is ill-conditioned there (x̂0 amplifies ε̂'s error by 1/sqrt(ᾱ): ~120% at any S).
-    g = torch.Generator().manual_seed(0)
     errors = {}
     for S in (10, 40):
         process = tiny_process(steps=S)

@@ -62,16 +62,16 @@ def test_rollout_pairs_share_a_parent_kernel_and_rank_by_the_next_steps_x0(tmp_p
     # stochastic, so its last pairs are ranked by the final samples themselves
     P, k, S, start = 2, 3, 4, 1
     process = grey.process(grey_state, num_inference_steps=S) if family == "grey" else tiny_process(steps=S)
-    prompts = ["grey"] if family == "grey" else PROMPTS
+    texts = ["grey"] if family == "grey" else PROMPTS
     cfg = SPOConfig(samples_per_step=k, start_step=start, threshold=0.0, prompts_per_step=P, target_modules=PIXEL_WIDE)
-    trainer = Trainer(process, Brightness(), prompts, cfg, tmp_path, method="spo")
+    trainer = Trainer(process, Brightness(), texts, cfg, tmp_path, method="spo")
     out = rollout(trainer, torch.Generator().manual_seed(0))
     # denoiser calls: P per step up to the first branching one, then P·k per step (candidates' x̂0)
     assert trainer.trace.nfe == P * (start + 1) + P * k * (S - start - 1)
     last = S if family == "sd" else S - 1
     assert sorted(set(out.step.tolist())) == list(range(start, last)) and out.x.shape[0] <= P * (last - start)
     assert out.rewards.shape == ((P * k,) if family == "sd" else (P,))
-    cond = process.prepare([prompts[j] for j in out.idx.tolist()])
+    cond = process.prepare([texts[j] for j in out.idx.tolist()])
     for j in range(out.x.shape[0]):
         i, x, c = int(out.step[j]), out.x[j:j + 1], cond.index([j])
         g = chain.propose(process, x, i, c, noise_level=1.0).kernel
