@@ -1,6 +1,6 @@
 """``steer finetune``: the typer command (registered in ``steer/cli.py``).
 
-    steer finetune --method draft|grpo|nft|distill|soar|dpo|kto|mapo|d3po|prdp | --preset NAME --reward SPEC --prompts FILE --out DIR
+    steer finetune --method draft|grpo|nft|distill|soar|dpo|kto|mapo|d3po|prdp|inpo|spo | --preset NAME --reward SPEC --prompts FILE --out DIR
                    [--dataset PICKAPIC_PATH] [--model ID_OR_PATH] [--steer-method fk --particles 8 -o KEY=VALUE ...]
                    [--max-steps N] [--lora-rank R] [--set FIELD=VALUE ...] [--report-to tensorboard]
                    [--resume | --overwrite]
@@ -44,13 +44,13 @@ def _preset(name: Optional[str], method: Optional[str], steps, guidance):
             p.process["guidance_scale"] if guidance is None else guidance)
 
 
-STEERED = ("distill", "soar", "dpo", "kto", "mapo")  # methods whose data come from a steering method
+STEERED = ("distill", "soar", "dpo", "kto", "mapo", "inpo")  # methods whose data come from a steering method
 
 
 def _prompts(prompts_file: Optional[Path], dataset: Optional[str], method: str) -> list[str]:
     """The prompts: ``--prompts`` (required unless ``--dataset`` supplies the captions of dpo / kto)."""
-    if dataset is not None and method not in ("dpo", "kto", "mapo"):
-        raise SteerError(f"--dataset is read by --method dpo, kto or mapo, not {method}")
+    if dataset is not None and method not in ("dpo", "kto", "mapo", "inpo"):
+        raise SteerError(f"--dataset is read by --method dpo, kto, mapo or inpo, not {method}")
     if prompts_file is None:
         if dataset is None:
             raise SteerError("--prompts FILE is required (one prompt per line), or --dataset for dpo / kto / mapo")

@@ -377,9 +377,6 @@ class NFTConfig(TrainConfig):
     method = "nft"
 
 
-CONFIGS = {"draft": DraftConfig, "grpo": GRPOConfig, "distill": DistillConfig, "dpo": DPOConfig, "kto": KTOConfig, "nft": NFTConfig, "soar": SoarConfig}
-
-
 @dataclass
 class MaPOConfig(PreferenceConfig):
     """MaPO, reference-free margin-aware preference optimization (see ``steer.finetune.mapo``)."""
@@ -456,4 +453,59 @@ class PRDPConfig(TrajectoryPreferenceConfig):
     method = "prdp"
 
 
-CONFIGS.update({"mapo": MaPOConfig, "d3po": D3POConfig, "prdp": PRDPConfig})
+@dataclass
+class InPOConfig(PreferenceConfig):
+    """InPO: Diffusion-DPO on DDIM-inverted latents (see ``steer.finetune.inpo``)."""
+
+    beta: float = opt(2000.0, "β of the implicit reward (InPO examples/sd15.sh: --beta_dpo 2000).", "method")
+    inversion_eta: float = opt(0.1, "η_inv: the inversion's added noise, η_inv × the DDPM std of each inverse step "
+                                    "(InPO train.py: inversion_eta = 0.1); 0 = deterministic DDIM inversion.",
+                               "method")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(math.isfinite(self.inversion_eta) and self.inversion_eta >= 0,
+                 f"inversion_eta must be >= 0, got {self.inversion_eta}")
+
+    method = "inpo"
+
+
+@dataclass
+class SPOConfig(TrainConfig):
+    """SPO: step-aware preference optimization (see ``steer.finetune.spo``)."""
+
+    samples_per_step: int = opt(4, "k: candidates x_{t-1} drawn from each x_t at a trained step (SPO SD-1.5 "
+                                   "config: num_sample_each_step 4).", "method")
+    beta: float = opt(10.0, "β of the step-wise DPO loss (SPO: train.beta 10).", "method")
+    clip_range: float = opt(0.1, "ε: each log-ratio's π_θ/π_ref clamped to [1 − ε, 1 + ε] (SPO: train.eps 0.1).",
+                            "method")
+    threshold: float = opt(0.3, "A pair is kept when softmax(r_best, r_worst) differs by more than this (SPO: "
+                                "0.3 for SD-1.5, 0.4 for SDXL; scale-dependent: set it for your reward).", "method")
+    start_step: int = opt(4, "The first step that branches and trains; earlier steps are sampled once (SPO: "
+                             "divert_start_step 4 of 20).", "method")
+    noise_level: Optional[float] = opt(None, "Kernel noise (DDIM η / flow-SDE a); None = η 1 (SPO) or a 0.7.",
+                                       "method")
+    guided: bool = opt(True, "Sample and train the guided prediction (CFG at the process' guidance_scale, "
+                             "SPO: train.cfg True); False = the conditional branch for both.", "method")
+    train_batch_size: int = opt(10, "Pairs per micro-batch (SPO: train.train_batch_size 10).", "method")
+    learning_rate: float = opt(6e-5, "AdamW learning rate (SPO: 6e-5).", "optimization")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(isinstance(self.samples_per_step, int) and self.samples_per_step >= 2,
+                 f"samples_per_step must be an integer >= 2 (a best and a worst candidate), got {self.samples_per_step}")
+        _require(math.isfinite(self.beta) and self.beta > 0, f"beta must be a positive number, got {self.beta}")
+        _require(0 < self.clip_range < 1, f"clip_range must be in (0, 1), got {self.clip_range}")
+        _require(0 <= self.threshold < 1, f"threshold must be in [0, 1) (a softmax gap), got {self.threshold}")
+        _require(isinstance(self.start_step, int) and self.start_step >= 0,
+                 f"start_step must be an integer >= 0, got {self.start_step!r}")
+        _require(self.noise_level is None or self.noise_level > 0,
+                 f"noise_level must be > 0 (SPO's candidates need a stochastic kernel), got {self.noise_level}")
+        _require(self.train_batch_size >= 1, f"train_batch_size must be >= 1, got {self.train_batch_size}")
+
+    method = "spo"
+
+
+CONFIGS = {"draft": DraftConfig, "grpo": GRPOConfig, "distill": DistillConfig, "dpo": DPOConfig, "kto": KTOConfig,
+           "nft": NFTConfig, "soar": SoarConfig, "mapo": MaPOConfig, "d3po": D3POConfig, "prdp": PRDPConfig,
+           "inpo": InPOConfig, "spo": SPOConfig}

@@ -69,14 +69,15 @@ def make_trainer(process, reward, prompts, config, out_dir, method: str, **kw) -
 
 
 def denoising_errors(trainer: Trainer, x0: Tensor, cond, generator: torch.Generator,
-                     noise: Optional[Tensor] = None, reference: bool = True) -> tuple[Tensor, Optional[Tensor]]:
+                     noise: Optional[Tensor] = None, step: Optional[int] = None,
+                     reference: bool = True) -> tuple[Tensor, Optional[Tensor]]:
     """Per-sample mean squared errors (B,) of the model and of the reference (LoRA disabled, no grad) at
-    one random chain step i, x_i = add_noise(x0, ε) (``noise`` given: that ε; ``reference=False``: the
-    model's alone, the second one None)."""
+    one random chain step i (``step`` given: that one), x_i = add_noise(x0, ε) (``noise`` given: that ε;
+    ``reference=False``: the model's alone, the second one None)."""
     from steer.finetune.distill import conditional
 
     process = trainer.process
-    i = int(torch.randint(process.num_steps, (1,), generator=generator))
+    i = random_step(process, generator) if step is None else step
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # (B, C, h, w)
     x_i = kernels.add_noise(process.schedule, i, x0, noise)
@@ -92,6 +93,11 @@ def denoising_errors(trainer: Trainer, x0: Tensor, cond, generator: torch.Genera
         target = x0.float()
     errors = [per_sample_mse(out, target) for out in outputs]
     return errors[0], errors[1] if reference else None
+
+
+def random_step(process, generator: torch.Generator) -> int:
+    """A chain step index drawn uniformly from the process' S steps."""
+    return int(torch.randint(process.num_steps, (1,), generator=generator))
 
 
 def per_sample_mse(output: Tensor, target: Tensor) -> Tensor:

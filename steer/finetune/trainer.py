@@ -253,7 +253,7 @@ class Trainer:
                "grad_norm": grad_norm, "lr": self.scheduler.get_last_lr()[0],
                "nfe": self.trace.nfe, "reward_calls": self.trace.reward_calls}
         for key in ("kl", "clip_fraction", "approx_kl", "implicit_accuracy", "kl_reference", "model_error",
-                    "reference_error", "desirable_share", "margin_loss", "tie_share"):
+                    "reference_error", "desirable_share", "margin_loss", "tie_share", "pairs"):
             vals = [r[key] for r in records if r.get(key) is not None]
             out[key] = sum(vals) / len(vals) if vals else None
         if self.eval_reward is not None:
