@@ -13,7 +13,8 @@ import torch
 
 from steer.budget import Trace
 from steer.finetune import DPOConfig, KTOConfig, checkpoint, dpo, kto, lora
-from steer.finetune.dpo import denoising_errors, dpo_loss
+from steer.finetune.denoising import denoising_errors
+from steer.finetune.dpo import dpo_loss
 from steer.finetune.kto import kto_loss
 from tests.fixtures import grey
 from tests.test_finetune import PIXEL_WIDE, PROMPTS, WIDE, Brightness, Darkness, _stop_at, Interrupt, tiny_process
@@ -329,7 +330,7 @@ def test_flow_models_take_the_velocity_as_the_target(family):
     sigma = process.schedule.sigmas[i]
     x_i = kernels.add_noise(process.schedule, i, x0, noise)
     assert torch.allclose(x_i, (1 - sigma) * x0 + sigma * noise, atol=1e-6)
-    from steer.finetune.distill import conditional
+    from steer.finetune.denoising import conditional
 
     with torch.no_grad():
         expected = (process.denoise(x_i, i, conditional(cond)).float() - (noise - x0)).pow(2).flatten(1).mean(1)

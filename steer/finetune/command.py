@@ -133,7 +133,7 @@ def _announce_updates(config, num_prompts: int) -> None:
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Before any model loads: ``--out`` holds no earlier run, or ``--resume`` / ``--overwrite`` says what to do."""
     from steer.finetune import checkpoint
-    from steer.finetune.trainer import earlier_run
+    from steer.finetune.run_folder import earlier_run
 
     io.check_free(out)  # another run holding --out is named (PID) before anything else is said about it
     if resume and overwrite:

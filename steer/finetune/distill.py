@@ -27,8 +27,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from steer import kernels
 from steer.finetune.config import DistillConfig
+from steer.finetune.denoising import denoising_errors
 from steer.finetune.trainer import Trainer, TrainResult, step_generator
 from steer.types import Cond
 
@@ -113,24 +113,10 @@ def keep_top(rewards: torch.Tensor, owners: torch.Tensor, fraction: float) -> to
     return torch.tensor(sorted(keep))
 
 
-def conditional(cond: Cond) -> Cond:
-    """The conditional branch only: negative (unconditional) rows dropped, guidance 1."""
-    return replace(cond, tensors={k: v for k, v in cond.tensors.items() if not k.startswith("negative_")},
-                   guidance_scale=1.0)
-
-
 def denoising_loss(trainer: Trainer, x0: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
-    """‖f_θ(x_i, i, c) − target‖² at a random chain step i, x_i = add_noise(x0, ε)."""
-    process = trainer.process
-    i = int(torch.randint(process.num_steps, (1,), generator=generator))
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # (B, C, h, w)
-    x_i = kernels.add_noise(process.schedule, i, x0, noise)
-    target = kernels.training_target(process.schedule, i, x0, noise)
-    output = process.denoise(x_i, i, cond if trainer.config.guided else conditional(cond)).float()
-    trainer.trace.add_nfe(x0.shape[0])
-    if trainer.config.loss_space == "x0":
-        return torch.nn.functional.mse_loss(kernels.to_prediction(process.schedule, i, x_i, output).x0, x0.float())
-    return torch.nn.functional.mse_loss(output, target.float())
+    """‖f_θ(x_i, i, c) − target‖² at a random chain step i, x_i = add_noise(x0, ε) (``denoising.denoising_errors``
+    of the model alone, averaged over the micro-batch)."""
+    return denoising_errors(trainer, x0, cond, generator, reference=False)[0].mean()
 
 
 def distill_step(trainer: Trainer, generator: torch.Generator, step: int, loss_fn: Callable = None) -> dict:

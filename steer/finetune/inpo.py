@@ -40,7 +40,8 @@ from torch import Tensor
 
 from steer import kernels
 from steer.finetune.config import InPOConfig
-from steer.finetune.dpo import denoising_errors, dpo_loss, make_trainer, random_step
+from steer.finetune.denoising import denoising_errors, random_step
+from steer.finetune.dpo import dpo_loss, make_trainer
 from steer.finetune.trainer import Trainer, TrainResult
 
 METHOD = "inpo"
@@ -75,7 +76,7 @@ def invert(trainer: Trainer, x0: Tensor, i: int, cond, generator: torch.Generato
 
 def inpo_step(trainer: Trainer, generator: torch.Generator, step: int) -> dict:
     """One micro-batch: B pairs inverted to one random step, the DPO loss on their implied noise."""
-    from steer.finetune.distill import conditional
+    from steer.finetune.denoising import conditional
     from steer.finetune.preference_data import preference_batch
     from steer.finetune.trainer import concat_conds
 

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 
 from steer.finetune.config import KTOConfig
-from steer.finetune.dpo import denoising_errors, make_trainer
+from steer.finetune.denoising import denoising_errors
+from steer.finetune.dpo import make_trainer
 from steer.finetune.trainer import Trainer, TrainResult
 
 METHOD = "kto"

@@ -39,7 +39,8 @@ from torch import Tensor
 
 from steer.finetune import lora
 from steer.finetune.config import MaPOConfig
-from steer.finetune.dpo import denoising_errors, make_trainer
+from steer.finetune.denoising import denoising_errors
+from steer.finetune.dpo import make_trainer
 from steer.finetune.trainer import Trainer, TrainResult
 
 METHOD = MaPOConfig.method  # "mapo"

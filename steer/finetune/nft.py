@@ -79,7 +79,7 @@ from steer import chain, kernels
 from steer.finetune import lora
 from steer.finetune.advantages import advantages
 from steer.finetune.config import NFTConfig
-from steer.finetune.distill import conditional
+from steer.finetune.denoising import conditional
 from steer.finetune.trainer import Trainer, TrainResult
 from steer.scoring import decode_and_score
 from steer.types import Schedule

@@ -44,7 +44,8 @@ from torch import Tensor
 
 from steer import chain, kernels
 from steer.finetune.config import SoarConfig
-from steer.finetune.distill import conditional, distill_step, train_on_steered
+from steer.finetune.denoising import conditional, per_sample_mse
+from steer.finetune.distill import distill_step, train_on_steered
 from steer.finetune.trainer import Trainer, TrainResult
 from steer.types import Cond
 
@@ -56,10 +57,6 @@ def soar(process, reward, prompts: Sequence[str], config: Optional[SoarConfig] =
     return train_on_steered(process, reward, prompts, config or SoarConfig(), partial(distill_step, loss_fn=soar_loss),
                             out_dir=out_dir, resume=resume, overwrite=overwrite, callback=callback,
                             accelerator=accelerator, eval_reward=eval_reward)
-
-
-def per_sample_mse(output: Tensor, target: Tensor) -> Tensor:
-    return ((output.float() - target.float()) ** 2).flatten(1).mean(dim=1)  # (B,)
 
 
 def soar_loss(trainer: Trainer, x0: Tensor, cond: Cond, generator: torch.Generator) -> Tensor:

@@ -111,7 +111,7 @@ class Rollout:
 @torch.no_grad()
 def rollout(trainer: Trainer, generator: torch.Generator) -> Rollout:
     """One rollout of P prompts, branching into k candidates at every stochastic step from ``start_step``."""
-    from steer.finetune.distill import conditional
+    from steer.finetune.denoising import conditional
 
     process, config = trainer.process, trainer.config
     k, level = config.samples_per_step, noise_level(process, config)
@@ -178,7 +178,7 @@ def next_pairs(trainer: Trainer, generator: torch.Generator) -> tuple[dict, Opti
 
 def step_loss(trainer: Trainer, pairs: dict, rows: Tensor, i: int, level: float) -> tuple[Tensor, Tensor]:
     """SPO's loss (and inside term) of the pairs ``rows`` that share step ``i``: one model, one reference call."""
-    from steer.finetune.distill import conditional
+    from steer.finetune.denoising import conditional
 
     process = trainer.process
     cond = trainer.cond(pairs["idx"][rows].tolist())

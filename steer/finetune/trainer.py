@@ -34,8 +34,6 @@ from steer.finetune import checkpoint, lora, run_folder
 from steer.finetune.config import TrainConfig, tracker_names
 from steer.finetune.distributed import add_trackers, average_gradients, make_accelerator
 from steer.finetune.plot import reward_plot
-# the run-folder names, importable from here as before they moved to run_folder
-from steer.finetune.run_folder import _FLAGS, FREE, HARMLESS, RUN_FILES, _plain, clear_run, earlier_run  # noqa: F401
 from steer.types import Cond
 
 
