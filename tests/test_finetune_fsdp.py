@@ -120,3 +120,18 @@ def test_alignprop_and_unknown_block_classes_are_refused():
                                                   if any(type(m).__name__ == n for m in unet.modules()))
     with pytest.raises(SteerError, match="does not contain"):
         sharding.block_classes(unet, ["FluxTransformerBlock"])
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_move_process_moves_what_the_adapter_built_on_its_device(family):
+    from steer.finetune.sharding import move_process
+    from steer.pipelines import from_pipe
+    from tests.fixtures.tiny import build
+
+    process = from_pipe(build(family), num_inference_steps=2)
+    move_process(process, torch.device("meta"))  # a device nothing else lives on, so every miss shows
+    assert process.device == torch.device("meta")
+    schedule = process.schedule
+    levels = schedule.alphas_cumprod if schedule.kind == "diffusion" else schedule.sigmas
+    assert schedule.timesteps.device.type == "meta" and levels.device.type == "meta"
+    assert all(v.device.type == "meta" for v in vars(process).values() if isinstance(v, torch.Tensor))

@@ -32,6 +32,7 @@ rank, is refused under sharding.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional
 
@@ -47,6 +48,19 @@ def requested(accelerator=None) -> bool:
     if accelerator is not None and str(getattr(accelerator, "distributed_type", "")).endswith("FSDP"):
         return True
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1")
+
+
+def load_devices(device: Optional[str]):
+    """(where ``steer finetune`` loads the pipeline, where it loads the rewards). Under an FSDP config the pipeline
+    loads on the CPU (``shard_denoiser`` moves each rank's share of the denoiser and the other components to the
+    rank's device, so no rank ever holds the whole denoiser on its accelerator) and the rewards on the rank's
+    device; otherwise both follow ``--device`` (None: the rewards follow the pipeline)."""
+    if not requested():
+        return device, None
+    from accelerate import PartialState
+
+    # accelerate runs FSDP on GPUs only; on a CPU-only machine the ranks form a gloo group (cpu=True), as under DDP
+    return "cpu", PartialState(cpu=not torch.cuda.is_available()).device
 
 
 def plugin(accelerator):
@@ -115,6 +129,20 @@ def _place_rest(process, model: nn.Module, params: list[nn.Parameter], device: t
     for component in getattr(pipe, "components", {}).values():
         if isinstance(component, nn.Module) and component is not model:
             component.to(device)
+    move_process(process, device)
+
+
+def move_process(process, device: torch.device) -> None:
+    """Point ``process`` at ``device``: its ``device`` and the tensors it built at construction on the old one (the
+    schedule, FLUX's position ids, ...), top-level attributes and tensor fields of dataclasses such as ``Schedule``."""
+    for name, value in list(vars(process).items()):
+        if isinstance(value, torch.Tensor):
+            setattr(process, name, value.to(device))
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            moved = {f.name: getattr(value, f.name).to(device) for f in dataclasses.fields(value)
+                     if isinstance(getattr(value, f.name), torch.Tensor)}
+            if moved:
+                setattr(process, name, dataclasses.replace(value, **moved))
     process.device = device
 
 
