@@ -135,3 +135,14 @@ def test_move_process_moves_what_the_adapter_built_on_its_device(family):
     levels = schedule.alphas_cumprod if schedule.kind == "diffusion" else schedule.sigmas
     assert schedule.timesteps.device.type == "meta" and levels.device.type == "meta"
     assert all(v.device.type == "meta" for v in vars(process).values() if isinstance(v, torch.Tensor))
+
+
+def test_a_single_process_under_an_fsdp_config_trains_unsharded(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+    from torch.distributed.tensor import DTensor
+
+    for key, value in FSDP_ENV.items():
+        monkeypatch.setenv(key, value)
+    state, rewards, process = _train(str(tmp_path / "run"), Accelerator(cpu=True), 1)
+    assert not any(isinstance(p, DTensor) for p in process.pipe.unet.parameters())  # one rank: nothing to shard over
+    assert len(rewards) == 1 and any(v.abs().sum() > 0 for k, v in state.items() if "lora_B" in k)

@@ -102,11 +102,15 @@ def _default_classes(model: nn.Module) -> set[str]:
 def shard_denoiser(process, model: nn.Module, params: list[nn.Parameter], accelerator, fsdp_plugin) -> list[str]:
     """Shard ``model``'s frozen weights over the ranks in place (``fully_shard`` per block, then the root), keep the
     LoRA ``params`` replicated, and move the rest of the pipeline to the rank's device; returns the classes
-    wrapped."""
+    wrapped (none for a single process, which only moves the pipeline to its device)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import OffloadPolicy, fully_shard
 
     device = torch.device(accelerator.device)
+    if accelerator.num_processes == 1:  # nothing to shard over: the whole pipeline on the one device
+        model.to(device)
+        _place_rest(process, model, params, device)
+        return []
     mesh = init_device_mesh(device.type, (accelerator.num_processes,))
     classes = block_classes(model, fsdp_plugin.transformer_cls_names_to_wrap)
     offload = fsdp_plugin.cpu_offload if isinstance(fsdp_plugin.cpu_offload, OffloadPolicy) else OffloadPolicy()

@@ -121,9 +121,10 @@ class Trainer:
     def _shard(self) -> Optional[list[str]]:
         """Under an FSDP config, shard the denoiser's frozen weights over the ranks (``sharding``)."""
         fsdp = sharding.plugin(self.accelerator)
-        if fsdp is None or self.world == 1:
+        if fsdp is None:
             return None
-        sharding.check_method(self.method, self.config)
+        if self.world > 1:
+            sharding.check_method(self.method, self.config)
         return sharding.shard_denoiser(self.process, lora.denoiser(self.pipe), self.params, self.accelerator, fsdp)
 
     @property
