@@ -146,3 +146,12 @@ def test_a_single_process_under_an_fsdp_config_trains_unsharded(tmp_path, monkey
     state, rewards, process = _train(str(tmp_path / "run"), Accelerator(cpu=True), 1)
     assert not any(isinstance(p, DTensor) for p in process.pipe.unet.parameters())  # one rank: nothing to shard over
     assert len(rewards) == 1 and any(v.abs().sum() > 0 for k, v in state.items() if "lora_B" in k)
+
+
+def test_device_is_refused_under_an_fsdp_config(monkeypatch):
+    from steer.finetune import sharding
+
+    assert sharding.load_devices("cuda:1") == ("cuda:1", None)  # no FSDP config: --device as given
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(SteerError, match="drop --device"):
+        sharding.load_devices("cuda:1")

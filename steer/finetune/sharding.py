@@ -54,9 +54,12 @@ def load_devices(device: Optional[str]):
     """(where ``steer finetune`` loads the pipeline, where it loads the rewards). Under an FSDP config the pipeline
     loads on the CPU (``shard_denoiser`` moves each rank's share of the denoiser and the other components to the
     rank's device, so no rank ever holds the whole denoiser on its accelerator) and the rewards on the rank's
-    device; otherwise both follow ``--device`` (None: the rewards follow the pipeline)."""
+    device (a ``--device`` is refused); otherwise both follow ``--device`` (None: the rewards follow the pipeline)."""
     if not requested():
         return device, None
+    if device is not None:
+        raise SteerError(f"--device {device} is not used under an FSDP config (each rank runs on its own device, "
+                         f"which accelerate launch assigns); drop --device")
     from accelerate import PartialState
 
     # accelerate runs FSDP on GPUs only; on a CPU-only machine the ranks form a gloo group (cpu=True), as under DDP
