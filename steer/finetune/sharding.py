@@ -25,7 +25,8 @@ pipeline would not call), ``fsdp_reshard_after_forward``, ``fsdp_offload_params`
 ``min_num_params`` (the block classes above are used), ``fsdp_state_dict_type`` (the adapter is
 replicated, so it is saved whole), ``fsdp_cpu_ram_efficient_loading`` (each rank loads the pipeline on
 the CPU before its share moves to its device), the plugin's mixed precision policy (the denoiser runs in
-the pipeline's dtype, under accelerate's autocast as without sharding).
+the pipeline's dtype, under accelerate's autocast as without sharding), ``fsdp_activation_checkpointing`` (set
+``gradient_checkpointing=True``: diffusers' own, which works under sharding).
 
 Every rank must make the same denoiser calls (each call all-gathers): AlignProp's truncation, drawn per
 rank, is refused under sharding.
