@@ -8,7 +8,7 @@ nothing next to the models. Each cell runs in its own process, which reports:
 
 - ``import``: resident memory after importing torch / diffusers / steer (VmRSS), before any model;
 - ``model``: resident memory once the pipeline is built (the weights: ~4.3 GB in float32);
-- ``peak``: the process' high-water mark (``ru_maxrss``) after the step: weights + the step's activations,
+- ``peak``: the process' high-water mark (VmHWM / ``ru_maxrss``) after the step: weights + the step's activations,
   gradients, optimizer state and samples;
 - ``half``: an *estimate* for fp16 / bf16 weights and activations, not a measurement: everything above
   ``import`` halves except the LoRA's float32 parameters, gradients and two Adam moments (16 bytes a
@@ -48,17 +48,22 @@ CELLS = {
 QUICK = ["distill"]
 
 
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {key} in /proc/self/status (Linux only)")
+
+
 def rss_now() -> int:
     """Resident bytes now (VmRSS)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+    return _status("VmRSS")
 
 
 def rss_peak() -> int:
-    """The process' resident high-water mark in bytes (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The process' resident high-water mark in bytes: VmHWM (read with VmRSS's counters, so never below it) or
+    ``ru_maxrss`` (KiB on Linux), whichever is higher."""
+    return max(_status("VmHWM"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def run_cell(method: str, steps: int, size: int, family: str = "sd15") -> dict:
@@ -96,8 +101,8 @@ def run_cell(method: str, steps: int, size: int, family: str = "sd15") -> dict:
         getattr(finetune, fn_name)(process, Redness(), PROMPTS, config, out_dir=Path(out) / "run")
     seconds = time.perf_counter() - t0
     lora_params = sum(p.numel() for p in lora.trainable_parameters(process))
-    return {"method": method, "family": family, "steps": steps, "size": size, "import": base, "model": model, "peak": rss_peak(),
-            "lora_params": lora_params, "seconds": seconds}
+    return {"method": method, "family": family, "steps": steps, "size": size, "import": base, "model": model,
+            "peak": rss_peak(), "lora_params": lora_params, "seconds": seconds}
 
 
 def half_estimate(cell: dict) -> float:
@@ -107,9 +112,9 @@ def half_estimate(cell: dict) -> float:
 
 
 def table(cells: list[dict]) -> str:
-    head = ("| method | steps | model fp32 (GB) | peak fp32 (GB) | step above model (GB) | half estimate (GB) | "
-            "seconds |\n|---|---|---|---|---|---|---|")
-    rows = [f"| {c['method']} | {c['steps']} | {c['model'] / GB:.2f} | {c['peak'] / GB:.2f} | "
+    head = ("| method | steps | imports (GB) | model fp32 (GB) | peak fp32 (GB) | step above model (GB) | "
+            "half estimate (GB) | step seconds |\n|---|---|---|---|---|---|---|---|")
+    rows = [f"| {c['method']} | {c['steps']} | {c['import'] / GB:.2f} | {c['model'] / GB:.2f} | {c['peak'] / GB:.2f} | "
             f"{(c['peak'] - c['model']) / GB:.2f} | {half_estimate(c) / GB:.2f} | {c['seconds']:.0f} |" for c in cells]
     return "\n".join([head, *rows])
 

@@ -70,8 +70,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     fsdp, rewards, process = _train(os.path.join(out, "fsdp"), accelerator, 2)
     _train(os.path.join(out, "resumed"), accelerator, 1)
     resumed, _, _ = _train(os.path.join(out, "resumed"), accelerator, 2, resume=True)
-    torch.save({"ddp": ddp, "fsdp": fsdp, "resumed": resumed, "rewards": rewards, "ddp_rewards": ddp_rewards, "sharding": _sharding(process)},
-               os.path.join(out, f"rank{rank}.pt"))
+    torch.save({"ddp": ddp, "fsdp": fsdp, "resumed": resumed, "rewards": rewards, "ddp_rewards": ddp_rewards,
+                "sharding": _sharding(process)}, os.path.join(out, f"rank{rank}.pt"))
     accelerator.wait_for_everyone()
 
 

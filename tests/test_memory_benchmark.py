@@ -17,7 +17,7 @@ def test_every_cell_runs_one_step_and_reports_its_memory():
         assert cell["peak"] >= cell["model"] >= cell["import"] > 0
         assert cell["lora_params"] > 0 and cell["seconds"] > 0
     line = memory.table([cell]).splitlines()[-1]
-    assert line.startswith(f"| {method} | 2 |") and line.count("|") == 8
+    assert line.startswith(f"| {method} | 2 |") and line.count("|") == 9
 
 
 def test_half_estimate_keeps_the_lora_state_in_float32():
