@@ -1,6 +1,7 @@
 """FSDP (the environment ``accelerate launch --config_file fsdp.yaml`` sets): two CPU processes (gloo) shard
-the tiny SD UNet's frozen weights, keep the LoRA replicated, and train the same LoRA as the DDP run; a
-sharded run resumed from its checkpoint ends where the uninterrupted one does."""
+the tiny SD UNet's frozen weights, keep the LoRA replicated, and train the same LoRA as the DDP run (DRaFT-K,
+and DPO with its adapter-off reference); a sharded run resumed from its checkpoint ends where the uninterrupted
+one does."""
 from __future__ import annotations
 
 import os
@@ -34,15 +35,20 @@ def _brightness():
     return Brightness()
 
 
-def _train(out: str, accelerator, steps: int, resume: bool = False):
-    """A 2-step DRaFT-K run of the tiny SD pipeline; returns (the LoRA, the rewards, the process)."""
-    from steer.finetune import DraftConfig, draft, lora
+def _train(out: str, accelerator, steps: int, resume: bool = False, method: str = "draft"):
+    """A DRaFT-K run (or online DPO: a reference forward with the adapter off) of the tiny SD pipeline; returns
+    (the LoRA, the rewards, the process)."""
+    from steer.finetune import DPOConfig, DraftConfig, dpo, draft, lora
     from steer.pipelines import from_pipe
     from tests.fixtures.tiny import build
 
     process = from_pipe(build("sd"), num_inference_steps=2, guidance_scale=1.0)
-    cfg = DraftConfig(max_steps=steps, k=2, learning_rate=1e-2)
-    result = draft(process, _brightness(), PROMPTS, cfg, out_dir=out, accelerator=accelerator, resume=resume)
+    if method == "dpo":
+        fn, cfg = dpo, DPOConfig(max_steps=steps, steer_method="best_of_n", steer_options={"n": 2}, beta=500.0,
+                                 learning_rate=1e-2, train_batch_size=2)
+    else:
+        fn, cfg = draft, DraftConfig(max_steps=steps, k=2, learning_rate=1e-2)
+    result = fn(process, _brightness(), PROMPTS, cfg, out_dir=out, accelerator=accelerator, resume=resume)
     return lora.lora_state_dict(process), [m["reward_mean"] for m in result.metrics], process
 
 
@@ -66,12 +72,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
     accelerator = Accelerator(cpu=True)
     ddp, ddp_rewards, _ = _train(os.path.join(out, "ddp"), accelerator, 2)
+    ddp_dpo, _, _ = _train(os.path.join(out, "ddp-dpo"), accelerator, 1, method="dpo")
     os.environ.update(FSDP_ENV)
+    fsdp_dpo, _, _ = _train(os.path.join(out, "fsdp-dpo"), accelerator, 1, method="dpo")
     fsdp, rewards, process = _train(os.path.join(out, "fsdp"), accelerator, 2)
     _train(os.path.join(out, "resumed"), accelerator, 1)
     resumed, _, _ = _train(os.path.join(out, "resumed"), accelerator, 2, resume=True)
     torch.save({"ddp": ddp, "fsdp": fsdp, "resumed": resumed, "rewards": rewards, "ddp_rewards": ddp_rewards,
-                "sharding": _sharding(process)}, os.path.join(out, f"rank{rank}.pt"))
+                "ddp_dpo": ddp_dpo, "fsdp_dpo": fsdp_dpo, "sharding": _sharding(process)}, os.path.join(out, f"rank{rank}.pt"))
     accelerator.wait_for_everyone()
 
 
@@ -93,6 +101,10 @@ def test_fsdp_trains_the_ddp_lora_with_the_base_sharded(tmp_path):
         # B entries moved up to 2e-2 (lr 1e-2, 2 steps), so the tolerance is 0.25% of that move
         torch.testing.assert_close(a["fsdp"][k], a["ddp"][k], rtol=0, atol=5e-5)
         assert torch.equal(a["resumed"][k], a["fsdp"][k])  # resumed from step 1: bitwise (measured)
+    for k in a["ddp_dpo"]:  # DPO's reference forward runs the sharded denoiser with the adapter switched off
+        assert torch.equal(a["fsdp_dpo"][k], b["fsdp_dpo"][k])
+        torch.testing.assert_close(a["fsdp_dpo"][k], a["ddp_dpo"][k], rtol=0, atol=5e-5)
+    assert any(v.abs().sum() > 0 for k, v in a["fsdp_dpo"].items() if "lora_B" in k)
     saved = load_file(str(tmp_path / "fsdp" / "lora" / "pytorch_lora_weights.safetensors"))
     assert len(saved) == len(a["fsdp"])  # only the LoRA keys, each whole
     assert sorted(v.numel() for v in saved.values()) == sorted(v.numel() for v in a["fsdp"].values())
