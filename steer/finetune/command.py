@@ -195,7 +195,6 @@ def run_finetune(method: str, reward: Optional[str], prompts: list[str], out: Pa
                  overwrite: bool = False, eval_reward: Optional[str] = None):
     from steer.api import resolve_process, resolve_reward
     from steer.finetune import METHODS
-
     from steer.finetune.sharding import load_devices
 
     device, reward_device = load_devices(device)
