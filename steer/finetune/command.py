@@ -195,11 +195,14 @@ def run_finetune(method: str, reward: Optional[str], prompts: list[str], out: Pa
                  overwrite: bool = False, eval_reward: Optional[str] = None):
     from steer.api import resolve_process, resolve_reward
     from steer.finetune import METHODS
+    from steer.finetune.sharding import load_devices
 
+    device, reward_device = load_devices(device)
     process = resolve_process(model, device=device, num_inference_steps=steps, guidance_scale=guidance)
+    reward_device = reward_device or getattr(process, "device", None)
     needs_reward = reward is not None or getattr(config, "source", None) != "dataset"
-    reward_model = resolve_reward(reward or "hps", device=getattr(process, "device", None)) if needs_reward else None
-    eval_model = None if eval_reward is None else resolve_reward(eval_reward, device=getattr(process, "device", None))
+    reward_model = resolve_reward(reward or "hps", device=reward_device) if needs_reward else None
+    eval_model = None if eval_reward is None else resolve_reward(eval_reward, device=reward_device)
     with _Bar(config.max_steps) as bar, _one_line_warnings():
         return METHODS[method](process, reward_model, prompts, config, out_dir=out, resume=resume,
                                overwrite=overwrite, callback=bar, eval_reward=eval_model)

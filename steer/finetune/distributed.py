@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from steer.errors import SteerError
+from steer.finetune import sharding
 from steer.finetune.config import TrainConfig, tracker_names
 
 
@@ -39,6 +40,8 @@ def make_accelerator(process, config: TrainConfig, logging_dir=None):
     from accelerate import Accelerator
 
     cpu = torch.device(getattr(process, "device", "cpu")).type == "cpu"
+    if sharding.requested():  # the pipeline waits on the CPU until its denoiser is sharded to the ranks' GPUs
+        cpu = not torch.cuda.is_available()
     names = tracker_names(config.report_to)
     if not names:
         return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)

@@ -14,7 +14,8 @@ The output folder holds one run; ``run_folder`` refuses a folder holding an earl
 counters (``nfe``, ``reward_calls``) continue across a resume.
 
 Multi-process (``accelerate launch``): each rank draws its own prompts and noise and the LoRA gradients
-are averaged over ranks (``distributed``).
+are averaged over ranks (``distributed``); with an FSDP config the denoiser's frozen weights are sharded
+over the ranks and the LoRA stays replicated (``sharding``).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 
 from steer import io
 from steer.budget import Trace
-from steer.finetune import checkpoint, lora, run_folder
+from steer.finetune import checkpoint, lora, run_folder, sharding
 from steer.finetune.config import TrainConfig, tracker_names
 from steer.finetune.distributed import add_trackers, average_gradients, make_accelerator
 from steer.finetune.plot import reward_plot
@@ -82,6 +83,7 @@ class Trainer:
         self._prepare_out_dir(resume, overwrite)
         self.pipe = lora.pipeline_of(process)
         self.params = self._lora_params()
+        self.sharded = self._shard()  # the block classes FSDP wrapped, or None
         self.optimizer = self.accelerator.prepare_optimizer(torch.optim.AdamW(
             self.params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
             weight_decay=config.adam_weight_decay, eps=config.adam_epsilon), device_placement=False)
@@ -113,6 +115,15 @@ class Trainer:
                                  f"set gradient_checkpointing=False")
             model.enable_gradient_checkpointing()
         return params
+
+    def _shard(self) -> Optional[list[str]]:
+        """Under an FSDP config, shard the denoiser's frozen weights over the ranks (``sharding``)."""
+        fsdp = sharding.plugin(self.accelerator)
+        if fsdp is None:
+            return None
+        if self.world > 1:
+            sharding.check_method(self.method, self.config)
+        return sharding.shard_denoiser(self.process, lora.denoiser(self.pipe), self.params, self.accelerator, fsdp)
 
     @property
     def checkpoint_dir(self) -> Path:
