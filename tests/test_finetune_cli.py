@@ -39,7 +39,7 @@ def invoke(*args):
 @pytest.mark.parametrize("extra, message", [
     (["--method", "ppo"], "--method must be one of"),
     (["--method", "dpo", "--set", "beta=0"], "beta must be a positive number"),
-    (["--method", "draft", "--dataset", "pairs.parquet"], "--dataset is read by --method dpo, kto or mapo"),
+    (["--method", "draft", "--dataset", "pairs.parquet"], "--dataset is read by --method dpo, kto, mapo or inpo"),
     (["--method", "kto", "--set", "source=disk"], "source must be 'steering', 'dataset' or 'verifier'"),
     (["--method", "grpo", "--set", "group_size=1"], "group_size must be >= 2"),
     (["--method", "draft", "--set", "nope=1"], "has no setting 'nope'"),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -28,6 +27,7 @@ import typer
 
 from steer import io
 from steer.errors import SteerError
+from steer.finetune.progress import ProgressBar
 
 
 def _preset(name: Optional[str], method: Optional[str], steps, guidance):
@@ -150,46 +150,6 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
                          f"replace it with --overwrite, or choose another --out")
 
 
-class _Bar:
-    """Live progress over optimizer steps: step, loss, reward, s/step and ETA — a rich bar on a terminal,
-    else one line on stderr about every 5% of the run (and at the last step)."""
-
-    def __init__(self, total: int):
-        self.total, self.progress, self.every = total, None, max(1, total // 20)
-        self.seconds: list[float] = []
-
-    def __enter__(self):
-        if sys.stderr.isatty():
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
-                                     transient=True)
-            self.progress.start()
-            self.task = self.progress.add_task("fine-tuning", total=self.total)
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.stop()
-
-    def line(self, record: dict) -> str:
-        self.seconds.append(float(record.get("seconds") or 0.0))
-        recent = self.seconds[-10:]
-        per_step = sum(recent) / len(recent)
-        eta = per_step * (self.total - record["step"])
-        r, e = record.get("reward_mean"), record.get("eval_reward_mean")
-        return (f"step {record['step']}/{self.total}  loss {record['loss']:.4g}"
-                + (f"  reward {r:.4g}" if r is not None else "") + (f"  eval {e:.4g}" if e is not None else "")
-                + f"  {per_step:.2f} s/step  ETA {eta:.0f}s")
-
-    def __call__(self, record: dict) -> None:
-        text = self.line(record)
-        if self.progress is not None:
-            self.progress.update(self.task, completed=record["step"], description=text)
-        elif record["step"] % self.every == 0 or record["step"] == self.total:
-            typer.echo(text, err=True)
-
-
 def run_finetune(method: str, reward: Optional[str], prompts: list[str], out: Path, *, model: Optional[str], config,
                  resume: bool, steps: Optional[int], guidance: Optional[float], device: Optional[str],
                  overwrite: bool = False, eval_reward: Optional[str] = None):
@@ -203,7 +163,7 @@ def run_finetune(method: str, reward: Optional[str], prompts: list[str], out: Pa
     needs_reward = reward is not None or getattr(config, "source", None) != "dataset"
     reward_model = resolve_reward(reward or "hps", device=reward_device) if needs_reward else None
     eval_model = None if eval_reward is None else resolve_reward(eval_reward, device=reward_device)
-    with _Bar(config.max_steps) as bar, _one_line_warnings():
+    with ProgressBar(config.max_steps) as bar, _one_line_warnings():
         return METHODS[method](process, reward_model, prompts, config, out_dir=out, resume=resume,
                                overwrite=overwrite, callback=bar, eval_reward=eval_model)
 
