@@ -125,6 +125,22 @@ def dance_sde(x: Tensor, pred: Prediction, sigma: Tensor, sigma_next: Tensor, et
     return Gaussian(mean=mean, std=(eta * (-dt) ** 0.5).float())
 
 
+def sage_sde(x: Tensor, pred: Prediction, sigma: Tensor, sigma_next: Tensor, eta: float) -> Gaussian:
+    """SAGE-GRPO's "precise manifold-aware" SDE step (Zheng et al. 2026, arXiv 2603.21872;
+    Tencent-Hunyuan/SAGE-GRPO ``FlowMatchDiscreteScheduler.sde_step_with_logprob(sde_type="sage_grpo",
+    sde_solver=True)``): the DanceGRPO step with its variance η²·|Δt| replaced by the integral of the noise
+    over the step,
+
+    std² = η²·(log((1 − σ_next)/(1 − min(σ, 1 − 3e-3))) − (σ − σ_next)),
+    mean = x + Δt·v̂ + ½·std²·s(x),  s(x) = −(x − (1−σ)·x̂0)/σ²."""
+    x = x.float()
+    dt = sigma_next - sigma
+    var = eta**2 * (torch.log((1 - sigma_next) / (1 - sigma.clamp(max=1 - 3e-3))) - (sigma - sigma_next))
+    score = -(x - (1 - sigma) * pred.x0) / sigma**2
+    mean = x + dt * pred.output + 0.5 * var * score
+    return Gaussian(mean=mean, std=var.clamp_min(0).sqrt().float())
+
+
 def flow_cps(x: Tensor, pred: Prediction, sigma_next: Tensor, a: float) -> Gaussian:
     """Coefficients-preserving sampling (Wang et al. 2025, "Coefficients-Preserving Sampling for RL with
     Flow Matching"; flow_grpo ``sde_step_with_logprob(sde_type="cps")``): the next state keeps the
@@ -146,14 +162,14 @@ def cps_log_prob(g: Gaussian, x_next: Tensor) -> Tensor:
     return -((x_next.float() - g.mean.float()) ** 2).flatten(1).mean(dim=1)
 
 
-SDE_TYPES = ("sde", "cps", "dance")
+SDE_TYPES = ("sde", "cps", "dance", "sage")
 
 
 def transition(schedule: Schedule, i: int, x: Tensor, pred: Prediction, noise_level: float = 0.0,
                sde_type: str = "sde") -> Gaussian:
     """The kernel of step ``i`` for this schedule: DDIM(η=noise_level) for diffusion; the Euler ODE
     (noise_level = 0) or, with noise_level = a > 0, the Flow-GRPO SDE (``sde_type="sde"``), CPS
-    (``"cps"``) or DanceGRPO's constant-σ SDE (``"dance"``) for flow."""
+    (``"cps"``), DanceGRPO's constant-σ SDE (``"dance"``) or SAGE-GRPO's (``"sage"``) for flow."""
     if noise_level < 0:
         raise ValueError(f"noise level (eta / a) must be >= 0, got {noise_level}")
     if sde_type not in SDE_TYPES:
@@ -171,6 +187,8 @@ def transition(schedule: Schedule, i: int, x: Tensor, pred: Prediction, noise_le
         return flow_cps(x, pred, s[i + 1], noise_level)
     if sde_type == "dance":
         return dance_sde(x, pred, s[i], s[i + 1], noise_level)
+    if sde_type == "sage":
+        return sage_sde(x, pred, s[i], s[i + 1], noise_level)
     cap = s[s < 1].max() if bool((s < 1).any()) else s[-1]
     return flow_sde(x, pred, s[i], s[i + 1], noise_level, cap)
 

@@ -185,6 +185,54 @@ def test_guard_log_ratio_is_centred_and_rescaled():
     assert bool((shift < 0).all())
 
 
+# ---- SAGE-GRPO -------------------------------------------------------------------------------------------
+def test_sage_sde_is_sage_grpos_step():
+    i, eta = 3, 0.5
+    schedule, x, v, pred = _flow_case(i, seed=4)
+    g = kernels.transition(schedule, i, x, pred, eta, sde_type="sage")
+    s, s_next = schedule.sigmas[i].double(), schedule.sigmas[i + 1].double()
+    x64, v64 = x.double(), v.double()
+    var = eta**2 * (-(s - s_next) + torch.log((1 - s_next) / (1 - min(float(s), 1 - 3e-3))))  # std_dev_t_sq
+    score = -(x64 - (x64 - s * v64) * (1 - s)) / s**2
+    mean = x64 + (s_next - s) * v64 + 0.5 * var * score
+    torch.testing.assert_close(g.mean.double(), mean, rtol=0, atol=1e-5)
+    assert float(g.std) == pytest.approx(float(var.sqrt()), rel=1e-5)
+    assert float(var) != pytest.approx(eta**2 * float(s - s_next), rel=1e-3)
+
+
+def _sage_grad_norms(sigmas, eta, sde_type):
+    """SAGE-GRPO compute_log_prob_grad_norms (sde_solver=True), re-derived in plain Python."""
+    out = []
+    for k in range(len(sigmas) - 1):
+        s, n = float(sigmas[k]), float(sigmas[k + 1])
+        dt = n - s
+        if sde_type == "dance":
+            std, jac = eta * math.sqrt(max(-dt, 1e-12)), dt * (1 + 0.5 * eta**2 * (1 - s) / max(s, 1e-12))
+        elif sde_type == "sage":
+            var = eta**2 * (dt + math.log((1 - n) / max(1 - min(s, 1 - 3e-3), 1e-12)))
+            std, jac = math.sqrt(var), dt - 0.5 * var * (1 - s) / s
+        elif sde_type == "sde":
+            cap = float(sigmas[1])
+            st = math.sqrt(max(s, 1e-12) / max(1 - (cap if s == 1 else s), 1e-12)) * eta
+            std, jac = st * math.sqrt(-dt), dt * (1 + st**2 * (1 - s) / (2 * s))
+        else:  # cps
+            std = max(n * math.sin(eta * math.pi / 2), 1e-12)
+            jac = -s * (1 - n) + (1 - s) * math.sqrt(max(n**2 - (n * math.sin(eta * math.pi / 2)) ** 2, 0))
+        g = abs(jac) / max(std, 1e-12)
+        out.append(g if math.isfinite(g) and g > 0 else 1.0)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("sde_type", ["sage", "dance", "sde", "cps"])
+def test_grad_balance_scales_are_sage_grpos_equalizer(sde_type):
+    schedule = _flow_case(0, steps=12)[0]
+    norms = _sage_grad_norms(schedule.sigmas.double(), 0.7, sde_type)
+    expected = norms.median() / norms  # compute_grad_balancing_factors
+    got = variants.grad_balance_scales(schedule, 0.7, sde_type).double()
+    torch.testing.assert_close(got, expected, rtol=2e-4, atol=0)
+    assert float(got.max() / got.min()) > 1.5  # the equalizer really reweights the steps
+
+
 # ---- multi-reward ----------------------------------------------------------------------------------------
 class Redness(Reward):
     name, differentiable = "redness", True
@@ -221,7 +269,7 @@ def test_sample_batch_scores_each_term_for_multi_reward(tmp_path):
 
 
 # ---- the presets run -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["flow_grpo_fast", "mix_grpo", "dance_grpo", "grpo_guard"])
+@pytest.mark.parametrize("name", ["flow_grpo_fast", "mix_grpo", "dance_grpo", "grpo_guard", "sage_grpo"])
 def test_variant_preset_trains_a_tiny_sd3(tmp_path, name):
     over = dict(max_steps=2, group_size=2, prompts_per_step=1, lora_rank=2, lora_alpha=2.0, learning_rate=1e-2,
                 clip_range=0.2, inner_epochs=2, target_modules=("to_q", "to_v"), ema_decay=None)

@@ -162,8 +162,10 @@ class GRPOConfig(TrainConfig):
     noise_level: Optional[float] = opt(None, "Kernel noise: DDIM η (default 1.0, DDPO) or flow-SDE a "
                                              "(default 0.7, Flow-GRPO).", "method")
     # 2026 variants (see steer.finetune.grpo_variants)
-    sde_type: str = opt("sde", "Flow kernel: sde (Flow-GRPO), cps (coefficients-preserving) or dance (DanceGRPO's "
-                               "constant σ_t = a).", "variants")
+    sde_type: str = opt("sde", "Flow kernel: sde (Flow-GRPO), cps (coefficients-preserving), dance (DanceGRPO's "
+                               "constant σ_t = a) or sage (SAGE-GRPO's integrated variance).", "variants")
+    grad_balance: bool = opt(False, "SAGE-GRPO's gradient norm equalizer: step i's policy loss × median_j(g_j) / g_i, "
+                                    "g = |∂mean/∂output| / std of the step's kernel.", "variants")
     sde_window_size: int = opt(0, "W > 0: only W consecutive steps are stochastic (ODE elsewhere) and only they "
                                   "train (Flow-GRPO-Fast, MixGRPO); 0 = every step.", "variants")
     sde_window_range: Optional[tuple] = opt(None, "(lo, hi): the window lies in steps lo..hi-1 (Flow-GRPO-Fast: "
@@ -204,7 +206,8 @@ class GRPOConfig(TrainConfig):
                  f"noise_level must be > 0 (GRPO needs a stochastic kernel), got {self.noise_level}")
 
     def _check_variants(self):
-        _require(self.sde_type in ("sde", "cps", "dance"), f"sde_type must be 'sde', 'cps' or 'dance', got {self.sde_type!r}")
+        _require(self.sde_type in ("sde", "cps", "dance", "sage"),
+                 f"sde_type must be 'sde', 'cps', 'dance' or 'sage', got {self.sde_type!r}")
         _require(isinstance(self.sde_window_size, int) and self.sde_window_size >= 0,
                  f"sde_window_size must be an integer >= 0 (0 = every step), got {self.sde_window_size!r}")
         if self.sde_window_range is not None:

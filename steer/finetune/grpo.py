@@ -152,6 +152,8 @@ def policy_loss(trainer: Trainer, batch: dict, i: int, cond) -> tuple[Tensor, di
     adv = batch["advantages"].to(ratio.device)
     eps = config.clip_range
     loss = clipped_surrogate(adv, ratio, eps)
+    if config.grad_balance:  # SAGE-GRPO: the policy term of step i rescaled by median(g) / g_i
+        loss = loss * variants.grad_balance_scales(process.schedule, a, config.sde_type)[i]
     info = {"ratio": ratio.detach(), "clip_fraction": float(((ratio - 1).abs() > eps).float().mean())}
     if config.kl_beta > 0:
         kl = kl_to_reference(trainer, x, i, cond, g, a)

@@ -27,6 +27,12 @@
   (``--init_same_noise``, ``initial_noise``), the last step never trained and int(0.6·(S − 1)) of the
   others drawn at random (``timestep_selection="random_but_last"``), advantages with the unbiased
   group std + 1e-8 (``advantages="group_unbiased"``).
+- **SAGE-GRPO** (Zheng et al. 2026, arXiv 2603.21872; Tencent-Hunyuan/SAGE-GRPO
+  ``hyvideo/schedulers/scheduling_flow_match_discrete.py``, ``hyvideo/utils/grpo_utils.py``): its micro-level
+  parts, the SDE with the step's integrated variance (``kernels.sage_sde``) and the gradient norm equalizer
+  (``grad_balance_scales``: each step's policy loss times median(g)/g_i). Not reproduced: its macro-level
+  dual trust region (an adaptive KL coefficient, a reference re-anchored every 10 updates, a step-wise KL
+  E_old[log π_old − log π_θ]).
 - **Multi-reward GRPO**: see ``steer.finetune.advantages`` (``multi_reward``); ``reward_terms`` splits a
   weighted-sum reward into its terms.
 
@@ -40,6 +46,7 @@ progressive window skips that start.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -110,6 +117,22 @@ def guard_log_ratio(lp_new: Tensor, lp_old: Tensor, mean_new: Tensor, mean_old: 
     s = std.float()
     mse = ((mean_new.float() - mean_old.float()) ** 2).flatten(1).mean(dim=1)  # (B,)
     return (lp_new - lp_old) * s + mse / (2 * s)
+
+
+def grad_balance_scales(schedule, level: float, sde_type: str) -> Tensor:
+    """SAGE-GRPO's gradient norm equalizer (``compute_grad_balancing_factors``): per step i of the chain
+    g_i = |∂mean/∂output| / std (the norm of ∂log p/∂output per unit noise; every kernel's mean is affine in
+    the model output), non-finite or non-positive g_i → 1, and scale_i = median_j(g_j) / g_i (S,)."""
+    S = len(schedule.timesteps)
+    x, ones = torch.zeros(1, 1), torch.ones(1, 1)
+    norms = []
+    for i in range(S):
+        g0 = kernels.transition(schedule, i, x, kernels.to_prediction(schedule, i, x, 0 * ones), level, sde_type)
+        g1 = kernels.transition(schedule, i, x, kernels.to_prediction(schedule, i, x, ones), level, sde_type)
+        g = float((g1.mean - g0.mean).abs().max()) / max(float(g0.std), 1e-12)
+        norms.append(g if math.isfinite(g) and g > 0 else 1.0)
+    norms = torch.tensor(norms)
+    return norms.median() / norms  # (S,)
 
 
 def initial_noise(process, num_prompts: int, group_size: int, shared: bool, generator: torch.Generator) -> Tensor:

@@ -21,6 +21,8 @@ choices (mixed precision, batch layout over GPUs, checkpoint cadence) are left t
   ``fastvideo/train_grpo_flux.py``, ``fastvideo/utils/grpo_states.py``.
 - ``dance_grpo``: XueZeyue/DanceGRPO ``scripts/finetune/finetune_flux_grpo_8gpus_lora.sh``,
   ``fastvideo/train_grpo_flux_lora.py``.
+- ``sage_grpo``: Tencent-Hunyuan/SAGE-GRPO ``post_train.py`` (argument defaults), ``README.md``,
+  ``hyvideo/utils/grpo_utils.py`` — its micro-level parts only (see ``steer.finetune.grpo_variants``).
 - ``grpo_guard``: X-GenGroup/Flow-Factory ``examples/grpo/lora/sd3_5/default.yaml`` with
   ``trainer_type: grpo-guard`` (``trainers/grpo.py`` ``GRPOGuardTrainer``).
 - ``draft_k`` / ``draft_lv``: DRaFT (Clark et al. 2024) has no official code; the values are the
@@ -60,6 +62,7 @@ _FAST = "flow_grpo config/grpo.py geneval_sd3_fast_nocfg"
 _MIX = "MixGRPO scripts/finetune/finetune_flux_grpo_MixGRPO.sh"
 _DANCE = "DanceGRPO scripts/finetune/finetune_flux_grpo_8gpus_lora.sh"
 _FF = "Flow-Factory examples/grpo/lora/sd3_5/default.yaml"
+_SAGE = "SAGE-GRPO post_train.py defaults"
 _SD3_ATTN = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -312,6 +315,31 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                        "the chain's last state is decoded (DanceGRPO decodes the last step's x̂0)",
                        "one optimizer step per micro-batch (DanceGRPO: gradient_accumulation_steps 12 over samples)",
                        "the schedule is the pipeline's own (DanceGRPO: shift 3 on linspace(1, 0))")),
+    Preset("sage_grpo", "grpo",
+           config=dict(sde_type="sage", noise_level=0.5, grad_balance=True, timestep_fraction=1.0,
+                       timestep_selection="random", group_size=4, prompts_per_step=1, advantages="group",
+                       clip_range=1e-4, adv_clip_max=5.0, kl_beta=0.0, learning_rate=1e-5),
+           process=dict(num_inference_steps=20, guidance_scale=6.0),
+           origin={"sde_type": f"{_SAGE} sde_type = 'sage_grpo' (sde_solver=True in grpo_one_step)",
+                   "noise_level": f"{_SAGE} eta = 0.5", "grad_balance": f"{_SAGE} use_grad_balancing = True",
+                   "timestep_fraction": f"{_SAGE} timestep_fraction = 1.0 (every step, the last included)",
+                   "timestep_selection": f"{_SAGE} enable_timestep_permutation = True",
+                   "group_size": "SAGE-GRPO README: num_generations = 4",
+                   "prompts_per_step": "one prompt's group per step (see deviations)",
+                   "advantages": "SAGE-GRPO grpo_utils.py _normalize_group (its statistics not read: unverified)",
+                   "clip_range / adv_clip_max": f"{_SAGE} clip_range = 1e-4, adv_clip_max = 5.0",
+                   "kl_beta": "SAGE-GRPO's dual trust-region KL is not reproduced (see deviations)",
+                   "learning_rate": "SAGE-GRPO README: learning_rate 1e-5",
+                   "num_inference_steps": f"{_SAGE} grpo_sampling_steps = 20",
+                   "guidance_scale": f"{_SAGE} cfg_scale = 6.0"},
+           deviations=("the dual trust region (adaptive KL coefficient from 1e-7 up to kl_weight 1e-5, a reference "
+                       "re-anchored every 10 updates, a step-wise KL weighted 0.1) is not reproduced: kl_beta = 0",
+                       "SAGE-GRPO fine-tunes the whole HunyuanVideo-1.5 transformer; here a LoRA",
+                       "the trained steps are shared by a micro-batch (SAGE-GRPO permutes them per sample; with "
+                       "timestep_fraction 1 every step trains either way)",
+                       "one prompt × 4 samples per optimizer step (SAGE-GRPO: 64 videos over 32 data-parallel "
+                       "ranks)", "the group-advantage statistics (_normalize_group in hyvideo/commons) were not "
+                       "read; steer's group advantages are used")),
     Preset("grpo_guard", "grpo",
            config=dict(ratio_norm=True, sde_type="sde", noise_level=0.8, sde_window_size=2, sde_window_range=(1, 6),
                        sde_window_schedule="subset", clip_range=1e-4, adv_clip_max=5.0, kl_beta=0.0,
