@@ -303,3 +303,30 @@ def test_guard_ratio_in_training_is_exp_mean_eps_delta_mu(tmp_path):
     expected = torch.exp((eps * (g.mean - batch["means"][i])).flatten(1).mean(dim=1))
     torch.testing.assert_close(info["ratio"], expected, rtol=1e-4, atol=1e-6)
     assert (info["ratio"] - 1).abs().max() > 1e-7
+
+
+def test_guard_window_run_resumes_bitwise(tmp_path):
+    """A stored batch now carries the kernels' means (GRPO-Guard) and its window's steps: both survive a resume."""
+    cfg = presets.config("grpo_guard", max_steps=3, checkpoint_every=1, group_size=2, lora_rank=2, lora_alpha=2.0,
+                         learning_rate=1e-2, clip_range=0.2, inner_epochs=2, target_modules=("to_q", "to_v"),
+                         ema_decay=None, sde_window_range=(0, 4))
+
+    def process():
+        return from_pipe(build("sd3"), num_inference_steps=5, guidance_scale=1.0)
+
+    straight = process()
+    grpo(straight, Brightness(), PROMPTS, cfg, out_dir=tmp_path / "a")
+
+    class Stop(Exception):
+        pass
+
+    def stop(record):
+        if record["step"] == 1:  # mid inner epoch: the stored batch is reused after the resume
+            raise Stop
+
+    with pytest.raises(Stop):
+        grpo(process(), Brightness(), PROMPTS, cfg, out_dir=tmp_path / "b", callback=stop)
+    resumed = process()
+    grpo(resumed, Brightness(), PROMPTS, cfg, out_dir=tmp_path / "b", resume=True)
+    a, b = lora.lora_state_dict(straight), lora.lora_state_dict(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
