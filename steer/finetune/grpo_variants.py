@@ -5,7 +5,7 @@
   ``config/grpo.py`` ``*_fast*``): only ``sde_window_size`` = W consecutive steps are stochastic, the rest
   of the chain is the ODE, and only those W steps train. The window start is
   ``random.randint(lo, hi − W)`` (both ends inclusive) over ``sde_window_range`` = (lo, hi), drawn anew for
-  every sampling batch (``fast_window``). Flow-Factory's form of it (``scheduler.num_sde_steps`` of
+  every sampling batch (``fast_window``); flow_grpo's fast configs use W = 3 in (0, S // 2) with CPS. Flow-Factory's form of it (``scheduler.num_sde_steps`` of
   ``scheduler.sde_steps``, its SD3.5 example: 2 of steps 1..5) draws the W stochastic steps as a random
   subset, not necessarily adjacent (``sde_window_schedule="subset"``, ``subset_window``).
 - **CPS** (coefficients-preserving sampling, flow_grpo ``sde_type="cps"``): ``kernels.flow_cps``; its
@@ -22,7 +22,10 @@
   old policy and a scale ∝ 1/s that grows at low-noise steps. Guard uses
   log ρ = s·Δlog p + ‖μ_θ − μ_old‖²/(2s) = mean(ε·(μ_θ − μ_old)) with x′ = μ_old + s·ε: centred (ratio
   normalization) and rescaled by the step's std s (per-step gradient reweighting) (``guard_log_ratio``).
-- **DanceGRPO** (XueZeyue/DanceGRPO ``fastvideo/train_grpo_flux.py``, ``scripts/finetune/finetune_flux_grpo.sh``):
+  The paper's own code was not found; its separate gradient-reweight forms (δ per σ_t convention) were not
+  checked, the combined expression is Flow-Factory's. As there, it needs a Gaussian log-density (not CPS's).
+- **DanceGRPO** (XueZeyue/DanceGRPO ``fastvideo/train_grpo_flux.py`` / ``train_grpo_flux_lora.py``,
+  ``scripts/finetune/finetune_flux_grpo*.sh``):
   its SDE (``kernels.dance_sde``, σ_t = η = 0.3), one initial noise shared by a prompt's group
   (``--init_same_noise``, ``initial_noise``), the last step never trained and int(0.6·(S − 1)) of the
   others drawn at random (``timestep_selection="random_but_last"``), advantages with the unbiased
