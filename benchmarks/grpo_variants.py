@@ -15,8 +15,9 @@ the rest of their recipe). Rows:
 - ``dance``: DanceGRPO's shared group noise, int(0.6·(S − 1)) random steps but the last, unbiased std.
 
 Columns: training reward over the last quarter of steps (mean of the sampled groups' chroma), the
-chroma of fresh deterministic samples (DDIM η = 0, ``--eval-steps``) on the training captions × ``--seeds``
-seeds before and after (paired: same noise), wall seconds. One run, one seed of training: differences
+chroma and the exact checker's accuracy (the no-regression column: bigger objects must not break the
+caption) of fresh deterministic samples (DDIM η = 0, ``--eval-steps``) on the training captions ×
+``--seeds`` seeds before and after (paired: same noise), wall seconds. One run, one seed of training: differences
 smaller than the seed-to-seed spread of a row are not evidence.
 
     python benchmarks/grpo_variants.py [--rows grpo,fast,mix,guard,dance] [--steps 30] [--out FILE]
@@ -42,7 +43,7 @@ from steer import chain  # noqa: E402
 from steer.finetune import GRPOConfig, grpo  # noqa: E402
 from steer.pipelines import from_pipe  # noqa: E402
 from steer.rewards.chroma import ChromaReward  # noqa: E402
-from steer.zoo.shapes import DEFAULT_GUIDANCE_SCALE, pipeline  # noqa: E402
+from steer.zoo.shapes import DEFAULT_GUIDANCE_SCALE, checker, pipeline  # noqa: E402
 
 ROWS = ("grpo", "fast", "mix", "guard", "dance")
 
@@ -65,20 +66,23 @@ def row_config(row: str, args) -> GRPOConfig:
 
 
 @torch.no_grad()
-def fresh_chroma(process, captions, seeds) -> float:
-    """Mean chroma of deterministic samples, every caption × seed from fixed noise (paired across rows)."""
-    reward, total = ChromaReward(), []
+def fresh_eval(process, captions, seeds) -> tuple[float, float]:
+    """Mean chroma and checker accuracy of deterministic samples, every caption × seed from fixed noise
+    (paired across rows)."""
+    reward, chroma, correct = ChromaReward(), [], []
     for seed in range(seeds):
         g = torch.Generator().manual_seed(10_000 + seed)
         x = chain.run(process, process.init_noise(len(captions), g), process.prepare(captions))
-        total.append(reward(process.decode(x).float(), captions))
-    return float(torch.cat(total).mean())
+        images = process.decode(x).float()
+        chroma.append(reward(images, captions))
+        correct.append(checker.check(images, captions).float())
+    return float(torch.cat(chroma).mean()), float(torch.cat(correct).mean())
 
 
 def run_row(row: str, args, captions) -> dict:
     pipe = pipeline()
     evaluate = from_pipe(pipe, num_inference_steps=args.eval_steps, guidance_scale=DEFAULT_GUIDANCE_SCALE)
-    before = fresh_chroma(evaluate, captions, args.seeds)
+    before, acc_before = fresh_eval(evaluate, captions, args.seeds)
     config = row_config(row, args)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
@@ -87,9 +91,11 @@ def run_row(row: str, args, captions) -> dict:
     wall = time.perf_counter() - t0
     curve = [m["reward_mean"] for m in result.metrics]
     tail = curve[-max(1, len(curve) // 4):]
-    return {"row": row, "samples": args.steps * 2 * args.group, "wall_seconds": wall,
+    after, acc_after = fresh_eval(evaluate, captions, args.seeds)
+    return {"row": row, "seed": args.seed, "samples": args.steps * 2 * args.group, "wall_seconds": wall,
             "train_reward_last_quarter": sum(tail) / len(tail), "train_reward_first": curve[0],
-            "fresh_before": before, "fresh_after": fresh_chroma(evaluate, captions, args.seeds), "curve": curve}
+            "fresh_before": before, "fresh_after": after, "accuracy_before": acc_before, "accuracy_after": acc_after,
+            "curve": curve}
 
 
 def main(argv=None) -> list[dict]:
@@ -114,7 +120,8 @@ def main(argv=None) -> list[dict]:
         r = rows[-1]
         print(f"{row:6s} samples {r['samples']:4d}  train reward first {r['train_reward_first']:.4f} "
               f"last-quarter {r['train_reward_last_quarter']:.4f}  fresh chroma {r['fresh_before']:.4f} -> "
-              f"{r['fresh_after']:.4f}  {r['wall_seconds']:.0f} s", flush=True)
+              f"{r['fresh_after']:.4f}  checker {r['accuracy_before']:.3f} -> {r['accuracy_after']:.3f}  "
+              f"{r['wall_seconds']:.0f} s", flush=True)
         if args.out:
             args.out.write_text(json.dumps(rows, indent=1))
     return rows
