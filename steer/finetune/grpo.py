@@ -113,7 +113,8 @@ def batch_advantages(trainer: Trainer, x, prompts, images, rewards):
     """The advantages of a batch: of the (summed) reward, or per reward term then weighted (``multi_reward``)."""
     config = trainer.config
     if config.multi_reward == "advantages":
-        terms = variants.score_terms(trainer.process, trainer.reward, x, prompts, trainer.trace, images)  # (K, B)
+        terms = (variants.score_terms(trainer.process, trainer.reward, x, prompts, trainer.trace, images)  # (K, B)
+                 if getattr(trainer.reward, "terms", None) else rewards.float().cpu()[None])  # one reward: no rescoring
         return multi_reward_advantages(config, terms, variants.reward_terms(trainer.reward)[1], list(prompts))
     history = trainer.extra.setdefault("reward_history", {})  # per_prompt: each prompt's last rewards (checkpointed)
     return advantages(config, rewards.cpu(), list(prompts), history)
