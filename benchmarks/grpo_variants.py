@@ -12,7 +12,8 @@ the rest of their recipe). Rows:
 - ``mix``: MixGRPO's progressive window, W = 4, moved by 1 every ``--shift-every`` steps (the reference's
   25 is scaled so the window sweeps the chain within the run), shared group noise, unbiased std;
 - ``guard``: ``grpo`` with GRPO-Guard's ratio (s·Δlog p + ‖Δμ‖²/2s);
-- ``dance``: DanceGRPO's shared group noise, int(0.6·(S − 1)) random steps but the last, unbiased std.
+- ``dance``: DanceGRPO's shared group noise, int(0.6·(S − 1)) random steps but the last, unbiased std;
+- ``balance``: ``grpo`` with SAGE-GRPO's gradient norm equalizer (its SDE is flow-only: not in play).
 
 Columns: training reward over the last quarter of steps (mean of the sampled groups' chroma), the
 chroma and the exact checker's accuracy (the no-regression column: bigger objects must not break the
@@ -20,7 +21,9 @@ caption) of fresh deterministic samples (DDIM η = 0, ``--eval-steps``) on the t
 ``--seeds`` seeds before and after (paired: same noise), wall seconds. One run, one seed of training: differences
 smaller than the seed-to-seed spread of a row are not evidence.
 
-    python benchmarks/grpo_variants.py [--rows grpo,fast,mix,guard,dance] [--steps 30] [--out FILE]
+    python benchmarks/grpo_variants.py [--rows grpo,fast,mix,guard,dance] [--seed 0] [--out FILE]
+
+Each row is one process of about 1–3 CPU minutes (one thread); run rows separately to keep side runs short.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ from steer.pipelines import from_pipe  # noqa: E402
 from steer.rewards.chroma import ChromaReward  # noqa: E402
 from steer.zoo.shapes import DEFAULT_GUIDANCE_SCALE, checker, pipeline  # noqa: E402
 
-ROWS = ("grpo", "fast", "mix", "guard", "dance")
+ROWS = ("grpo", "fast", "mix", "guard", "dance", "balance")
 
 
 def row_config(row: str, args) -> GRPOConfig:
@@ -61,6 +64,7 @@ def row_config(row: str, args) -> GRPOConfig:
         "guard": dict(timestep_fraction=0.5, ratio_norm=True),
         "dance": dict(timestep_fraction=0.6, timestep_selection="random_but_last", shared_noise=True,
                       advantages="group_unbiased"),
+        "balance": dict(timestep_fraction=0.5, grad_balance=True),
     }[row]
     return GRPOConfig(**common, **variant)
 
@@ -101,14 +105,14 @@ def run_row(row: str, args, captions) -> dict:
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", default=",".join(ROWS))
-    p.add_argument("--captions", type=int, default=8)
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--captions", type=int, default=4)
+    p.add_argument("--steps", type=int, default=12)
     p.add_argument("--group", type=int, default=4)
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--eval-steps", type=int, default=10)
-    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--shift-every", type=int, default=4)
+    p.add_argument("--shift-every", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
