@@ -64,6 +64,10 @@ def test_cps_is_refused_on_diffusion_and_with_ratio_norm():
         kernels.transition(sched, 0, x, pred, 1.0, sde_type="cps")
     with pytest.raises(ValueError, match="ratio_norm"):
         GRPOConfig(sde_type="cps", ratio_norm=True)
+    with pytest.raises(ValueError, match="use kl_scaling='exact'"):
+        GRPOConfig(sde_type="dance", kl_scaling="flow_grpo")
+    with pytest.raises(ValueError, match="widen the range"):
+        GRPOConfig(sde_window_size=4, sde_window_range=(0, 3))
 
 
 # ---- DanceGRPO -------------------------------------------------------------------------------------------

@@ -224,6 +224,9 @@ class GRPOConfig(TrainConfig):
         _require(not (self.ratio_norm and self.sde_type == "cps"),
                  "ratio_norm (GRPO-Guard) needs a Gaussian log-density; CPS's log-prob drops the variance: "
                  "use sde_type='sde' or 'dance'")
+        _require(self.kl_scaling != "flow_grpo" or self.sde_type == "sde",
+                 f"kl_scaling='flow_grpo' divides by Flow-GRPO's σ_t² (sde_type='sde'); with sde_type="
+                 f"{self.sde_type!r} use kl_scaling='exact'")
         _require(self.multi_reward in ("sum", "advantages"),
                  f"multi_reward must be 'sum' or 'advantages', got {self.multi_reward!r}")
         _require(not (self.multi_reward == "advantages" and self.advantages == "per_prompt"),
