@@ -13,7 +13,8 @@ Notation (code name -> paper):
 ``alpha_prev``     ᾱ_{t-1}, at the step the transition lands on
 ``eta``            η: 0 = deterministic DDIM, 1 = DDPM-like ancestral variance (eq. 16)
 ``sigma``          flow time t = σ with x_σ = (1-σ)·x0 + σ·ε (rectified flow)
-``a``              Flow-GRPO noise level: σ_t = a·sqrt(t/(1-t)) (Liu et al. 2025, eq. 8)
+``a``              Flow-GRPO noise level: σ_t = a·sqrt(t/(1-t)) (Liu et al. 2025, eq. 8); CPS: std =
+                   σ_next·sin(a·π/2); DanceGRPO: σ_t = a (constant)
 ``pred.eps``       ε̂ (diffusion) or the implied noise x̂1 (flow)
 ``pred.output``    the model output: ε̂, v̂ or x̂0 (diffusion), velocity v̂ = ε − x0 (flow)
 ``alpha_next``     ᾱ_{t+1}, the noisier level an inverse (DDIM inversion) step lands on
@@ -111,17 +112,84 @@ def flow_sde(
     return Gaussian(mean=mean, std=(sig_t * (-dt) ** 0.5).float())
 
 
-def transition(schedule: Schedule, i: int, x: Tensor, pred: Prediction, noise_level: float = 0.0) -> Gaussian:
+def dance_sde(x: Tensor, pred: Prediction, sigma: Tensor, sigma_next: Tensor, eta: float) -> Gaussian:
+    """Euler–Maruyama step of DanceGRPO's SDE (Xue et al. 2025, ``fastvideo/train_grpo_flux.py``
+    ``flux_step`` with ``sde_solver=True``): the Flow-GRPO drift with a constant σ_t = η,
+
+    mean = x + Δt·v̂ − ½η²·s(x)·Δt,  s(x) = −(x − (1−t)·x̂0)/t²,  std = η·sqrt(−Δt),
+
+    which equals x + [v̂ + η²/(2t)·(x + (1−t)·v̂)]·Δt (x̂0 = x − t·v̂)."""
+    x = x.float()
+    dt = sigma_next - sigma
+    score = -(x - (1 - sigma) * pred.x0) / sigma**2
+    mean = x + dt * pred.output - 0.5 * eta**2 * score * dt
+    return Gaussian(mean=mean, std=(eta * (-dt) ** 0.5).float())
+
+
+def sage_sde(x: Tensor, pred: Prediction, sigma: Tensor, sigma_next: Tensor, eta: float) -> Gaussian:
+    """SAGE-GRPO's "precise manifold-aware" SDE step (Zheng et al. 2026, arXiv 2603.21872;
+    Tencent-Hunyuan/SAGE-GRPO ``FlowMatchDiscreteScheduler.sde_step_with_logprob(sde_type="sage_grpo",
+    sde_solver=True)``): the DanceGRPO step with its variance η²·|Δt| replaced by the integral of the noise
+    over the step,
+
+    std² = η²·(log((1 − σ_next)/(1 − min(σ, 1 − 3e-3))) − (σ − σ_next)),
+    mean = x + Δt·v̂ + ½·std²·s(x),  s(x) = −(x − (1−σ)·x̂0)/σ²."""
+    x = x.float()
+    dt = sigma_next - sigma
+    var = eta**2 * (torch.log((1 - sigma_next) / (1 - sigma.clamp(max=1 - 3e-3))) - (sigma - sigma_next))
+    score = -(x - (1 - sigma) * pred.x0) / sigma**2
+    mean = x + dt * pred.output + 0.5 * var * score
+    return Gaussian(mean=mean, std=var.clamp_min(0).sqrt().float())
+
+
+def flow_cps(x: Tensor, pred: Prediction, sigma_next: Tensor, a: float) -> Gaussian:
+    """Coefficients-preserving sampling (Wang et al. 2025, "Coefficients-Preserving Sampling for RL with
+    Flow Matching"; flow_grpo ``sde_step_with_logprob(sde_type="cps")``): the next state keeps the
+    forward process' coefficients, (1 − σ_next)·x̂0 plus noise of total level σ_next, split between the
+    predicted noise x̂1 and fresh noise:
+
+    mean = (1 − σ_next)·x̂0 + sqrt(σ_next² − std²)·x̂1,  std = σ_next·sin(a·π/2).
+
+    At the last step (σ_next = 0) it is deterministic and lands on x̂0."""
+    std = sigma_next * math.sin(a * math.pi / 2)
+    mean = (1 - sigma_next) * pred.x0 + (sigma_next**2 - std**2).clamp_min(0) ** 0.5 * pred.eps
+    return Gaussian(mean=mean, std=torch.as_tensor(std, dtype=torch.float32))
+
+
+def cps_log_prob(g: Gaussian, x_next: Tensor) -> Tensor:
+    """flow_grpo's CPS "log-prob": −mean((x_next − mean)²) per batch element (B,), all constants and the
+    1/(2·std²) scale removed (the reference's choice; ratios of it are exp of a difference of squared
+    distances, not of Gaussian log-densities)."""
+    return -((x_next.float() - g.mean.float()) ** 2).flatten(1).mean(dim=1)
+
+
+SDE_TYPES = ("sde", "cps", "dance", "sage")
+
+
+def transition(schedule: Schedule, i: int, x: Tensor, pred: Prediction, noise_level: float = 0.0,
+               sde_type: str = "sde") -> Gaussian:
     """The kernel of step ``i`` for this schedule: DDIM(η=noise_level) for diffusion; the Euler ODE
-    (noise_level = 0) or the Flow-GRPO SDE (noise_level = a > 0) for flow."""
+    (noise_level = 0) or, with noise_level = a > 0, the Flow-GRPO SDE (``sde_type="sde"``), CPS
+    (``"cps"``), DanceGRPO's constant-σ SDE (``"dance"``) or SAGE-GRPO's (``"sage"``) for flow."""
     if noise_level < 0:
         raise ValueError(f"noise level (eta / a) must be >= 0, got {noise_level}")
+    if sde_type not in SDE_TYPES:
+        raise ValueError(f"sde_type must be one of {', '.join(SDE_TYPES)}, got {sde_type!r}")
     if schedule.kind == "diffusion":
+        if sde_type != "sde":
+            raise ValueError(f"sde_type={sde_type!r} is a flow-matching kernel; use sde_type='sde' (DDIM η) "
+                             f"for a diffusion model")
         a = schedule.alphas_cumprod
         return ddim(x, pred, a[i], a[i + 1], eta=noise_level)
     s = schedule.sigmas
     if noise_level == 0:
         return flow_euler(x, pred, s[i], s[i + 1])
+    if sde_type == "cps":
+        return flow_cps(x, pred, s[i + 1], noise_level)
+    if sde_type == "dance":
+        return dance_sde(x, pred, s[i], s[i + 1], noise_level)
+    if sde_type == "sage":
+        return sage_sde(x, pred, s[i], s[i + 1], noise_level)
     cap = s[s < 1].max() if bool((s < 1).any()) else s[-1]
     return flow_sde(x, pred, s[i], s[i + 1], noise_level, cap)
 

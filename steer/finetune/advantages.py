@@ -6,17 +6,26 @@
   ``buffer_size`` rewards (the current ones appended first, across steps and resumes); while it
   holds fewer than ``min_count`` the statistics are those of the whole batch, then the buffer's;
   (r − mean) / (std + 1e-6). With DDPO's 16 / 16 a prompt needs 16 rewards of history.
+- ``group_unbiased`` (DanceGRPO / MixGRPO, ``fastvideo/train_grpo_flux.py`` with ``--use_group``):
+  (r − mean_g) / (std_g + 1e-8) with torch's default *unbiased* std (ddof = 1).
 - ``global_std`` (Flow-GRPO, ``flow_grpo/stat_tracking.py`` with ``global_std=True``, the tracker
   cleared every epoch): (r − mean of the prompt's samples this step) / (std of all the batch's
   rewards + 1e-4). Deviation: the batch is this process' (Flow-GRPO gathers every GPU's rewards
   first).
 
-Every std is the population std (ddof = 0, numpy's default in the references); the statistics run in
-float64; the advantages are clipped to ±``clip`` (``adv_clip_max``) afterwards, as in both references.
+Every other std is the population std (ddof = 0, numpy's default in those references); the statistics
+run in float64; the advantages are clipped to ±``clip`` (``adv_clip_max``) afterwards, as in all of them.
+
+Several rewards (``multi_reward="advantages"``, MixGRPO's ``--multi_reward_mix advantage_aggr``, its
+default): each reward term is normalized on its own with the mode above, the normalized advantages are
+summed with the terms' weights, and the sum is clipped. ``multi_reward="sum"`` (flow_grpo's
+``multi_score``: advantages of the weighted sum ``avg`` of the raw rewards; MixGRPO's ``reward_aggr``)
+is a weighted-sum reward treated as one reward.
 """
 from __future__ import annotations
 
-from typing import MutableMapping, Sequence
+import math
+from typing import MutableMapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -26,6 +35,13 @@ def group_advantages(rewards: Tensor, group_size: int, clip: float = 5.0, eps: f
     """(r − mean_g) / (std_g + eps) within each prompt's group of G consecutive samples, clipped to ±clip."""
     r = rewards.double().view(-1, group_size)  # (P, G); float64: rewards often differ only in late digits
     adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, correction=0, keepdim=True) + eps)
+    return adv.clamp(-clip, clip).reshape(-1).float()  # (P·G,)
+
+
+def group_unbiased_advantages(rewards: Tensor, group_size: int, clip: float = 5.0, eps: float = 1e-8) -> Tensor:
+    """DanceGRPO / MixGRPO: (r − mean_g) / (unbiased std_g + eps) within each group, clipped to ±clip."""
+    r = rewards.double().view(-1, group_size)  # (P, G)
+    adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, correction=1, keepdim=True) + eps)
     return adv.clamp(-clip, clip).reshape(-1).float()  # (P·G,)
 
 
@@ -57,11 +73,25 @@ def per_prompt_advantages(rewards: Tensor, prompts: Sequence[str], history: Muta
     return adv.clamp(-clip, clip).float()  # (B,)
 
 
-def advantages(config, rewards: Tensor, prompts: Sequence[str], history: MutableMapping[str, list]) -> Tensor:
-    """The advantages of a GRPO config's ``advantages`` mode (``history``: the per-prompt buffers)."""
+def advantages(config, rewards: Tensor, prompts: Sequence[str], history: MutableMapping[str, list],
+               clip: Optional[float] = None) -> Tensor:
+    """The advantages of a GRPO config's ``advantages`` mode (``history``: the per-prompt buffers), clipped
+    to ±``clip`` (default ``adv_clip_max``)."""
+    clip = config.adv_clip_max if clip is None else clip
     if config.advantages == "per_prompt":
-        return per_prompt_advantages(rewards, prompts, history, config.stat_buffer_size, config.stat_min_count,
-                                     config.adv_clip_max)
+        return per_prompt_advantages(rewards, prompts, history, config.stat_buffer_size, config.stat_min_count, clip)
     if config.advantages == "global_std":
-        return global_std_advantages(rewards, config.group_size, config.adv_clip_max)
-    return group_advantages(rewards, config.group_size, config.adv_clip_max)
+        return global_std_advantages(rewards, config.group_size, clip)
+    if config.advantages == "group_unbiased":
+        return group_unbiased_advantages(rewards, config.group_size, clip)
+    return group_advantages(rewards, config.group_size, clip)
+
+
+def multi_reward_advantages(config, term_rewards: Tensor, weights: Sequence[float], prompts: Sequence[str]) -> Tensor:
+    """Σ_k w_k · A_k with A_k the unclipped advantages of reward term k alone (rows of ``term_rewards``,
+    (K, B)), then clipped to ±``adv_clip_max`` (MixGRPO ``advantage_aggr``)."""
+    if config.advantages == "per_prompt":
+        raise ValueError("multi_reward='advantages' needs group advantages (group, group_unbiased or global_std), "
+                         "not per_prompt; set advantages='group'")
+    total = sum(w * advantages(config, r, prompts, {}, clip=math.inf) for w, r in zip(weights, term_rewards))
+    return total.clamp(-config.adv_clip_max, config.adv_clip_max)  # (B,)

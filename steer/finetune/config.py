@@ -161,20 +161,42 @@ class GRPOConfig(TrainConfig):
                               "method")
     noise_level: Optional[float] = opt(None, "Kernel noise: DDIM η (default 1.0, DDPO) or flow-SDE a "
                                              "(default 0.7, Flow-GRPO).", "method")
+    # 2026 variants (see steer.finetune.grpo_variants)
+    sde_type: str = opt("sde", "Flow kernel: sde (Flow-GRPO), cps (coefficients-preserving), dance (DanceGRPO's "
+                               "constant σ_t = a) or sage (SAGE-GRPO's integrated variance).", "variants")
+    grad_balance: bool = opt(False, "SAGE-GRPO's gradient norm equalizer: step i's policy loss × median_j(g_j) / g_i, "
+                                    "g = |∂mean/∂output| / std of the step's kernel.", "variants")
+    sde_window_size: int = opt(0, "W > 0: only W consecutive steps are stochastic (ODE elsewhere) and only they "
+                                  "train (Flow-GRPO-Fast, MixGRPO); 0 = every step.", "variants")
+    sde_window_range: Optional[tuple] = opt(None, "(lo, hi): the window lies in steps lo..hi-1 (Flow-GRPO-Fast: "
+                                                  "(0, S // 2)); None = the whole chain.", "variants")
+    sde_window_schedule: str = opt("random", "random: a fresh window start per batch (Flow-GRPO-Fast); subset: W "
+                                             "random steps of the range, not necessarily adjacent (Flow-Factory); "
+                                             "progressive: MixGRPO's sliding window.", "variants")
+    window_shift_every: int = opt(25, "progressive: optimizer steps before the window moves (MixGRPO: 25).",
+                                  "variants")
+    window_stride: int = opt(1, "progressive: steps the window moves by (MixGRPO prog_overlap_step: 1).", "variants")
+    ratio_norm: bool = opt(False, "GRPO-Guard: centre the log-ratio and rescale it per step (s·Δlog p + ‖Δμ‖²/2s).",
+                           "variants")
+    shared_noise: bool = opt(False, "One initial noise per prompt's group (DanceGRPO / MixGRPO init_same_noise).",
+                             "variants")
+    multi_reward: str = opt("sum", "With a weighted reward spec: sum (advantages of the weighted sum, flow_grpo) "
+                                   "or advantages (each reward normalized, then weighted; MixGRPO).", "variants")
     learning_rate: float = opt(3e-4, "AdamW learning rate (DDPO: 3e-4).", "optimization")
 
     def __post_init__(self):
         super().__post_init__()
-        _require(self.advantages in ("group", "per_prompt", "global_std"),
-                 f"advantages must be 'group', 'per_prompt' or 'global_std', got {self.advantages!r}")
+        _require(self.advantages in ("group", "per_prompt", "global_std", "group_unbiased"),
+                 f"advantages must be 'group', 'per_prompt', 'global_std' or 'group_unbiased', got {self.advantages!r}")
+        self._check_variants()
         least = 1 if self.advantages == "per_prompt" else 2
         _require(self.group_size >= least, f"group_size must be >= {least} (advantages are relative to the group"
                                            f"{'' if least == 2 else ' or the prompt history'}), got {self.group_size}")
         _require(self.stat_buffer_size >= 1 and self.stat_min_count >= 1,
                  f"stat_buffer_size and stat_min_count must be >= 1, got {self.stat_buffer_size}, {self.stat_min_count}")
         _require(self.kl_scaling in ("exact", "flow_grpo"), f"kl_scaling must be 'exact' or 'flow_grpo', got {self.kl_scaling!r}")
-        _require(self.timestep_selection in ("random", "first"),
-                 f"timestep_selection must be 'random' or 'first', got {self.timestep_selection!r}")
+        _require(self.timestep_selection in ("random", "first", "random_but_last"),
+                 f"timestep_selection must be 'random', 'first' or 'random_but_last', got {self.timestep_selection!r}")
         _require(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
         _require(self.adv_clip_max > 0, f"adv_clip_max must be > 0, got {self.adv_clip_max}")
         _require(self.kl_beta >= 0, f"kl_beta must be >= 0, got {self.kl_beta}")
@@ -182,6 +204,34 @@ class GRPOConfig(TrainConfig):
         _require(self.inner_epochs >= 1, f"inner_epochs must be >= 1, got {self.inner_epochs}")
         _require(self.noise_level is None or self.noise_level > 0,
                  f"noise_level must be > 0 (GRPO needs a stochastic kernel), got {self.noise_level}")
+
+    def _check_variants(self):
+        _require(self.sde_type in ("sde", "cps", "dance", "sage"),
+                 f"sde_type must be 'sde', 'cps', 'dance' or 'sage', got {self.sde_type!r}")
+        _require(isinstance(self.sde_window_size, int) and self.sde_window_size >= 0,
+                 f"sde_window_size must be an integer >= 0 (0 = every step), got {self.sde_window_size!r}")
+        if self.sde_window_range is not None:
+            r = tuple(self.sde_window_range)
+            _require(len(r) == 2 and all(isinstance(v, int) for v in r) and 0 <= r[0] < r[1],
+                     f"sde_window_range must be (lo, hi) with 0 <= lo < hi, got {self.sde_window_range!r}")
+            _require(self.sde_window_size <= r[1] - r[0],
+                     f"sde_window_size {self.sde_window_size} does not fit in sde_window_range {r}; widen the range")
+            self.sde_window_range = r
+        _require(self.sde_window_schedule in ("random", "subset", "progressive"),
+                 f"sde_window_schedule must be 'random', 'subset' or 'progressive', got {self.sde_window_schedule!r}")
+        _require(self.window_shift_every >= 1 and self.window_stride >= 1,
+                 f"window_shift_every and window_stride must be >= 1, got {self.window_shift_every}, {self.window_stride}")
+        _require(not (self.ratio_norm and self.sde_type == "cps"),
+                 "ratio_norm (GRPO-Guard) needs a Gaussian log-density; CPS's log-prob drops the variance: "
+                 "use sde_type='sde' or 'dance'")
+        _require(self.kl_scaling != "flow_grpo" or self.sde_type == "sde",
+                 f"kl_scaling='flow_grpo' divides by Flow-GRPO's σ_t² (sde_type='sde'); with sde_type="
+                 f"{self.sde_type!r} use kl_scaling='exact'")
+        _require(self.multi_reward in ("sum", "advantages"),
+                 f"multi_reward must be 'sum' or 'advantages', got {self.multi_reward!r}")
+        _require(not (self.multi_reward == "advantages" and self.advantages == "per_prompt"),
+                 "multi_reward='advantages' normalizes each reward within its group; use advantages='group', "
+                 "'group_unbiased' or 'global_std' (not per_prompt)")
 
     method = "grpo"
 

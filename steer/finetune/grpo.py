@@ -9,7 +9,7 @@
   are normalized within each prompt's group of G samples (GRPO); optional KL to the reference model
   with β (Flow-GRPO uses β = 0.04; default here 0 as DDPO).
 
-The samples are drawn with ``steer.chain.step`` (the same kernels as search), storing x_i, x_{i+1}
+The samples are drawn with ``steer.kernels`` (the same kernels as search), storing x_i, x_{i+1}
 and log p(x_{i+1} | x_i) at sampling time; training recomputes the kernel with the LoRA and takes
 ratio = exp(log p_new − log p_old), which is exactly 1 on the first pass over a batch. The reward
 is only evaluated, never differentiated, so ``jpeg`` and user callables work.
@@ -34,6 +34,9 @@ optimizer step uses one micro-batch of P prompts × G samples; with
 ``inner_epochs = E`` a batch is reused for E consecutive optimizer steps (PPO reuse; the clip acts
 from the second one).
 
+The 2026 variants (Flow-GRPO-Fast, CPS, MixGRPO, GRPO-Guard, DanceGRPO, multi-reward advantages) are
+options of the same loop; see ``steer.finetune.grpo_variants``.
+
 Code names: ``group_size`` = G, ``clip_range`` = ε, ``kl_beta`` = β, ``adv_clip_max`` = A_max,
 ``noise_level`` = η (diffusion) or a (flow).
 """
@@ -45,9 +48,10 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from steer import chain, kernels, toolkit
+from steer import kernels, toolkit
+from steer.finetune import grpo_variants as variants
 from steer.finetune import lora
-from steer.finetune.advantages import advantages, group_advantages  # noqa: F401  (re-exported)
+from steer.finetune.advantages import advantages, group_advantages, multi_reward_advantages  # noqa: F401
 from steer.finetune.config import GRPOConfig
 from steer.finetune.trainer import Trainer, TrainResult
 from steer.scoring import decode_and_score
@@ -69,44 +73,72 @@ def noise_level(process, config: GRPOConfig) -> float:
 
 
 @torch.no_grad()
-def sample_batch(trainer: Trainer, generator: torch.Generator) -> dict:
-    """Draw P prompts × G samples with the stochastic kernel, storing states and old log-probs."""
+def sample_batch(trainer: Trainer, generator: torch.Generator, step: int = 0) -> dict:
+    """Draw P prompts × G samples with the stochastic kernel, storing states and old log-probs (and, for
+    GRPO-Guard, the kernels' means); ``step`` places MixGRPO's progressive window."""
     process, config = trainer.process, trainer.config
-    idx = [i for i in trainer.pick_prompts(generator) for _ in range(config.group_size)]  # prompt-major
+    picked = trainer.pick_prompts(generator)
+    idx = [i for i in picked for _ in range(config.group_size)]  # prompt-major
     cond = trainer.cond(idx)
     a = noise_level(process, config)
-    states, log_probs, stochastic = rollout(trainer, process.init_noise(len(idx), generator), cond, a, generator)
+    window = variants.sde_window(config, process.num_steps, step, generator)
+    x = variants.initial_noise(process, len(picked), config.group_size, config.shared_noise, generator)  # (B, C, h, w)
+    means = [] if config.ratio_norm else None
+    states, log_probs, stochastic = rollout(trainer, x, cond, a, generator, window=window, sde_type=config.sde_type,
+                                            means=means)
     images, rewards = decode_and_score(process, trainer.reward, states[-1], cond.prompts, trace=trainer.trace,
                                        method="grpo")
-    history = trainer.extra.setdefault("reward_history", {})  # per_prompt: each prompt's last rewards (checkpointed)
-    return {"idx": idx, "states": states, "log_probs": log_probs,  # (S+1, B, ...), (S, B)
-            "rewards": rewards, "advantages": advantages(config, rewards.cpu(), list(cond.prompts), history),
-            "eval_rewards": trainer.eval_scores(images, cond.prompts),
-            "steps": train_steps(stochastic, config, generator), "images": images}
+    batch = {"idx": idx, "states": states, "log_probs": log_probs,  # (S+1, B, ...), (S, B)
+             "rewards": rewards, "advantages": batch_advantages(trainer, states[-1], cond.prompts, images, rewards),
+             "eval_rewards": trainer.eval_scores(images, cond.prompts), "images": images,
+             "steps": stochastic if window is not None else train_steps(stochastic, config, generator)}
+    if config.ratio_norm:
+        batch["means"] = torch.stack(means)  # (S, B, ...)
+    return batch
 
 
 @torch.no_grad()
-def rollout(trainer: Trainer, x: Tensor, cond, a: float, generator: torch.Generator) -> tuple[Tensor, Tensor, list[int]]:
-    """Run the chain from x_T (B, ...) with the stochastic kernel (noise ``a``): the states (S+1, B, ...), the
-    log-probs log p(x_{i+1} | x_i) averaged over dimensions (S, B), and the steps that have a density."""
+def rollout(trainer: Trainer, x: Tensor, cond, a: float, generator: torch.Generator, *, window=None,
+            sde_type: str = "sde", means: Optional[list] = None) -> tuple[Tensor, Tensor, list[int]]:
+    """Run the chain from x_T (B, ...) with the stochastic kernel (noise ``a``; only inside ``window`` when given,
+    the ODE elsewhere; ``sde_type`` as ``kernels.transition``): the states (S+1, B, ...), the log-probs
+    log p(x_{i+1} | x_i) (S, B), and the steps that have a density; ``means`` (a list) gets each kernel's mean."""
     states, log_probs, stochastic = [x], [], []
     for i in range(trainer.process.num_steps):
-        x, _, g = chain.step(trainer.process, x, i, cond, noise_level=a, generator=generator, trace=trainer.trace)
-        if g.deterministic:  # e.g. DDIM's last step onto ᾱ = 1 (set_alpha_to_one): no density, not trained
+        pred = trainer.process.predict(x, i, cond, trace=trainer.trace)
+        g = variants.kernel(trainer.process, i, x, pred, variants.step_noise(window, i, a), sde_type)
+        x = kernels.sample(g, generator)
+        if g.deterministic:  # an ODE step, or DDIM's last step onto ᾱ = 1: no density, not trained
             log_probs.append(torch.zeros(x.shape[0], device=x.device))  # (B,) placeholder, never used
         else:
-            log_probs.append(kernels.log_prob(g, x, reduce="mean"))  # (B,)
+            log_probs.append(variants.step_log_prob(g, x, sde_type))  # (B,)
             stochastic.append(i)
+        if means is not None:
+            means.append(g.mean)
         states.append(x)
     if not stochastic:
         raise ValueError(f"every step of this chain is deterministic, so {trainer.method} has no log-probs to train; "
-                         f"raise noise_level or num_inference_steps")
+                         f"raise noise_level, sde_window_size or num_inference_steps")
     return torch.stack(states), torch.stack(log_probs), stochastic
+
+
+def batch_advantages(trainer: Trainer, x, prompts, images, rewards):
+    """The advantages of a batch: of the (summed) reward, or per reward term then weighted (``multi_reward``)."""
+    config = trainer.config
+    if config.multi_reward == "advantages":
+        terms = (variants.score_terms(trainer.process, trainer.reward, x, prompts, trainer.trace, images)  # (K, B)
+                 if getattr(trainer.reward, "terms", None) else rewards.float().cpu()[None])  # one reward: no rescoring
+        return multi_reward_advantages(config, terms, variants.reward_terms(trainer.reward)[1], list(prompts))
+    history = trainer.extra.setdefault("reward_history", {})  # per_prompt: each prompt's last rewards (checkpointed)
+    return advantages(config, rewards.cpu(), list(prompts), history)
 
 
 def train_steps(stochastic: list[int], config: GRPOConfig, generator: torch.Generator) -> list[int]:
     """The int(timestep_fraction · n) steps (at least 1) of the n stochastic ones a batch trains on: the
-    first ones in order (Flow-GRPO) or a random subset (DDPO)."""
+    first ones in order (Flow-GRPO), a random subset (DDPO), or a random subset of all but the last one
+    (DanceGRPO, n − 1 candidates)."""
+    if config.timestep_selection == "random_but_last" and len(stochastic) > 1:
+        stochastic = stochastic[:-1]
     T = max(1, int(config.timestep_fraction * len(stochastic)))
     if config.timestep_selection == "first":
         return stochastic[:T]
@@ -125,11 +157,17 @@ def policy_loss(trainer: Trainer, batch: dict, i: int, cond) -> tuple[Tensor, di
     x, x_next = batch["states"][i], batch["states"][i + 1]
     if config.detach_uncond:
         cond = replace(cond, detach_uncond=True)
-    g = chain.propose(process, x, i, cond, noise_level=a, trace=trainer.trace).kernel
-    ratio = torch.exp(kernels.log_prob(g, x_next, reduce="mean") - batch["log_probs"][i])  # (B,)
+    pred = process.predict(x, i, cond, trace=trainer.trace)
+    g = variants.kernel(process, i, x, pred, a, config.sde_type)
+    log_ratio = variants.step_log_prob(g, x_next, config.sde_type) - batch["log_probs"][i]  # (B,)
+    if config.ratio_norm:  # GRPO-Guard
+        log_ratio = variants.guard_log_ratio(log_ratio, 0.0, g.mean, batch["means"][i], g.std)
+    ratio = torch.exp(log_ratio)  # (B,)
     adv = batch["advantages"].to(ratio.device)
     eps = config.clip_range
     loss = clipped_surrogate(adv, ratio, eps)
+    if config.grad_balance:  # SAGE-GRPO: the policy term of step i rescaled by median(g) / g_i
+        loss = loss * variants.grad_balance_scales(process.schedule, a, config.sde_type)[i]
     info = {"ratio": ratio.detach(), "clip_fraction": float(((ratio - 1).abs() > eps).float().mean())}
     if config.kl_beta > 0:
         kl = kl_to_reference(trainer, x, i, cond, g, a)
@@ -143,7 +181,7 @@ def kl_to_reference(trainer: Trainer, x: Tensor, i: int, cond, g, a: float) -> T
     ‖μ_θ − μ_ref‖² / (2·v) with v from ``kl_variance``. The reference is the model with the LoRA disabled."""
     process = trainer.process
     with torch.no_grad(), lora.lora_disabled(process):
-        ref = chain.propose(process, x, i, cond, noise_level=a).kernel
+        ref = variants.kernel(process, i, x, process.predict(x, i, cond), a, trainer.config.sde_type)
     v = kl_variance(process.schedule, i, g.std, trainer.config.kl_scaling)
     return ((g.mean - ref.mean) ** 2).flatten(1).mean(dim=1) / (2 * v)  # (B,)
 
@@ -165,7 +203,7 @@ def grpo_step(trainer: Trainer, generator: torch.Generator, step: int) -> dict:
     batches = trainer.extra.setdefault("grpo_batches", {})  # micro index -> batch (kept in checkpoints)
     cached = batches.get(trainer.micro)
     if cached is None or cached["id"] != batch_id:
-        sampled = sample_batch(trainer, generator)
+        sampled = sample_batch(trainer, generator, step)
         images = sampled.pop("images")  # not kept in the batch: it is checkpointed
         cached = batches[trainer.micro] = {"id": batch_id, **sampled}
     else:

@@ -22,28 +22,17 @@ choices (mixed precision, batch layout over GPUs, checkpoint cadence) are left t
 - ``spo``: RockeyCoss/SPO ``configs/spo_sd-v1-5_4k-prompts_num-sam-4_10ep_bs10.py`` on
   ``configs/basic_config.py``, ``train_scripts/train_spo.py``.
 - ``inpo``: JaydenLyh/InPO ``examples/sd15.sh`` and ``train.py``.
+- the 2026 GRPO variants (``flow_grpo_fast``, ``mix_grpo``, ``dance_grpo``, ``sage_grpo``,
+  ``grpo_guard``): ``steer.finetune.presets_grpo``.
 - ``draft_k`` / ``draft_lv``: DRaFT (Clark et al. 2024) has no official code; the values are the
   paper's small-scale setting as third-party reimplementations report it — not verified against the
   paper's appendix here (stated in ``origin``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping
-
 from steer.errors import SteerError, suggest
-
-
-@dataclass(frozen=True)
-class Preset:
-    """One reference's defaults: ``method``, ``config`` fields, ``process`` (steps, guidance)."""
-
-    name: str
-    method: str
-    config: Mapping[str, Any]
-    process: Mapping[str, Any]
-    origin: Mapping[str, str]
-    deviations: tuple[str, ...] = field(default_factory=tuple)
+from steer.finetune.preset import Preset
+from steer.finetune.presets_grpo import GRPO_VARIANTS
 
 
 _DDPO = "ddpo-pytorch config/base.py"
@@ -272,6 +261,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                        "permutation per sample)", "the advantages' statistics are this process' batch",
                        "eval_num_steps = 40 is an evaluation setting: evaluate the LoRA with --steps 40")),
 )}
+PRESETS.update({p.name: p for p in GRPO_VARIANTS})
 
 _MAPO, _D3PO = "mapo README.md LoRA command", "d3po config/base.py"
 _PRDP = "PRDP paper §5 as summarized (no public code; the full text was not read)"
