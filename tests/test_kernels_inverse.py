@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-from steer import chain, kernels
+from steer import chain, kernels, kernels_inverse
 from steer.pipelines.ddim_schedule import ddim_schedule
 from tests.test_finetune import tiny_process
 
@@ -28,7 +28,7 @@ def test_inverse_step_matches_ddim_inverse_scheduler(prediction_type, set_alpha_
         i = S - 1 - k
         x, out = torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)
         ref = inverse.step(out, t, x).prev_sample
-        step = kernels.inverse_transition(schedule, i, x, out)
+        step = kernels_inverse.inverse_transition(schedule, i, x, out)
         assert step.deterministic
         torch.testing.assert_close(step.mean, ref, rtol=0, atol=2e-6)
 
@@ -38,15 +38,15 @@ def test_inversion_noise_is_the_ddpm_std_between_the_two_levels():
     a = schedule.alphas_cumprod
     x, out = torch.randn(SHAPE), torch.randn(SHAPE)
     i = 3
-    step = kernels.inverse_transition(schedule, i, x, out, noise_level=0.1)
+    step = kernels_inverse.inverse_transition(schedule, i, x, out, noise_level=0.1)
     # InPO's added noise: η·sqrt(_get_variance) of the forward DDPM step between the levels
     expected = 0.1 * ((1 - a[i + 1]) / (1 - a[i]) * (1 - a[i] / a[i + 1])) ** 0.5
     torch.testing.assert_close(step.std, expected.float())
     forward_std = kernels.ddim(x, kernels.to_prediction(schedule, i, x, out), a[i], a[i + 1], eta=1.0).std
     torch.testing.assert_close(step.std, 0.1 * forward_std)  # the same variance DDIM(η = 1) uses forward
-    assert torch.equal(step.mean, kernels.inverse_transition(schedule, i, x, out).mean)
+    assert torch.equal(step.mean, kernels_inverse.inverse_transition(schedule, i, x, out).mean)
     with pytest.raises(ValueError, match="noise level"):
-        kernels.inverse_transition(schedule, i, x, out, noise_level=-1)
+        kernels_inverse.inverse_transition(schedule, i, x, out, noise_level=-1)
 
 
 def invert(process, x0, cond, end=0):
@@ -54,7 +54,7 @@ def invert(process, x0, cond, end=0):
     x = x0
     with torch.no_grad():
         for i in range(process.num_steps - 1, end - 1, -1):
-            x = kernels.inverse_transition(process.schedule, i, x, process.denoise(x, i, cond)).mean
+            x = kernels_inverse.inverse_transition(process.schedule, i, x, process.denoise(x, i, cond)).mean
     return x
 
 
@@ -95,5 +95,5 @@ def test_inverse_step_undoes_the_forward_step_given_the_same_model_output():
             x, out = torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)
             nxt = kernels.transition(sched, i, x, kernels.to_prediction(sched, i, x, out)).mean
             eps = kernels.to_prediction(sched, i, x, out).eps if sched.kind == "diffusion" else out
-            back = kernels.inverse_transition(sched, i, nxt, eps).mean
+            back = kernels_inverse.inverse_transition(sched, i, nxt, eps).mean
             torch.testing.assert_close(back, x, rtol=0, atol=5e-4 if sched.kind == "diffusion" else 1e-5)

@@ -3,7 +3,7 @@ Efficient Diffusion Model Alignment"; code JaydenLyh/InPO ``train.py``, ``--trai
 
 Diffusion-DPO (``steer.finetune.dpo``) noises each image of a pair with fresh random noise; InPO instead
 finds the noisy latent the image *came from* under the current model: DDIM inversion of its clean latents
-x0 from the chain's end back to a random step i (``kernels.inverse_transition``, the model evaluated at each
+x0 from the chain's end back to a random step i (``kernels_inverse.inverse_transition``, the model evaluated at each
 step the inversion lands on, conditioned on the prompt, without gradient), so x_i is the state whose DDIM
 path leads to x0. The implied noise ε = (x_i − sqrt(ᾱ_i)·x0)/sqrt(1 − ᾱ_i) (``kernels.implied_noise``) is the
 target, and the pair's loss is Diffusion-DPO's on those inverted latents:
@@ -38,7 +38,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from steer import kernels
+from steer import kernels, kernels_inverse
 from steer.finetune.config import InPOConfig
 from steer.finetune.denoising import denoising_errors, random_step
 from steer.finetune.dpo import dpo_loss, make_trainer
@@ -69,7 +69,7 @@ def invert(trainer: Trainer, x0: Tensor, i: int, cond, generator: torch.Generato
     x = x0.float()
     for j in range(process.num_steps - 1, i - 1, -1):
         output = process.denoise(x.to(x0.dtype), j, cond)
-        x = kernels.sample(kernels.inverse_transition(process.schedule, j, x, output.float(), eta), generator)
+        x = kernels.sample(kernels_inverse.inverse_transition(process.schedule, j, x, output.float(), eta), generator)
     trainer.trace.add_nfe((process.num_steps - i) * x0.shape[0])
     return x
 
