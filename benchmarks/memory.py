@@ -61,8 +61,8 @@ def rss_now() -> int:
 
 
 def rss_peak() -> int:
-    """The process' resident high-water mark in bytes: VmHWM (read with VmRSS's counters, so never below it) or
-    ``ru_maxrss`` (KiB on Linux), whichever is higher."""
+    """The process' resident high-water mark in bytes: VmHWM or ``ru_maxrss`` (KiB on Linux), whichever is higher
+    (the kernel's per-thread RSS counters can leave VmHWM a few pages below an earlier VmRSS reading)."""
     return max(_status("VmHWM"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
@@ -102,7 +102,7 @@ def run_cell(method: str, steps: int, size: int, family: str = "sd15") -> dict:
     seconds = time.perf_counter() - t0
     lora_params = sum(p.numel() for p in lora.trainable_parameters(process))
     return {"method": method, "family": family, "steps": steps, "size": size, "import": base, "model": model,
-            "peak": rss_peak(), "lora_params": lora_params, "seconds": seconds}
+            "peak": max(rss_peak(), model), "lora_params": lora_params, "seconds": seconds}
 
 
 def half_estimate(cell: dict) -> float:

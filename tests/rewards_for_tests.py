@@ -56,11 +56,11 @@ def slow_and_watched(images, prompts):
     import time
     from pathlib import Path
 
-    from steer import io
+    from steer import atomic
 
     marks = Path(os.environ["STEER_TEST_MARKS"])
-    if not getattr(io.atomic_write, "watched", False):
-        real = io.atomic_write
+    if not getattr(atomic.atomic_write, "watched", False):
+        real = atomic.atomic_write
 
         def watched(path, write):
             if not (marks / "interrupted").exists():
@@ -74,7 +74,7 @@ def slow_and_watched(images, prompts):
             return real(path, slow)
 
         watched.watched = True
-        io.atomic_write = watched
+        atomic.atomic_write = watched  # what every atomic write (write_json, save_png, ...) calls
     (marks / "scored").touch()
     time.sleep(0.2)
     return brightness(images, prompts)

@@ -228,7 +228,9 @@ def test_finetune_on_sigterm_exits_143_and_resumes(model_dir, tmp_path, monkeypa
 # ---- a full disk ----------------------------------------------------------------------------------
 def disk_full_on(monkeypatch, suffix: str) -> None:
     """Every atomic write of a ``*suffix`` file fails as on a full disk (``f.write`` names no file)."""
-    real = io.atomic_write
+    from steer import atomic
+
+    real = atomic.atomic_write
 
     def atomic_write(path, write):
         def full(f):
@@ -237,7 +239,7 @@ def disk_full_on(monkeypatch, suffix: str) -> None:
 
         real(path, full if str(path).endswith(suffix) else write)
 
-    monkeypatch.setattr(io, "atomic_write", atomic_write)
+    monkeypatch.setattr(atomic, "atomic_write", atomic_write)  # what every atomic write (write_json, ...) calls
 
 
 def test_atomic_write_names_the_path_and_keeps_the_old_file(tmp_path):

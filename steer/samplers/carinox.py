@@ -51,8 +51,13 @@ def carinox(process, reward, prompts: Sequence[str] | str, *, generator: Optiona
     trace = toolkit.plan(METHOD, P, budget, unit_nfe=iterations * S, unit="one ReNO run (iterations·steps)",
                          nfe=k * iterations * S, reward_calls=k * iterations * _terms(reward), hint="lower seeds")
     rows = [p for p in prompts for _ in range(k)]  # (P·k,) prompt-major: each seed an independent problem
-    res = reno(process, reward, rows, generator=generator, callback=callback, iterations=iterations, lr=lr,
-               momentum=momentum, grad_clip=grad_clip, reg_weight=reg_weight, checkpointing=checkpointing)
+    try:
+        res = reno(process, reward, rows, generator=generator, callback=callback, iterations=iterations, lr=lr,
+                   momentum=momentum, grad_clip=grad_clip, reg_weight=reg_weight, checkpointing=checkpointing)
+    except (ValueError, TypeError) as e:  # reno's errors (a reward's fault, a bad option) name this method
+        if not str(e).startswith("reno:"):
+            raise
+        raise type(e)(METHOD + str(e)[len("reno"):]) from e
     _absorb(trace, res.trace)
     best = toolkit.best_rows(res.rewards, P)  # (P,) the best seed of each prompt
     history = res.candidate_rewards.view(P, k * iterations)  # seed-major within a prompt
