@@ -54,8 +54,8 @@ def carinox(process, reward, prompts: Sequence[str] | str, *, generator: Optiona
     try:
         res = reno(process, reward, rows, generator=generator, callback=callback, iterations=iterations, lr=lr,
                    momentum=momentum, grad_clip=grad_clip, reg_weight=reg_weight, checkpointing=checkpointing)
-    except (ValueError, TypeError) as e:  # reno's errors (a reward's fault, a bad option) name this method
-        if not str(e).startswith("reno:"):
+    except (ValueError, TypeError, RuntimeError) as e:  # reno's errors (a reward's fault, NaN scores, a bad
+        if not str(e).startswith(("reno:", "reno at ")):  # option) name this method, as every method's do
             raise
         raise type(e)(METHOD + str(e)[len("reno"):]) from e
     _absorb(trace, res.trace)
