@@ -70,7 +70,8 @@ finally:
     if _ADDED:
         sys.path.remove(str(HERE))
 from steer.finetune import DistillConfig, DPOConfig, DraftConfig, GRPOConfig, KTOConfig, NFTConfig, SoarConfig  # noqa: E402
-from steer.finetune import distill, dpo, draft, grpo, kto, nft, soar  # noqa: E402
+from steer.finetune import D3POConfig, InPOConfig, MaPOConfig, PRDPConfig, SPOConfig  # noqa: E402
+from steer.finetune import d3po, distill, dpo, draft, grpo, inpo, kto, mapo, nft, prdp, soar, spo  # noqa: E402
 from steer.finetune.lora import denoiser, load_lora  # noqa: E402
 from steer.pipelines import from_pipe  # noqa: E402
 from steer.rewards.chroma import ChromaReward  # noqa: E402
@@ -78,8 +79,9 @@ from steer.zoo.shapes import DEFAULT_GUIDANCE_SCALE, checker, pipeline  # noqa: 
 from steer.zoo.shapes.evaluate import relational_heldout_captions  # noqa: E402
 from steer.zoo.shapes.reward import ShapesCheckReward, ShapesClipReward  # noqa: E402
 
-ROWS = ("base", "fk", "nft", "nft-early", "grpo", "distill", "soar", "draft", "alignprop", "dpo", "kto")
-ONLINE = ("nft", "nft-early", "grpo", "draft", "alignprop")  # rows that draw new samples every step
+ROWS = ("base", "fk", "nft", "nft-early", "grpo", "distill", "soar", "draft", "alignprop", "dpo", "kto", "mapo", "inpo",
+        "d3po", "prdp", "spo")
+ONLINE = ("nft", "nft-early", "grpo", "draft", "alignprop", "d3po", "prdp", "spo")  # rows that draw new samples every step
 
 
 def parse(argv):
@@ -111,6 +113,8 @@ def parse(argv):
     p.add_argument("--pref-steps", type=int, default=100)
     p.add_argument("--pref-lr", type=float, default=1e-3)
     p.add_argument("--kto-threshold", type=float, default=0.15, help="kto: a sample is desirable above this chroma")
+    p.add_argument("--online-pref-steps", type=int, default=60, help="d3po / prdp / spo optimizer steps")
+    p.add_argument("--online-pref-lr", type=float, default=3e-4, help="d3po / prdp / spo learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reward", default="chroma", choices=("chroma", "shapes-check", "shapes-clip"),
                    help="the training reward (and the teacher's unless --teacher-reward)")
@@ -165,6 +169,21 @@ def train_setup(row: str, args):
                                   beta=500.0, checkpoint_every=args.pref_steps, **shared), args.steps
         return kto, KTOConfig(source="verifier", threshold=args.kto_threshold, max_steps=args.pref_steps,
                               learning_rate=args.pref_lr, beta=500.0, checkpoint_every=args.pref_steps, **shared), args.steps
+    if row in ("mapo", "inpo"):  # the dpo row's FK-8-vs-base pairs, loss space, steps and learning rate
+        shared = dict(steer_method="fk", steer_options={"particles": args.particles}, samples_per_prompt=2,
+                      loss_space="x0", guided=True, train_batch_size=4, max_steps=args.pref_steps,
+                      learning_rate=args.pref_lr, checkpoint_every=args.pref_steps, **{**common, "prompts_per_step": 8})
+        if row == "mapo":
+            return mapo, MaPOConfig(source="steering", loser="base", **shared), args.steps
+        return inpo, InPOConfig(source="steering", loser="base", beta=500.0, **shared), args.steps
+    if row in ("d3po", "prdp", "spo"):  # online, on the nft / grpo rows' chain and sample budget
+        online = dict(max_steps=args.online_pref_steps, learning_rate=args.online_pref_lr,
+                      checkpoint_every=args.online_pref_steps, **common)
+        if row == "d3po":  # 2 trajectories per prompt: 8 prompts x 2 = 16 samples per step
+            return d3po, D3POConfig(**{**online, "prompts_per_step": 8}), args.train_steps
+        if row == "prdp":  # chroma differences are ~0.01: beta 0.01 makes the regressed log-ratios ~1
+            return prdp, PRDPConfig(group_size=args.group, beta=0.01, **online), args.train_steps
+        return spo, SPOConfig(threshold=0.0, **{**online, "prompts_per_step": 4}), args.train_steps  # chroma scale
     if row == "draft":
         return draft, DraftConfig(variant="draft", k=1, max_steps=args.draft_steps, learning_rate=args.draft_lr,
                                   checkpoint_every=args.draft_steps, **{**common, "prompts_per_step": 4}), args.steps
@@ -240,10 +259,14 @@ def samples_per_step(row, config, n_captions: int) -> int:
     """Images generated per optimizer step (nft / grpo / draft) or in all (distill: particles included)."""
     if row in ("nft", "nft-early", "grpo"):
         return config.prompts_per_step * config.group_size
-    if row in ("draft", "alignprop"):
+    if row in ("draft", "alignprop", "spo"):  # spo: trajectories (each step also draws k candidates)
         return config.prompts_per_step
+    if row == "d3po":
+        return 2 * config.prompts_per_step
+    if row == "prdp":
+        return config.prompts_per_step * config.group_size
     steered = n_captions * config.samples_per_prompt * config.steer_options["particles"]
-    return steered + (n_captions * config.samples_per_prompt if row == "dpo" else 0)  # dpo: + the base losers
+    return steered + (n_captions * config.samples_per_prompt if row in ("dpo", "mapo", "inpo") else 0)  # + base losers
 
 
 # ---- report ---------------------------------------------------------------------------------------
