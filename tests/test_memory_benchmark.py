@@ -14,7 +14,8 @@ memory = pytest.importorskip("memory")
 def test_every_cell_runs_one_step_and_reports_its_memory():
     for method in memory.CELLS:
         cell = memory.run_cell(method, steps=2, size=512, family="tiny")
-        assert cell["peak"] >= cell["model"] >= cell["import"] > 0
+        # peak >= model by construction; model vs import is noise on the tiny model (RSS may shrink by pages)
+        assert cell["peak"] >= cell["model"] > 0 and cell["import"] > 0
         assert cell["lora_params"] > 0 and cell["seconds"] > 0
     line = memory.table([cell]).splitlines()[-1]
     assert line.startswith(f"| {method} | 2 |") and line.count("|") == 9
