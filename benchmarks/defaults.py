@@ -32,16 +32,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from amortize import Cells, fingerprint, fresh_pipeline, train_captions  # noqa: E402  (run as a script: its folder
+from shapes import bootstrap, steer_all  # noqa: E402                                 is on sys.path)
+
 HERE = Path(__file__).resolve().parent
-_ADDED = str(HERE) not in sys.path
-if _ADDED:
-    sys.path.insert(0, str(HERE))
-try:
-    from amortize import Cells, fingerprint, fresh_pipeline, train_captions  # noqa: E402
-    from shapes import bootstrap, steer_all  # noqa: E402
-finally:
-    if _ADDED:
-        sys.path.remove(str(HERE))
 from steer.api import resolve_reward  # noqa: E402
 from steer.finetune.lora import denoiser, load_lora  # noqa: E402
 from steer.pipelines import from_pipe  # noqa: E402
